@@ -1,0 +1,11 @@
+"""The one exception type users can cause, so callers (and the CLI) can tell it from bugs."""
+
+from __future__ import annotations
+
+
+class SeqpoolError(ValueError):
+    """A problem with the user's input or arguments; the message says what to do.
+
+    The CLI prints it as a single line on stderr and exits non-zero; library users
+    can catch it (it is a ``ValueError``) without catching genuine bugs.
+    """

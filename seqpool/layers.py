@@ -1,0 +1,212 @@
+"""Learned poolers as thin ``nn.Module`` wrappers: parameters and config live here, math in pooling.
+
+* :class:`AttentionPooling` -- learned softmax weights over real tokens.
+* :class:`SqueezeExcitation` -- the SE block of Hu et al. for sequences (masked squeeze).
+* :class:`Pooler` -- any strategy by name, config-driven, saved as config.json + model.safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from seqpool import __version__
+from seqpool.errors import SeqpoolError
+from seqpool.pooling import STRATEGIES, check_strategy, fill_padding, masked_mean, normalize_mask, pool
+from seqpool.serialization import load_state, read_config, save_module
+
+#: Strategies with parameters; :class:`Pooler` needs ``dim`` for them.
+LEARNED_STRATEGIES: tuple[str, ...] = ("attention", "se_mean")
+#: Every strategy a :class:`Pooler` accepts.
+POOLER_STRATEGIES: tuple[str, ...] = STRATEGIES + LEARNED_STRATEGIES
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "hardsigmoid": nn.Hardsigmoid,
+}
+
+
+def _activation(name: str) -> nn.Module:
+    """An activation by name; names (not classes) keep module configs JSON-serialisable."""
+    if name not in _ACTIVATIONS:
+        raise SeqpoolError(f"unknown activation {name!r}; choose one of: {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
+
+
+class AttentionPooling(nn.Module):
+    """Learned attention pooling: a softmax over real tokens of a per-token score.
+
+    With ``hidden_dim=None`` each head scores tokens with a learned query vector
+    (a linear layer); otherwise with a small MLP ``dim -> hidden_dim -> tanh -> heads``
+    (Bahdanau-style additive attention). Padding is masked before the softmax; rows
+    with no real token give zeros. Each head returns a weighted mean of the full
+    ``dim``-wide states, and heads are concatenated: the output is ``(B, heads * dim)``
+    (see :attr:`output_dim`).
+    """
+
+    def __init__(self, dim: int, heads: int = 1, hidden_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        if dim < 1 or heads < 1:
+            raise SeqpoolError(f"AttentionPooling needs dim >= 1 and heads >= 1, got dim={dim}, heads={heads}")
+        self.dim, self.heads, self.hidden_dim = dim, heads, hidden_dim
+        if hidden_dim is None:
+            self.score: nn.Module = nn.Linear(dim, heads)
+        else:
+            self.score = nn.Sequential(nn.Linear(dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, heads))
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def output_dim(self) -> int:
+        return self.heads * self.dim
+
+    def attention_weights(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(B, heads, T) float32 weights; each row sums to 1 over real tokens (0 if none)."""
+        mask = normalize_mask(hidden_states, attention_mask)
+        states = fill_padding(hidden_states, mask).to(self._parameter_dtype())
+        scores = self.score(states).float()  # (B, T, heads)
+        scores = scores.masked_fill(~mask.unsqueeze(-1), torch.finfo(torch.float32).min)
+        weights = torch.softmax(scores, dim=1) * mask.any(dim=1).to(torch.float32)[:, None, None]
+        return weights.transpose(1, 2)
+
+    def forward(
+        self, hidden_states: Tensor, attention_mask: Tensor | None = None, return_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Pool to (B, heads*dim); with ``return_weights`` also return the (B, heads, T) weights."""
+        mask = normalize_mask(hidden_states, attention_mask)
+        weights = self.attention_weights(hidden_states, mask)
+        states = fill_padding(hidden_states.float(), mask)
+        pooled = torch.einsum("bht,btd->bhd", self.dropout(weights), states)
+        pooled = pooled.reshape(hidden_states.shape[0], self.output_dim).to(hidden_states.dtype)
+        return (pooled, weights) if return_weights else pooled
+
+    def _parameter_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+def reduced_channels(dim: int, reduction: float = 16, rd_ratio: float | None = None,
+                     rd_channels: int | None = None) -> int:
+    """Bottleneck width of the SE excitation: ``rd_channels``, else ``dim * rd_ratio``, else ``dim / reduction``."""
+    if rd_channels is not None:
+        width = rd_channels
+    elif rd_ratio is not None:
+        width = round(dim * rd_ratio)
+    else:
+        width = round(dim / reduction)
+    return max(1, int(width))
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-Excitation for sequences (Hu et al., 2018), mask-aware.
+
+    *Squeeze*: masked mean over real tokens (padding excluded) -> (B, D).
+    *Excitation*: ``Linear(D -> r) -> act -> Linear(r -> D) -> gate`` -> per-channel scale in (0, 1).
+    Output: the states scaled per channel, shape (B, T, D). **Padded positions are set to
+    zero** so nothing downstream can pick up garbage from them.
+
+    Argument style follows timm's ``SEModule``: ``rd_channels`` wins over ``rd_ratio``, which
+    wins over ``reduction``.
+    """
+
+    def __init__(self, dim: int, reduction: float = 16, rd_ratio: float | None = None,
+                 rd_channels: int | None = None, act_layer: str = "relu", gate_layer: str = "sigmoid",
+                 bias: bool = True):
+        super().__init__()
+        self.dim = dim
+        self.rd_channels = reduced_channels(dim, reduction, rd_ratio, rd_channels)
+        self.fc1 = nn.Linear(dim, self.rd_channels, bias=bias)
+        self.act = _activation(act_layer)
+        self.fc2 = nn.Linear(self.rd_channels, dim, bias=bias)
+        self.gate = _activation(gate_layer)
+
+    def channel_weights(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(B, D) float32 excitation gates computed from the masked squeeze."""
+        squeezed = masked_mean(hidden_states.float(), attention_mask)
+        dtype = self.fc1.weight.dtype
+        return self.gate(self.fc2(self.act(self.fc1(squeezed.to(dtype))))).float()
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        mask = normalize_mask(hidden_states, attention_mask)
+        gates = self.channel_weights(hidden_states, mask)
+        scaled = fill_padding(hidden_states.float(), mask) * gates.unsqueeze(1)
+        return scaled.to(hidden_states.dtype)
+
+
+class Pooler(nn.Module):
+    """Any pooling strategy by name, configured from plain JSON-able arguments.
+
+    ``Pooler("mean")`` and the other parameter-free strategies need nothing else;
+    ``Pooler("attention", dim=384, heads=2)`` and ``Pooler("se_mean", dim=384, reduction=8)``
+    build the learned modules (extra keyword arguments go to :class:`AttentionPooling`
+    / :class:`SqueezeExcitation`). ``save_pretrained`` / ``from_pretrained`` round-trip
+    through ``config.json`` + ``model.safetensors``.
+    """
+
+    def __init__(self, strategy: str = "mean", dim: int | None = None, **kwargs: Any):
+        super().__init__()
+        check_strategy(strategy, POOLER_STRATEGIES)
+        self.strategy, self.dim, self.kwargs = strategy, dim, dict(kwargs)
+        self.module: nn.Module | None = None
+        if strategy in STRATEGIES:
+            if kwargs:
+                raise SeqpoolError(f"strategy {strategy!r} has no parameters; unexpected {sorted(kwargs)}")
+            return
+        if dim is None:
+            raise SeqpoolError(f"strategy {strategy!r} is learned: pass dim= (the encoder's hidden size)")
+        try:
+            if strategy == "attention":
+                self.module = AttentionPooling(dim, **kwargs)
+            else:
+                self.module = SqueezeExcitation(dim, **kwargs)
+        except TypeError as error:
+            raise SeqpoolError(f"bad arguments for strategy {strategy!r}: {error}") from None
+
+    @property
+    def output_dim(self) -> int | None:
+        """Width of the pooled vector (``None`` for parameter-free strategies without ``dim``)."""
+        if isinstance(self.module, AttentionPooling):
+            return self.module.output_dim
+        return self.dim
+
+    @property
+    def is_learned(self) -> bool:
+        return self.module is not None
+
+    def forward(
+        self, hidden_states: Tensor, attention_mask: Tensor | None = None, return_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Pool (B, T, D) -> (B, output_dim). ``return_weights`` is for attention pooling only."""
+        if return_weights and not isinstance(self.module, AttentionPooling):
+            raise SeqpoolError(f"return_weights is only available for 'attention', not {self.strategy!r}")
+        if isinstance(self.module, AttentionPooling):
+            return self.module(hidden_states, attention_mask, return_weights=return_weights)
+        if isinstance(self.module, SqueezeExcitation):
+            return masked_mean(self.module(hidden_states, attention_mask), attention_mask)
+        return pool(hidden_states, attention_mask, self.strategy)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"seqpool_type": "Pooler", "seqpool_version": __version__, "strategy": self.strategy,
+                "dim": self.dim, "kwargs": self.kwargs}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
+        save_module(self, self.config, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "Pooler":
+        """Rebuild a Pooler saved by :meth:`save_pretrained` (weights via safetensors only)."""
+        config = read_config(directory)
+        if config.get("seqpool_type") != "Pooler":
+            raise SeqpoolError(f"{directory} holds a {config.get('seqpool_type', 'non-seqpool')!r} config, not a Pooler")
+        pooler = cls(config["strategy"], config.get("dim"), **config.get("kwargs", {}))
+        return load_state(pooler, directory)
+
+    def extra_repr(self) -> str:
+        return f"strategy={self.strategy!r}, dim={self.dim}"

@@ -1,0 +1,179 @@
+"""Masked global pooling over the token axis: pure functions and the strategy registry.
+
+Every function takes ``hidden_states`` (B, T, D) and a boolean-like ``attention_mask``
+(B, T; 1 = real token) and returns (B, D). The padding side is read from the mask,
+never assumed, so left, right, no, and even non-contiguous padding all work.
+
+Conventions (see ``shared/design.md``):
+
+* reductions accumulate in float32 whatever the input dtype and return the input dtype;
+* a row with no real token pools to zeros, never NaN/inf, and its gradient is zero;
+* values in padded positions are never read (not even multiplied by zero), so
+  garbage, inf or NaN there cannot leak into outputs or gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from seqpool.errors import SeqpoolError
+
+PoolFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def normalize_mask(hidden_states: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Validate shapes and return a (B, T) bool mask on the states' device.
+
+    ``None`` means every token is real. Any nonzero mask value counts as real.
+    """
+    if not isinstance(hidden_states, Tensor):
+        raise SeqpoolError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
+    if hidden_states.dim() != 3:
+        raise SeqpoolError(
+            f"hidden_states must have shape (batch, tokens, dim), got {tuple(hidden_states.shape)}"
+        )
+    if not hidden_states.is_floating_point():
+        raise SeqpoolError(f"hidden_states must be floating point, got {hidden_states.dtype}")
+    batch, tokens, _ = hidden_states.shape
+    if attention_mask is None:
+        return torch.ones(batch, tokens, dtype=torch.bool, device=hidden_states.device)
+    if not isinstance(attention_mask, Tensor):
+        attention_mask = torch.as_tensor(attention_mask)
+    if tuple(attention_mask.shape) != (batch, tokens):
+        raise SeqpoolError(
+            f"attention_mask must have shape (batch, tokens) = {(batch, tokens)} to match "
+            f"hidden_states {tuple(hidden_states.shape)}, got {tuple(attention_mask.shape)}"
+        )
+    return attention_mask.to(device=hidden_states.device) != 0
+
+
+def fill_padding(hidden_states: Tensor, mask: Tensor, fill: float = 0.0) -> Tensor:
+    """States with padded positions replaced by ``fill`` (a select, not a multiply: NaN-safe)."""
+    return hidden_states.masked_fill(~mask.unsqueeze(-1), fill)
+
+
+def _token_counts(mask: Tensor) -> Tensor:
+    """(B, 1) float32 number of real tokens per row."""
+    return mask.sum(dim=1, keepdim=True, dtype=torch.float32)
+
+
+def _sum_and_count(hidden_states: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Float32 sum over real tokens (B, D) and their count (B, 1), clamped to >= 1.
+
+    The float32 sum is what keeps fp16 inputs near +-6e4 from overflowing.
+    """
+    total = fill_padding(hidden_states.float(), mask).sum(dim=1)
+    return total, _token_counts(mask).clamp(min=1.0)
+
+
+def masked_mean(hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Global average pooling over real tokens."""
+    mask = normalize_mask(hidden_states, attention_mask)
+    total, count = _sum_and_count(hidden_states, mask)
+    return (total / count).to(hidden_states.dtype)
+
+
+def masked_mean_sqrt_len(hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Sum over real tokens divided by sqrt(n): keeps some length signal, unlike the mean."""
+    mask = normalize_mask(hidden_states, attention_mask)
+    total, count = _sum_and_count(hidden_states, mask)
+    return (total / count.sqrt()).to(hidden_states.dtype)
+
+
+def masked_weighted_mean(hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Position-weighted mean (SGPT): the k-th real token gets weight k.
+
+    Weights count real tokens only (a cumulative sum of the mask), so left and right
+    padding give the same result. Useful for causal decoders, whose later tokens have
+    seen more of the text.
+    """
+    mask = normalize_mask(hidden_states, attention_mask)
+    weights = (mask.cumsum(dim=1) * mask).to(torch.float32).unsqueeze(-1)
+    total = (fill_padding(hidden_states.float(), mask) * weights).sum(dim=1)
+    return (total / weights.sum(dim=1).clamp(min=1.0)).to(hidden_states.dtype)
+
+
+def masked_max(hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Channel-wise max over real tokens; padding never wins, empty rows give zeros.
+
+    Exact in any dtype, so no float32 upcast is needed.
+    """
+    mask = normalize_mask(hidden_states, attention_mask)
+    filled = fill_padding(hidden_states, mask, float("-inf"))
+    pooled = filled.max(dim=1).values
+    has_tokens = mask.any(dim=1, keepdim=True)
+    return torch.where(has_tokens, pooled, torch.zeros_like(pooled))
+
+
+def first_token_index(mask: Tensor) -> Tensor:
+    """(B,) index of the first real token (0 for empty rows)."""
+    # argmax returns the first maximal index, so this is the first True.
+    return mask.to(torch.uint8).argmax(dim=1)
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """(B,) index of the last real token (T-1 for empty rows), found by flipping the mask."""
+    tokens = mask.shape[1]
+    return tokens - 1 - mask.flip(dims=[1]).to(torch.uint8).argmax(dim=1)
+
+
+def _gather_token(hidden_states: Tensor, mask: Tensor, index: Tensor) -> Tensor:
+    """Pick one token per row; rows with no real token give zeros."""
+    rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+    picked = hidden_states[rows, index]
+    has_tokens = mask.any(dim=1, keepdim=True)
+    return torch.where(has_tokens, picked, torch.zeros_like(picked))
+
+
+def first_token(hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """The first real token ([CLS] for BERT-style encoders), correct under left padding."""
+    mask = normalize_mask(hidden_states, attention_mask)
+    return _gather_token(hidden_states, mask, first_token_index(mask))
+
+
+def last_token(hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """The last real token (the summary state of causal decoders), either padding side."""
+    mask = normalize_mask(hidden_states, attention_mask)
+    return _gather_token(hidden_states, mask, last_token_index(mask))
+
+
+POOLING_FUNCTIONS: Mapping[str, PoolFn] = {
+    "mean": masked_mean,
+    "max": masked_max,
+    "cls": first_token,
+    "last": last_token,
+    "mean_sqrt_len": masked_mean_sqrt_len,
+    "weighted_mean": masked_weighted_mean,
+}
+
+#: Names of the parameter-free strategies accepted by :func:`pool`.
+STRATEGIES: tuple[str, ...] = tuple(POOLING_FUNCTIONS)
+
+
+def check_strategy(strategy: str, valid: Sequence[str] = STRATEGIES) -> str:
+    """Return ``strategy`` if known, else raise a SeqpoolError listing the valid names."""
+    if strategy not in valid:
+        raise SeqpoolError(f"unknown pooling strategy {strategy!r}; choose one of: {', '.join(valid)}")
+    return strategy
+
+
+def pool(hidden_states: Tensor, attention_mask: Tensor | None = None, strategy: str = "mean") -> Tensor:
+    """Pool (B, T, D) token states into (B, D) with a parameter-free strategy.
+
+    >>> h = torch.randn(2, 5, 8); m = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]])
+    >>> pool(h, m, "last").shape
+    torch.Size([2, 8])
+    """
+    return POOLING_FUNCTIONS[check_strategy(strategy)](hidden_states, attention_mask)
+
+
+def pool_many(
+    hidden_states: Tensor, attention_mask: Tensor | None, strategies: Sequence[str]
+) -> dict[str, Tensor]:
+    """Several strategies from the same states (one encoder pass feeds them all)."""
+    for strategy in strategies:
+        check_strategy(strategy)
+    return {strategy: pool(hidden_states, attention_mask, strategy) for strategy in strategies}

@@ -1,0 +1,75 @@
+"""Save and load modules as ``config.json`` + ``model.safetensors`` (never pickle).
+
+Shared by every seqpool module with parameters, so all of them round-trip the same way
+and a directory can be inspected with a text editor and ``safetensors`` alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from seqpool.errors import SeqpoolError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_module(module: torch.nn.Module, config: dict[str, Any], directory: str | os.PathLike) -> Path:
+    """Write ``config`` and the module's state dict into ``directory`` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": "pt", "library": "seqpool"})
+        os.replace(tmp, directory / WEIGHTS_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a saved module, with a clear error if it is not one."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise SeqpoolError(f"{directory} is not a saved seqpool module: {CONFIG_NAME} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise SeqpoolError(f"{path} is not valid JSON: {error}") from None
+
+
+def load_state(module: torch.nn.Module, directory: str | os.PathLike) -> torch.nn.Module:
+    """Load ``model.safetensors`` into ``module`` strictly (every tensor must match)."""
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise SeqpoolError(f"{directory} is not a saved seqpool module: {WEIGHTS_NAME} is missing")
+    state = load_file(str(path))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SeqpoolError(
+            f"{path} does not match its config: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
+    return module
