@@ -1,0 +1,144 @@
+"""Ragged token-level hidden states: the unit that is computed once and pooled many times.
+
+One encoder pass produces token states for N texts of different lengths. Storing them
+flat (``states`` of shape (total_tokens, D) plus ``offsets``) wastes no memory on padding,
+saves to a single safetensors file (the evaluation cache), and can be re-padded into
+(B, T, D) batches for any pooling strategy or learned pooler.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from seqpool.errors import SeqpoolError
+from seqpool.pooling import check_strategy, pool_many
+
+Batch = tuple[np.ndarray, Tensor, Tensor]
+
+
+@dataclass
+class TokenStates:
+    """Token states of N texts stored flat: text ``i`` owns ``states[offsets[i]:offsets[i + 1]]``."""
+
+    states: Tensor
+    offsets: Tensor
+
+    def __post_init__(self) -> None:
+        if self.states.dim() != 2:
+            raise SeqpoolError(f"TokenStates.states must be (total_tokens, dim), got {tuple(self.states.shape)}")
+        self.offsets = torch.as_tensor(self.offsets, dtype=torch.int64)
+        if self.offsets.dim() != 1 or len(self.offsets) < 1 or int(self.offsets[0]) != 0 \
+                or int(self.offsets[-1]) != self.states.shape[0] or bool((self.offsets.diff() < 0).any()):
+            raise SeqpoolError("TokenStates.offsets must start at 0, never decrease, and end at len(states)")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def dim(self) -> int:
+        return self.states.shape[1]
+
+    def lengths(self) -> Tensor:
+        """(N,) number of tokens of each text."""
+        return self.offsets.diff()
+
+    def _indices(self, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
+        if indices is None:
+            return np.arange(len(self))
+        return np.asarray(indices, dtype=np.int64).reshape(-1)
+
+    def padded(self, indices: Sequence[int] | np.ndarray | None = None,
+               dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """Right-padded (B, T_max, D) states and (B, T_max) bool mask for the chosen texts."""
+        rows = self._indices(indices)
+        starts = self.offsets[torch.from_numpy(rows)]
+        lengths = self.offsets[torch.from_numpy(rows) + 1] - starts
+        width = int(lengths.max()) if len(rows) else 0
+        mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+        token_index = (starts.unsqueeze(1) + torch.arange(width).unsqueeze(0))[mask]
+        hidden = torch.zeros(len(rows), width, self.dim, dtype=dtype)
+        hidden[mask] = self.states[token_index].to(dtype)
+        return hidden, mask
+
+    def iter_batches(self, indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 256,
+                     dtype: torch.dtype = torch.float32) -> Iterator[Batch]:
+        """(indices, hidden, mask) batches in the given order; sort by length first to cut padding."""
+        rows = self._indices(indices)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            hidden, mask = self.padded(chunk, dtype)
+            yield chunk, hidden, mask
+
+    def length_sorted(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """The given rows ordered by token count (stable), so batches pad little."""
+        rows = self._indices(indices)
+        return rows[np.argsort(self.lengths().numpy()[rows], kind="stable")]
+
+    def pool(self, strategies: Sequence[str] = ("mean",), batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Every parameter-free strategy from these states: float32 (N, D) arrays in text order."""
+        for strategy in strategies:
+            check_strategy(strategy)
+        pooled = {s: np.zeros((len(self), self.dim), dtype=np.float32) for s in strategies}
+        for rows, hidden, mask in self.iter_batches(self.length_sorted(), batch_size):
+            for strategy, vectors in pool_many(hidden, mask, strategies).items():
+                pooled[strategy][rows] = vectors.float().numpy()
+        return pooled
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "TokenStates":
+        """A new TokenStates with the chosen texts, in the given order."""
+        rows = torch.from_numpy(self._indices(indices))
+        starts, lengths = self.offsets[rows], self.lengths()[rows]
+        offsets = torch.zeros(len(rows) + 1, dtype=torch.int64)
+        offsets[1:] = lengths.cumsum(0)
+        if len(rows) == 0:
+            return TokenStates(self.states[:0], offsets)
+        token_index = torch.repeat_interleave(starts - offsets[:-1], lengths) + torch.arange(int(offsets[-1]))
+        return TokenStates(self.states[token_index], offsets)
+
+    def to(self, dtype: torch.dtype) -> "TokenStates":
+        return TokenStates(self.states.to(dtype), self.offsets)
+
+    def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+        """One safetensors file, written atomically (a cache must never be half-written)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            save_file({"states": self.states.contiguous(), "offsets": self.offsets.contiguous()},
+                      str(tmp), metadata=metadata or {})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TokenStates":
+        tensors = load_file(str(path))
+        return cls(tensors["states"], tensors["offsets"])
+
+    @classmethod
+    def from_batches(cls, batches: Iterable[Batch], num_texts: int | None = None,
+                     dtype: torch.dtype | None = None) -> "TokenStates":
+        """Collect (indices, hidden, mask) batches, in any order, into input order."""
+        pieces: dict[int, Tensor] = {}
+        for rows, hidden, mask in batches:
+            states = hidden if dtype is None else hidden.to(dtype)
+            for row, row_states, row_mask in zip(np.asarray(rows).tolist(), states, mask):
+                pieces[row] = row_states[row_mask.bool()].clone()
+        count = len(pieces) if num_texts is None else num_texts
+        if sorted(pieces) != list(range(count)):
+            raise SeqpoolError(f"batches cover rows {len(pieces)} of {count}: some texts are missing or repeated")
+        if count == 0:
+            width = 0
+            return cls(torch.zeros(0, width), torch.zeros(1, dtype=torch.int64))
+        ordered = [pieces[row] for row in range(count)]
+        offsets = torch.zeros(count + 1, dtype=torch.int64)
+        offsets[1:] = torch.tensor([len(p) for p in ordered]).cumsum(0)
+        return cls(torch.cat(ordered), offsets)
