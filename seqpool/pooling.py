@@ -6,8 +6,10 @@ never assumed, so left, right, no, and even non-contiguous padding all work.
 
 Conventions (see ``shared/design.md``):
 
-* reductions accumulate in float32 whatever the input dtype and return the input dtype;
-* a row with no real token pools to zeros, never NaN/inf, and its gradient is zero;
+* reductions accumulate in (at least) float32 whatever the input dtype and return the input
+  dtype: half types are upcast, float64 keeps its precision (so ``gradcheck`` works);
+* a row with no real token pools to zeros, never NaN/inf, and its gradient is zero
+  (also when the token axis itself is empty, T = 0);
 * values in padded positions are never read (not even multiplied by zero), so
   garbage, inf or NaN there cannot leak into outputs or gradients.
 """
@@ -55,6 +57,16 @@ def fill_padding(hidden_states: Tensor, mask: Tensor, fill: float = 0.0) -> Tens
     return hidden_states.masked_fill(~mask.unsqueeze(-1), fill)
 
 
+def upcast(hidden_states: Tensor) -> Tensor:
+    """The states in the dtype reductions run in: float32 for half types, float64 stays float64."""
+    return hidden_states.to(torch.promote_types(hidden_states.dtype, torch.float32))
+
+
+def _no_tokens(hidden_states: Tensor) -> Tensor:
+    """(B, D) zeros for an empty token axis (T = 0), still attached to the autograd graph."""
+    return hidden_states.sum(dim=1)
+
+
 def _token_counts(mask: Tensor) -> Tensor:
     """(B, 1) float32 number of real tokens per row."""
     return mask.sum(dim=1, keepdim=True, dtype=torch.float32)
@@ -65,7 +77,7 @@ def _sum_and_count(hidden_states: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]
 
     The float32 sum is what keeps fp16 inputs near +-6e4 from overflowing.
     """
-    total = fill_padding(hidden_states.float(), mask).sum(dim=1)
+    total = fill_padding(upcast(hidden_states), mask).sum(dim=1)
     return total, _token_counts(mask).clamp(min=1.0)
 
 
@@ -92,7 +104,7 @@ def masked_weighted_mean(hidden_states: Tensor, attention_mask: Tensor | None = 
     """
     mask = normalize_mask(hidden_states, attention_mask)
     weights = (mask.cumsum(dim=1) * mask).to(torch.float32).unsqueeze(-1)
-    total = (fill_padding(hidden_states.float(), mask) * weights).sum(dim=1)
+    total = (fill_padding(upcast(hidden_states), mask) * weights).sum(dim=1)
     return (total / weights.sum(dim=1).clamp(min=1.0)).to(hidden_states.dtype)
 
 
@@ -102,6 +114,8 @@ def masked_max(hidden_states: Tensor, attention_mask: Tensor | None = None) -> T
     Exact in any dtype, so no float32 upcast is needed.
     """
     mask = normalize_mask(hidden_states, attention_mask)
+    if mask.shape[1] == 0:
+        return _no_tokens(hidden_states)
     filled = fill_padding(hidden_states, mask, float("-inf"))
     pooled = filled.max(dim=1).values
     has_tokens = mask.any(dim=1, keepdim=True)
@@ -120,10 +134,12 @@ def last_token_index(mask: Tensor) -> Tensor:
     return tokens - 1 - mask.flip(dims=[1]).to(torch.uint8).argmax(dim=1)
 
 
-def _gather_token(hidden_states: Tensor, mask: Tensor, index: Tensor) -> Tensor:
+def _gather_token(hidden_states: Tensor, mask: Tensor, token_index: Callable[[Tensor], Tensor]) -> Tensor:
     """Pick one token per row; rows with no real token give zeros."""
+    if mask.shape[1] == 0:
+        return _no_tokens(hidden_states)
     rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
-    picked = hidden_states[rows, index]
+    picked = hidden_states[rows, token_index(mask)]
     has_tokens = mask.any(dim=1, keepdim=True)
     return torch.where(has_tokens, picked, torch.zeros_like(picked))
 
@@ -131,13 +147,13 @@ def _gather_token(hidden_states: Tensor, mask: Tensor, index: Tensor) -> Tensor:
 def first_token(hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """The first real token ([CLS] for BERT-style encoders), correct under left padding."""
     mask = normalize_mask(hidden_states, attention_mask)
-    return _gather_token(hidden_states, mask, first_token_index(mask))
+    return _gather_token(hidden_states, mask, first_token_index)
 
 
 def last_token(hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """The last real token (the summary state of causal decoders), either padding side."""
     mask = normalize_mask(hidden_states, attention_mask)
-    return _gather_token(hidden_states, mask, last_token_index(mask))
+    return _gather_token(hidden_states, mask, last_token_index)
 
 
 POOLING_FUNCTIONS: Mapping[str, PoolFn] = {
