@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from seqpool import __version__
 from seqpool.errors import SeqpoolError
-from seqpool.pooling import STRATEGIES, check_strategy, fill_padding, masked_mean, normalize_mask, pool
+from seqpool.pooling import STRATEGIES, check_strategy, fill_padding, masked_mean, normalize_mask, pool, upcast
 from seqpool.serialization import load_state, read_config, save_module
 
 #: Strategies with parameters; :class:`Pooler` needs ``dim`` for them.
@@ -67,12 +67,16 @@ class AttentionPooling(nn.Module):
         return self.heads * self.dim
 
     def attention_weights(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """(B, heads, T) float32 weights; each row sums to 1 over real tokens (0 if none)."""
+        """(B, heads, T) weights; each row sums to 1 over real tokens (0 if none).
+
+        Float32 at least (float64 when the states or the module are float64).
+        """
         mask = normalize_mask(hidden_states, attention_mask)
         states = fill_padding(hidden_states, mask).to(self._parameter_dtype())
-        scores = self.score(states).float()  # (B, T, heads)
-        scores = scores.masked_fill(~mask.unsqueeze(-1), torch.finfo(torch.float32).min)
-        weights = torch.softmax(scores, dim=1) * mask.any(dim=1).to(torch.float32)[:, None, None]
+        dtype = torch.promote_types(upcast(hidden_states).dtype, states.dtype)
+        scores = self.score(states).to(dtype)  # (B, T, heads)
+        scores = scores.masked_fill(~mask.unsqueeze(-1), torch.finfo(dtype).min)
+        weights = torch.softmax(scores, dim=1) * mask.any(dim=1).to(dtype)[:, None, None]
         return weights.transpose(1, 2)
 
     def forward(
@@ -81,7 +85,7 @@ class AttentionPooling(nn.Module):
         """Pool to (B, heads*dim); with ``return_weights`` also return the (B, heads, T) weights."""
         mask = normalize_mask(hidden_states, attention_mask)
         weights = self.attention_weights(hidden_states, mask)
-        states = fill_padding(hidden_states.float(), mask)
+        states = fill_padding(hidden_states.to(weights.dtype), mask)
         pooled = torch.einsum("bht,btd->bhd", self.dropout(weights), states)
         pooled = pooled.reshape(hidden_states.shape[0], self.output_dim).to(hidden_states.dtype)
         return (pooled, weights) if return_weights else pooled
@@ -126,16 +130,22 @@ class SqueezeExcitation(nn.Module):
         self.gate = _activation(gate_layer)
 
     def channel_weights(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """(B, D) float32 excitation gates computed from the masked squeeze."""
-        squeezed = masked_mean(hidden_states.float(), attention_mask)
+        """(B, D) excitation gates (float32 at least) computed from the masked squeeze."""
+        squeezed = masked_mean(upcast(hidden_states), attention_mask)
         dtype = self.fc1.weight.dtype
-        return self.gate(self.fc2(self.act(self.fc1(squeezed.to(dtype))))).float()
+        return upcast(self.gate(self.fc2(self.act(self.fc1(squeezed.to(dtype))))))
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def scaled_states(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The (B, T, D) output before it is cast back to the input dtype (float32 at least).
+
+        Lets ``Pooler("se_mean")`` pool without rounding every token to fp16/bf16 first.
+        """
         mask = normalize_mask(hidden_states, attention_mask)
         gates = self.channel_weights(hidden_states, mask)
-        scaled = fill_padding(hidden_states.float(), mask) * gates.unsqueeze(1)
-        return scaled.to(hidden_states.dtype)
+        return fill_padding(upcast(hidden_states), mask) * gates.unsqueeze(1)
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.scaled_states(hidden_states, attention_mask).to(hidden_states.dtype)
 
 
 class Pooler(nn.Module):
@@ -187,7 +197,8 @@ class Pooler(nn.Module):
         if isinstance(self.module, AttentionPooling):
             return self.module(hidden_states, attention_mask, return_weights=return_weights)
         if isinstance(self.module, SqueezeExcitation):
-            return masked_mean(self.module(hidden_states, attention_mask), attention_mask)
+            scaled = self.module.scaled_states(hidden_states, attention_mask)
+            return masked_mean(scaled, attention_mask).to(hidden_states.dtype)
         return pool(hidden_states, attention_mask, self.strategy)
 
     @property
