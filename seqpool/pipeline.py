@@ -1,0 +1,186 @@
+"""seqpool as a Hugging Face ``pipeline``: one pooled vector per text.
+
+>>> import seqpool; from transformers import pipeline           # doctest: +SKIP
+>>> embed = pipeline("seqpool", model=path, pooling="mean")       # doctest: +SKIP
+>>> embed(["a fine film", "a dull one"], batch_size=8)            # doctest: +SKIP
+
+The task is registered by :func:`register_pipeline`, which ``import seqpool`` calls; passing
+``pipeline_class=PoolingPipeline`` to ``pipeline("feature-extraction", ...)`` works too.
+
+Tokenization, layer choice and pooling are delegated to :class:`seqpool.Encoder`, so the
+vectors are those of ``Encoder.encode`` for the same model and strategy. Batches are always
+right-padded (decoders without a pad token pad with EOS); pooling reads the attention mask.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import AutoModel, Pipeline
+
+from seqpool.encoder import Encoder, sentence_transformers_defaults
+from seqpool.errors import SeqpoolError
+from seqpool.layers import Pooler
+from seqpool.pooling import STRATEGIES, pool
+from seqpool.serialization import read_config
+
+#: The task name under which :func:`register_pipeline` registers :class:`PoolingPipeline`.
+TASK = "seqpool"
+
+PoolFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def load_pooler(directory: str | os.PathLike) -> Pooler:
+    """The pooler saved in ``directory`` by ``Pooler`` or ``PooledClassifier.save_pretrained``."""
+    kind = read_config(directory).get("seqpool_type")
+    if kind == "Pooler":
+        return Pooler.from_pretrained(directory)
+    if kind == "PooledClassifier":
+        from seqpool.classifier import PooledClassifier
+
+        return PooledClassifier.from_pretrained(directory).pooler
+    raise SeqpoolError(f"{directory} holds a {kind or 'non-seqpool'!r} config; pass a folder saved by "
+                       f"Pooler.save_pretrained or PooledClassifier.save_pretrained")
+
+
+def resolve_pooling(pooling: str | os.PathLike | Pooler | Sequence[Any]) -> tuple[dict[str, PoolFn], bool]:
+    """``{name: pool function}`` for a strategy, a saved-pooler folder, a Pooler, or a list of them.
+
+    The flag says whether the caller asked for several (then results are dicts).
+    """
+    several = isinstance(pooling, (list, tuple))
+    items = list(pooling) if several else [pooling]
+    if not items:
+        raise SeqpoolError("pooling= got an empty list; name at least one strategy")
+    resolved: dict[str, PoolFn] = {}
+    for item in items:
+        if isinstance(item, Pooler):
+            resolved[item.strategy] = _eval_pooler(item)
+        elif isinstance(item, str) and item in STRATEGIES:
+            resolved[item] = _strategy_fn(item)
+        elif isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
+            resolved[str(item)] = _eval_pooler(load_pooler(item))
+        else:
+            raise SeqpoolError(f"pooling={item!r} is neither a strategy ({', '.join(STRATEGIES)}) nor a "
+                               f"folder saved by Pooler/PooledClassifier.save_pretrained")
+    return resolved, several
+
+
+def _strategy_fn(strategy: str) -> PoolFn:
+    return lambda hidden, mask: pool(hidden, mask, strategy)
+
+
+def _eval_pooler(pooler: Pooler) -> PoolFn:
+    pooler.eval()
+
+    def run(hidden: Tensor, mask: Tensor) -> Tensor:
+        if pooler.dim is not None and pooler.dim != hidden.shape[-1]:
+            raise SeqpoolError(f"the {pooler.strategy!r} pooler was trained on {pooler.dim}-dim states, "
+                               f"but this model gives {hidden.shape[-1]}; use the model it was trained with")
+        with torch.inference_mode():
+            return pooler(hidden, mask)
+    return run
+
+
+def _padding_ready_tokenizer(tokenizer: Any, pad_token_id: int) -> Any:
+    """A tokenizer that right-pads and has a pad token (a copy if the caller's needs changes).
+
+    ``transformers`` pads batches with the tokenizer's settings; right padding keeps the
+    positions of a decoder's real tokens those of the unpadded text, as in :class:`Encoder`.
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.padding_side == "right":
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_token_id)
+    return tokenizer
+
+
+class PoolingPipeline(Pipeline):
+    """Texts in, one pooled float32 vector (numpy) per text out.
+
+    Arguments (at construction or per call): ``pooling`` -- a strategy name, a list of names
+    (each result is then a ``{name: vector}`` dict), a folder saved by ``Pooler`` /
+    ``PooledClassifier.save_pretrained`` (its trained attention / SE pooler), or a ``Pooler``;
+    default: the model's sentence-transformers pooling, else ``"mean"``. ``normalize`` -- L2
+    normalise (default: the model's Normalize module). Construction only: ``layer`` (index or
+    list of indices to average) and ``max_length``, as in :class:`seqpool.Encoder`.
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def __init__(self, *args: Any, layer: int | Sequence[int] = -1, max_length: int | None = None,
+                 **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.tokenizer is None:
+            raise SeqpoolError("the seqpool pipeline needs a tokenizer; pass tokenizer= or a model folder with one")
+        name = getattr(self.model, "name_or_path", "") or ""
+        defaults = sentence_transformers_defaults(name) if name and Path(name).is_dir() else {}
+        model_dtype = self.model.dtype if self.model.dtype in (torch.float32, torch.bfloat16) else None
+        self.encoder = Encoder.from_model(
+            self.model, self.tokenizer, layer=layer, max_length=max_length or defaults.get("max_length"),
+            dtype=model_dtype, device=self.device, default_strategy=defaults.get("strategy") or "mean",
+            default_normalize=bool(defaults.get("normalize")))
+        self.tokenizer = _padding_ready_tokenizer(self.tokenizer, self.encoder.pad_token_id)
+
+    def _sanitize_parameters(self, pooling: Any = None, normalize: bool | None = None,
+                             **unexpected: Any) -> tuple[dict, dict, dict]:
+        if unexpected:
+            raise SeqpoolError(f"unexpected pipeline argument(s) {sorted(unexpected)}; the seqpool pipeline "
+                               f"takes pooling=, normalize=, batch_size= (and layer=, max_length= when built)")
+        postprocess: dict[str, Any] = {}
+        if pooling is not None:
+            postprocess["pooling"] = resolve_pooling(pooling)
+        if normalize is not None:
+            postprocess["normalize"] = bool(normalize)
+        return {}, {}, postprocess
+
+    def preprocess(self, text: str) -> dict[str, Tensor]:
+        if not isinstance(text, str):
+            raise SeqpoolError(f"the seqpool pipeline embeds strings, got {type(text).__name__}")
+        return self.encoder.collate(self.encoder.tokenize([text]))
+
+    def _forward(self, model_inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"hidden_states": self.encoder.forward_tokens(model_inputs),
+                "attention_mask": model_inputs["attention_mask"].bool()}
+
+    def postprocess(self, model_outputs: dict[str, Tensor], pooling: tuple[dict[str, PoolFn], bool] | None = None,
+                    normalize: bool | None = None) -> np.ndarray | dict[str, np.ndarray]:
+        functions, several = pooling or resolve_pooling(self.encoder.default_strategy)
+        normalize = self.encoder.default_normalize if normalize is None else normalize
+        hidden, mask = model_outputs["hidden_states"], model_outputs["attention_mask"]
+        vectors = {}
+        for name, function in functions.items():
+            pooled = function(hidden, mask).float()
+            if normalize:
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            vectors[name] = pooled[0].numpy()
+        return vectors if several else next(iter(vectors.values()))
+
+
+def register_pipeline(task: str = TASK) -> None:
+    """Make ``transformers.pipeline(task, model=...)`` build a :class:`PoolingPipeline`.
+
+    Cheap (a dict entry, no model loaded) and idempotent; ``import seqpool`` calls it.
+    """
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    current = PIPELINE_REGISTRY.supported_tasks.get(task)
+    if current is not None and current.get("impl") is PoolingPipeline:
+        return
+    PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=PoolingPipeline, pt_model=AutoModel, type="text")
+
+
+# Importing this module (``import seqpool.pipeline``) is the opt-in: it costs the import of
+# transformers' pipeline machinery (seconds), so plain ``import seqpool`` does not do it.
+register_pipeline()

@@ -1,0 +1,166 @@
+"""Hand a parameter-free strategy chosen with seqpool to sentence-transformers, and read it back.
+
+sentence-transformers describes a model as a folder: the Hugging Face model at the root,
+``modules.json`` listing the modules, ``1_Pooling/config.json`` naming the pooling mode and,
+optionally, a ``Normalize`` module. Writing that layout lets anyone load what seqpool chose
+with ``SentenceTransformer(path)``; reading it lets seqpool start from any such model.
+
+The pooling config is written in the boolean-flag format (``pooling_mode_mean_tokens`` ...)
+that every sentence-transformers release reads; the reader accepts the newer
+``pooling_mode`` string too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from seqpool.encoder import _ST_POOLING_FLAGS, _ST_POOLING_MODES
+from seqpool.errors import SeqpoolError
+from seqpool.pooling import STRATEGIES, check_strategy
+from seqpool.serialization import _atomic_write_text
+
+if TYPE_CHECKING:
+    from seqpool.encoder import Encoder
+
+#: seqpool strategy -> the sentence-transformers boolean flag that selects it.
+ST_POOLING_FLAG: dict[str, str] = {strategy: flag for flag, strategy in _ST_POOLING_FLAGS.items()}
+POOLING_DIR = "1_Pooling"
+NORMALIZE_DIR = "2_Normalize"
+_ST_MODULE = "sentence_transformers.models."
+
+
+@dataclass(frozen=True)
+class SentenceTransformersLayout:
+    """What a sentence-transformers folder says about pooling: enough to rebuild the embedding."""
+
+    strategy: str
+    normalize: bool
+    max_length: int | None
+
+
+def pooling_config(strategy: str, dim: int) -> dict[str, Any]:
+    """The ``1_Pooling/config.json`` that makes sentence-transformers pool like ``strategy``."""
+    check_strategy(strategy, STRATEGIES)
+    if dim < 1:
+        raise SeqpoolError(f"embedding dimension must be at least 1, got {dim}")
+    config: dict[str, Any] = {"word_embedding_dimension": int(dim)}
+    config.update({flag: flag == ST_POOLING_FLAG[strategy] for flag in _ST_POOLING_FLAGS})
+    return config
+
+
+def modules_config(normalize: bool) -> list[dict[str, Any]]:
+    """The ``modules.json`` of a Transformer -> Pooling [-> Normalize] stack."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": _ST_MODULE + "Transformer"},
+        {"idx": 1, "name": "1", "path": POOLING_DIR, "type": _ST_MODULE + "Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": NORMALIZE_DIR, "type": _ST_MODULE + "Normalize"})
+    return modules
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def write_sentence_transformers_layout(directory: str | os.PathLike, strategy: str, dim: int,
+                                       normalize: bool = False, max_length: int | None = None) -> Path:
+    """Add the sentence-transformers files to a folder that already holds a HF model + tokenizer."""
+    directory = Path(directory)
+    config = pooling_config(strategy, dim)
+    _write_json(directory / POOLING_DIR / "config.json", config)
+    if normalize:
+        (directory / NORMALIZE_DIR).mkdir(parents=True, exist_ok=True)
+    if max_length is not None:
+        _write_json(directory / "sentence_bert_config.json",
+                    {"max_seq_length": int(max_length), "do_lower_case": False})
+    _write_json(directory / "modules.json", modules_config(normalize))
+    return directory
+
+
+def export_sentence_transformers(encoder: "Encoder", directory: str | os.PathLike, strategy: str | None = None,
+                                 normalize: bool | None = None) -> Path:
+    """Save ``encoder``'s model, tokenizer and ``strategy`` as a sentence-transformers folder.
+
+    The folder is built beside ``directory`` and renamed into place, so it is either complete
+    or absent. ``strategy``/``normalize`` default to the encoder's. Only the last layer can be
+    exported: sentence-transformers pools the model's final hidden states.
+    """
+    strategy = encoder.default_strategy if strategy is None else strategy
+    normalize = encoder.default_normalize if normalize is None else bool(normalize)
+    check_strategy(strategy, STRATEGIES)
+    if tuple(encoder.layers) != (-1,):
+        raise SeqpoolError(
+            f"sentence-transformers pools the last layer only, but this encoder uses layer(s) "
+            f"{list(encoder.layers)}; export an Encoder built with layer=-1")
+    target = Path(directory)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise SeqpoolError(f"{target} already exists and is not an empty folder; choose a new path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        encoder.model.save_pretrained(staging)
+        encoder.tokenizer.save_pretrained(staging)
+        write_sentence_transformers_layout(staging, strategy, encoder.hidden_size, normalize, encoder.max_length)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SeqpoolError(f"{path.parent} is not a sentence-transformers folder: {path.name} is missing") from None
+    except json.JSONDecodeError as error:
+        raise SeqpoolError(f"{path} is not valid JSON: {error}") from None
+
+
+def _pooling_strategies(config: dict[str, Any]) -> list[str]:
+    """Every seqpool strategy a pooling config switches on, in either config format."""
+    mode = config.get("pooling_mode")
+    if mode is not None:
+        modes = [mode] if isinstance(mode, str) else list(mode)
+        unknown = [m for m in modes if m not in _ST_POOLING_MODES]
+        if unknown:
+            raise SeqpoolError(f"unknown sentence-transformers pooling mode(s) {unknown}; "
+                               f"seqpool reads {sorted(_ST_POOLING_MODES)}")
+        return [_ST_POOLING_MODES[m] for m in modes]
+    return [strategy for flag, strategy in _ST_POOLING_FLAGS.items() if config.get(flag)]
+
+
+def read_sentence_transformers_layout(directory: str | os.PathLike) -> SentenceTransformersLayout:
+    """The strategy, normalisation and max length a sentence-transformers folder specifies.
+
+    Strict where :func:`seqpool.encoder.sentence_transformers_defaults` is lenient: a missing
+    ``modules.json``, no Pooling module, or a concatenation of several pooling modes (which
+    seqpool represents as several strategies, not one vector) is an error.
+    """
+    root = Path(directory)
+    modules = _read_json(root / "modules.json")
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise SeqpoolError(f"{root / 'modules.json'} must be a list of modules")
+    types = [str(m.get("type", "")) for m in modules]
+    pooling = [m for m, kind in zip(modules, types) if kind.endswith("Pooling")]
+    if len(pooling) != 1:
+        raise SeqpoolError(f"{root} has {len(pooling)} Pooling modules; seqpool reads exactly one")
+    config = _read_json(root / str(pooling[0].get("path", "")) / "config.json")
+    strategies = _pooling_strategies(config if isinstance(config, dict) else {})
+    if len(strategies) != 1:
+        raise SeqpoolError(
+            f"{root} pools with {strategies or 'no mode'}; seqpool reads a single mode (for several, "
+            f"pass them as separate strategies to Encoder.encode)")
+    normalize = bool(types) and types[-1].endswith("Normalize")
+    st_config_path = root / "sentence_bert_config.json"
+    st_config = _read_json(st_config_path) if st_config_path.is_file() else {}
+    max_length = st_config.get("max_seq_length") if isinstance(st_config, dict) else None
+    return SentenceTransformersLayout(strategies[0], normalize, max_length if isinstance(max_length, int) else None)
