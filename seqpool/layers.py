@@ -40,6 +40,18 @@ def _activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
+def _width_checked_mask(hidden_states: Tensor, attention_mask: Tensor | None, dim: int, owner: str) -> Tensor:
+    """``normalize_mask`` plus a clear error when the states are not ``dim`` wide."""
+    mask = normalize_mask(hidden_states, attention_mask)
+    width = hidden_states.shape[-1]
+    if width != dim:
+        raise SeqpoolError(
+            f"hidden_states have width {width} but this {owner} was built for dim={dim}; "
+            f"use states from the encoder it was trained on, or build a new one with dim={width}"
+        )
+    return mask
+
+
 class AttentionPooling(nn.Module):
     """Learned attention pooling: a softmax over real tokens of a per-token score.
 
@@ -53,8 +65,13 @@ class AttentionPooling(nn.Module):
 
     def __init__(self, dim: int, heads: int = 1, hidden_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
-        if dim < 1 or heads < 1:
-            raise SeqpoolError(f"AttentionPooling needs dim >= 1 and heads >= 1, got dim={dim}, heads={heads}")
+        if dim < 1 or heads < 1 or (hidden_dim is not None and hidden_dim < 1):
+            raise SeqpoolError(
+                "AttentionPooling needs dim >= 1, heads >= 1 and hidden_dim >= 1 (or None), "
+                f"got dim={dim}, heads={heads}, hidden_dim={hidden_dim}"
+            )
+        if not 0.0 <= dropout <= 1.0:
+            raise SeqpoolError(f"AttentionPooling dropout must be between 0 and 1, got {dropout}")
         self.dim, self.heads, self.hidden_dim = dim, heads, hidden_dim
         if hidden_dim is None:
             self.score: nn.Module = nn.Linear(dim, heads)
@@ -71,7 +88,7 @@ class AttentionPooling(nn.Module):
 
         Float32 at least (float64 when the states or the module are float64).
         """
-        mask = normalize_mask(hidden_states, attention_mask)
+        mask = _width_checked_mask(hidden_states, attention_mask, self.dim, "AttentionPooling")
         states = fill_padding(hidden_states, mask).to(self._parameter_dtype())
         dtype = torch.promote_types(upcast(hidden_states).dtype, states.dtype)
         scores = self.score(states).to(dtype)  # (B, T, heads)
@@ -97,6 +114,9 @@ class AttentionPooling(nn.Module):
 def reduced_channels(dim: int, reduction: float = 16, rd_ratio: float | None = None,
                      rd_channels: int | None = None) -> int:
     """Bottleneck width of the SE excitation: ``rd_channels``, else ``dim * rd_ratio``, else ``dim / reduction``."""
+    for name, value in (("reduction", reduction), ("rd_ratio", rd_ratio), ("rd_channels", rd_channels)):
+        if value is not None and value <= 0:
+            raise SeqpoolError(f"SqueezeExcitation {name} must be positive, got {value}")
     if rd_channels is not None:
         width = rd_channels
     elif rd_ratio is not None:
@@ -122,6 +142,8 @@ class SqueezeExcitation(nn.Module):
                  rd_channels: int | None = None, act_layer: str = "relu", gate_layer: str = "sigmoid",
                  bias: bool = True):
         super().__init__()
+        if dim < 1:
+            raise SeqpoolError(f"SqueezeExcitation needs dim >= 1, got dim={dim}")
         self.dim = dim
         self.rd_channels = reduced_channels(dim, reduction, rd_ratio, rd_channels)
         self.fc1 = nn.Linear(dim, self.rd_channels, bias=bias)
@@ -131,7 +153,8 @@ class SqueezeExcitation(nn.Module):
 
     def channel_weights(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """(B, D) excitation gates (float32 at least) computed from the masked squeeze."""
-        squeezed = masked_mean(upcast(hidden_states), attention_mask)
+        mask = _width_checked_mask(hidden_states, attention_mask, self.dim, "SqueezeExcitation")
+        squeezed = masked_mean(upcast(hidden_states), mask)
         dtype = self.fc1.weight.dtype
         return upcast(self.gate(self.fc2(self.act(self.fc1(squeezed.to(dtype))))))
 
