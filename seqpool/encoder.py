@@ -260,8 +260,13 @@ class Encoder:
         with _progress_bar(len(token_ids), progress) as bar:
             for rows in batches:
                 inputs = self.collate([token_ids[i] for i in rows])
-                hidden = self.forward_tokens(inputs).cpu()
-                yield rows, hidden, inputs["attention_mask"].bool()
+                if inputs["input_ids"].shape[1] == 0:  # only texts without tokens (decoders, "")
+                    hidden = torch.zeros(len(rows), 1, self.hidden_size)
+                    mask = torch.zeros(len(rows), 1, dtype=torch.bool)
+                else:
+                    hidden = self.forward_tokens(inputs).cpu()
+                    mask = inputs["attention_mask"].bool()
+                yield rows, hidden, mask
                 bar.update(len(rows))
 
     def token_states(self, texts: Sequence[str], batch_size: int | None = None, progress: bool = False,
