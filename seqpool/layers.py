@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from seqpool import __version__
 from seqpool.errors import SeqpoolError
 from seqpool.pooling import STRATEGIES, check_strategy, fill_padding, masked_mean, normalize_mask, pool, upcast
-from seqpool.serialization import load_state, read_config, save_module
+from seqpool.serialization import CONFIG_NAME, load_state, read_config, save_module
 
 #: Strategies with parameters; :class:`Pooler` needs ``dim`` for them.
 LEARNED_STRATEGIES: tuple[str, ...] = ("attention", "se_mean")
@@ -235,12 +235,21 @@ class Pooler(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "Pooler":
-        """Rebuild a Pooler saved by :meth:`save_pretrained` (weights via safetensors only)."""
+        """Rebuild a Pooler saved by :meth:`save_pretrained` (weights via safetensors only).
+
+        Like Hugging Face's ``from_pretrained`` it returns the module in eval mode (dropout off),
+        so a loaded pooler gives the saved pooler's outputs; call ``.train()`` to fine-tune.
+        """
         config = read_config(directory)
         if config.get("seqpool_type") != "Pooler":
             raise SeqpoolError(f"{directory} holds a {config.get('seqpool_type', 'non-seqpool')!r} config, not a Pooler")
-        pooler = cls(config["strategy"], config.get("dim"), **config.get("kwargs", {}))
-        return load_state(pooler, directory)
+        strategy, kwargs = config.get("strategy"), config.get("kwargs", {})
+        if not isinstance(strategy, str) or not isinstance(kwargs, dict):
+            raise SeqpoolError(
+                f"{directory}/{CONFIG_NAME} is malformed: it needs a 'strategy' name and a 'kwargs' object"
+            )
+        pooler = cls(strategy, config.get("dim"), **kwargs)
+        return load_state(pooler, directory).eval()
 
     def extra_repr(self) -> str:
         return f"strategy={self.strategy!r}, dim={self.dim}"

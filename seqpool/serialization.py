@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from seqpool.errors import SeqpoolError
@@ -56,20 +57,36 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise SeqpoolError(f"{directory} is not a saved seqpool module: {CONFIG_NAME} is missing")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise SeqpoolError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise SeqpoolError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    return config
 
 
 def load_state(module: torch.nn.Module, directory: str | os.PathLike) -> torch.nn.Module:
-    """Load ``model.safetensors`` into ``module`` strictly (every tensor must match)."""
+    """Load ``model.safetensors`` into ``module`` strictly (every name and shape must match).
+
+    Checked before loading, so a mismatch is a SeqpoolError and leaves ``module`` untouched.
+    """
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise SeqpoolError(f"{directory} is not a saved seqpool module: {WEIGHTS_NAME} is missing")
-    state = load_file(str(path))
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise SeqpoolError(
-            f"{path} does not match its config: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
-        )
+    try:
+        state = load_file(str(path))
+    except SafetensorError as error:
+        raise SeqpoolError(f"{path} is not a readable safetensors file ({error}); save the module again") from None
+    expected = module.state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    reshaped = sorted(
+        f"{name} {tuple(state[name].shape)} vs {tuple(expected[name].shape)}"
+        for name in expected.keys() & state.keys()
+        if state[name].shape != expected[name].shape
+    )
+    problems = [f"{label} {names}" for label, names in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape (saved vs config)", reshaped)) if names]
+    if problems:
+        raise SeqpoolError(f"{path} does not match its config.json: {'; '.join(problems)}")
+    module.load_state_dict(state)
     return module
