@@ -225,8 +225,8 @@ def explain(texts: Sequence[str], classifier: "PooledClassifier | str | os.PathL
         chunk = texts[start:start + batch_size]
         encoded = _tokenize_with_offsets(encoder, chunk)
         batch = encoder.collate(encoded["input_ids"])
-        hidden = encoder.forward_tokens(batch).cpu()
-        contributions, logits = token_contributions(classifier, hidden, batch["attention_mask"])
+        hidden, mask = batch_states(encoder, batch)
+        contributions, logits = token_contributions(classifier, hidden, mask)
         for row, text in enumerate(chunk):
             ids = encoded["input_ids"][row]
             word_ids = encoded.word_ids(row) if encoded.is_fast else list(range(len(ids)))
@@ -244,6 +244,18 @@ def _was_truncated(text: str, offsets: list[tuple[int, int]], word_ids: list[int
     """Whether the tokens stop before the end of the text (only non-space text counts)."""
     ends = [end for (start, end), word in zip(offsets, word_ids) if word is not None and end > start]
     return bool(text.strip()) and (not ends or max(ends) < len(text.rstrip()))
+
+
+def batch_states(encoder: "Encoder", batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """CPU float32 (B, T, D) states and (B, T) bool mask of a collated batch.
+
+    A batch whose texts have no tokens at all (``""`` for a decoder) cannot go through the
+    model; like :meth:`Encoder.hidden_states` it gets one masked zero token per text.
+    """
+    if batch["input_ids"].shape[1] == 0:
+        rows = batch["input_ids"].shape[0]
+        return torch.zeros(rows, 1, encoder.hidden_size), torch.zeros(rows, 1, dtype=torch.bool)
+    return encoder.forward_tokens(batch).cpu(), batch["attention_mask"].bool()
 
 
 def _tokenize_with_offsets(encoder: "Encoder", texts: list[str]) -> Any:

@@ -14,7 +14,6 @@ right-padded (decoders without a pad token pad with EOS); pooling reads the atte
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,9 +25,11 @@ from transformers import AutoModel, Pipeline
 
 from seqpool.encoder import Encoder, sentence_transformers_defaults
 from seqpool.errors import SeqpoolError
+from seqpool.explain import batch_states
 from seqpool.layers import Pooler
 from seqpool.pooling import STRATEGIES, pool
 from seqpool.serialization import read_config
+from seqpool.st_export import padding_ready_tokenizer
 
 #: The task name under which :func:`register_pipeline` registers :class:`PoolingPipeline`.
 TASK = "seqpool"
@@ -36,15 +37,21 @@ TASK = "seqpool"
 PoolFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def load_pooler(directory: str | os.PathLike) -> Pooler:
-    """The pooler saved in ``directory`` by ``Pooler`` or ``PooledClassifier.save_pretrained``."""
+def saved_pooling(directory: str | os.PathLike) -> PoolFn:
+    """The pooling saved in ``directory`` by ``Pooler`` or ``PooledClassifier.save_pretrained``.
+
+    A classifier's pooler was trained on standardised token states, so its function
+    standardises first (the vector its linear head reads).
+    """
     kind = read_config(directory).get("seqpool_type")
     if kind == "Pooler":
-        return Pooler.from_pretrained(directory)
+        return _pooler_fn(Pooler.from_pretrained(directory))
     if kind == "PooledClassifier":
         from seqpool.classifier import PooledClassifier
 
-        return PooledClassifier.from_pretrained(directory).pooler
+        classifier = PooledClassifier.from_pretrained(directory).eval()
+        return _checked(lambda hidden, mask: classifier.pooler(classifier.standardize(hidden, mask), mask),
+                        classifier.dim, f"the classifier in {directory}")
     raise SeqpoolError(f"{directory} holds a {kind or 'non-seqpool'!r} config; pass a folder saved by "
                        f"Pooler.save_pretrained or PooledClassifier.save_pretrained")
 
@@ -61,11 +68,11 @@ def resolve_pooling(pooling: str | os.PathLike | Pooler | Sequence[Any]) -> tupl
     resolved: dict[str, PoolFn] = {}
     for item in items:
         if isinstance(item, Pooler):
-            resolved[item.strategy] = _eval_pooler(item)
+            resolved[item.strategy] = _pooler_fn(item)
         elif isinstance(item, str) and item in STRATEGIES:
             resolved[item] = _strategy_fn(item)
         elif isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
-            resolved[str(item)] = _eval_pooler(load_pooler(item))
+            resolved[str(item)] = saved_pooling(item)
         else:
             raise SeqpoolError(f"pooling={item!r} is neither a strategy ({', '.join(STRATEGIES)}) nor a "
                                f"folder saved by Pooler/PooledClassifier.save_pretrained")
@@ -76,31 +83,19 @@ def _strategy_fn(strategy: str) -> PoolFn:
     return lambda hidden, mask: pool(hidden, mask, strategy)
 
 
-def _eval_pooler(pooler: Pooler) -> PoolFn:
-    pooler.eval()
+def _pooler_fn(pooler: Pooler) -> PoolFn:
+    return _checked(pooler.eval(), pooler.dim, f"the {pooler.strategy!r} pooler")
 
+
+def _checked(function: PoolFn, dim: int | None, what: str) -> PoolFn:
+    """``function`` without autograd, refusing states of another width than it was trained on."""
     def run(hidden: Tensor, mask: Tensor) -> Tensor:
-        if pooler.dim is not None and pooler.dim != hidden.shape[-1]:
-            raise SeqpoolError(f"the {pooler.strategy!r} pooler was trained on {pooler.dim}-dim states, "
-                               f"but this model gives {hidden.shape[-1]}; use the model it was trained with")
+        if dim is not None and dim != hidden.shape[-1]:
+            raise SeqpoolError(f"{what} was trained on {dim}-dim states, but this model gives "
+                               f"{hidden.shape[-1]}; use the model it was trained with")
         with torch.inference_mode():
-            return pooler(hidden, mask)
+            return function(hidden, mask)
     return run
-
-
-def _padding_ready_tokenizer(tokenizer: Any, pad_token_id: int) -> Any:
-    """A tokenizer that right-pads and has a pad token (a copy if the caller's needs changes).
-
-    ``transformers`` pads batches with the tokenizer's settings; right padding keeps the
-    positions of a decoder's real tokens those of the unpadded text, as in :class:`Encoder`.
-    """
-    if tokenizer.pad_token_id is not None and tokenizer.padding_side == "right":
-        return tokenizer
-    tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_token_id)
-    return tokenizer
 
 
 class PoolingPipeline(Pipeline):
@@ -131,7 +126,7 @@ class PoolingPipeline(Pipeline):
             self.model, self.tokenizer, layer=layer, max_length=max_length or defaults.get("max_length"),
             dtype=model_dtype, device=self.device, default_strategy=defaults.get("strategy") or "mean",
             default_normalize=bool(defaults.get("normalize")))
-        self.tokenizer = _padding_ready_tokenizer(self.tokenizer, self.encoder.pad_token_id)
+        self.tokenizer = padding_ready_tokenizer(self.tokenizer, self.encoder.pad_token_id)
 
     def _sanitize_parameters(self, pooling: Any = None, normalize: bool | None = None,
                              **unexpected: Any) -> tuple[dict, dict, dict]:
@@ -151,8 +146,8 @@ class PoolingPipeline(Pipeline):
         return self.encoder.collate(self.encoder.tokenize([text]))
 
     def _forward(self, model_inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"hidden_states": self.encoder.forward_tokens(model_inputs),
-                "attention_mask": model_inputs["attention_mask"].bool()}
+        hidden, mask = batch_states(self.encoder, model_inputs)
+        return {"hidden_states": hidden, "attention_mask": mask}
 
     def postprocess(self, model_outputs: dict[str, Tensor], pooling: tuple[dict[str, PoolFn], bool] | None = None,
                     normalize: bool | None = None) -> np.ndarray | dict[str, np.ndarray]:

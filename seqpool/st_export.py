@@ -12,6 +12,7 @@ that every sentence-transformers release reads; the reader accepts the newer
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -65,6 +66,23 @@ def modules_config(normalize: bool) -> list[dict[str, Any]]:
     return modules
 
 
+def padding_ready_tokenizer(tokenizer: Any, pad_token_id: int) -> Any:
+    """``tokenizer`` set to pad on the right with a pad token, as :class:`Encoder` pads; a copy if
+    anything had to change (the caller's tokenizer is never modified).
+
+    Libraries that pad with the tokenizer's own settings (``transformers`` pipelines,
+    sentence-transformers) then see each real token at the position of the unpadded text.
+    Decoders without a pad token (GPT-2) get the Encoder's choice, usually EOS: masked anyway.
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.padding_side == "right":
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_token_id)
+    return tokenizer
+
+
 def _write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(path, json.dumps(value, indent=2) + "\n")
@@ -107,7 +125,7 @@ def export_sentence_transformers(encoder: "Encoder", directory: str | os.PathLik
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         encoder.model.save_pretrained(staging)
-        encoder.tokenizer.save_pretrained(staging)
+        padding_ready_tokenizer(encoder.tokenizer, encoder.pad_token_id).save_pretrained(staging)
         write_sentence_transformers_layout(staging, strategy, encoder.hidden_size, normalize, encoder.max_length)
         os.replace(staging, target)
     except BaseException:
