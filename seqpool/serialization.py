@@ -84,8 +84,8 @@ def load_state(module: torch.nn.Module, directory: str | os.PathLike) -> torch.n
         for name in expected.keys() & state.keys()
         if state[name].shape != expected[name].shape
     )
-    problems = [f"{label} {names}" for label, names in
-                (("missing", missing), ("unexpected", unexpected), ("wrong shape (saved vs config)", reshaped)) if names]
+    found = (("missing", missing), ("unexpected", unexpected), ("wrong shape (saved vs config)", reshaped))
+    problems = [f"{label} {names}" for label, names in found if names]
     if problems:
         raise SeqpoolError(f"{path} does not match its config.json: {'; '.join(problems)}")
     module.load_state_dict(state)

@@ -15,7 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from seqpool import LEARNED_STRATEGIES, POOLER_STRATEGIES, STRATEGIES, AttentionPooling, Pooler, SeqpoolError, SqueezeExcitation
+from seqpool import (
+    LEARNED_STRATEGIES,
+    POOLER_STRATEGIES,
+    STRATEGIES,
+    AttentionPooling,
+    Pooler,
+    SeqpoolError,
+    SqueezeExcitation,
+)
 
 #: One row per layout: right padded, left padded, holes, no real token, no padding.
 MASK = torch.tensor(
@@ -33,9 +41,9 @@ BATCH, TOKENS = MASK.shape
 PROPERTY = settings(max_examples=25, deadline=None)
 
 
-def random_states(dim: int, seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
+def random_states(dim: int, seed: int) -> Tensor:
     """(BATCH, TOKENS, dim) random states with NaN in every padded position of MASK."""
-    states = torch.randn(BATCH, TOKENS, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    states = torch.randn(BATCH, TOKENS, dim, generator=torch.Generator().manual_seed(seed))
     return states.masked_fill(~MASK[..., None], float("nan"))
 
 
