@@ -188,11 +188,20 @@ def _word_groups(word_ids: Sequence[int | None], offsets: Sequence[tuple[int, in
     return list(groups.values()), special
 
 
+def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
+    """A span without surrounding whitespace (byte-level BPE offsets include the leading space)."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
 def _explanation(text: str, tokens: list[str], offsets: list[tuple[int, int]], word_ids: list[int | None],
                  contributions: np.ndarray, logits: np.ndarray, bias: np.ndarray, labels: list[Any],
                  truncated: bool) -> Explanation:
     groups, special = _word_groups(word_ids, offsets)
-    spans = [(offsets[g[0]][0], offsets[g[-1]][1]) for g in groups]
+    spans = [_trimmed(text, offsets[g[0]][0], offsets[g[-1]][1]) for g in groups]
     per_word = np.stack([contributions[g].sum(axis=0) for g in groups]) if groups else \
         np.zeros((0, contributions.shape[1]), dtype=contributions.dtype)
     return Explanation(text=text, labels=labels, logits=logits, bias=bias, tokens=tokens,
