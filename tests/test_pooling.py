@@ -113,11 +113,6 @@ garbage = st.floats(width=32)
 extra_padding = st.integers(0, 3)
 
 
-def zero_row_outputs(output: Tensor, batch: RaggedBatch) -> Tensor:
-    """Rows of ``output`` belonging to rows with no real token."""
-    return output[torch.tensor([n == 0 for n in batch.lengths])]
-
-
 # ---------------------------------------------------------------- padding invariance
 
 
