@@ -6,6 +6,8 @@ padding layout, and find out -- with statistics -- which pooling works best.
 
 __version__ = "0.1.0"
 
+from seqpool.classifier import PooledClassifier  # noqa: E402
+from seqpool.encoder import Encoder  # noqa: E402
 from seqpool.errors import SeqpoolError  # noqa: E402
 from seqpool.layers import (  # noqa: E402
     LEARNED_STRATEGIES,
@@ -13,6 +15,17 @@ from seqpool.layers import (  # noqa: E402
     AttentionPooling,
     Pooler,
     SqueezeExcitation,
+)
+from seqpool.local import (  # noqa: E402
+    ShiftConsistency,
+    avg_pool_tokens,
+    blur_pool_tokens,
+    max_blur_pool_tokens,
+    max_pool_tokens,
+    segment_pool,
+    shift_consistency,
+    word_embeddings,
+    word_segment_ids,
 )
 from seqpool.pooling import (  # noqa: E402
     STRATEGIES,
@@ -25,6 +38,7 @@ from seqpool.pooling import (  # noqa: E402
     pool,
     pool_many,
 )
+from seqpool.states import TokenStates  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -43,4 +57,16 @@ __all__ = [
     "AttentionPooling",
     "SqueezeExcitation",
     "Pooler",
+    "Encoder",
+    "TokenStates",
+    "PooledClassifier",
+    "avg_pool_tokens",
+    "max_pool_tokens",
+    "blur_pool_tokens",
+    "max_blur_pool_tokens",
+    "shift_consistency",
+    "ShiftConsistency",
+    "segment_pool",
+    "word_embeddings",
+    "word_segment_ids",
 ]
