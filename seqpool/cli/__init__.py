@@ -61,3 +61,4 @@ def strategies() -> None:
 # Sub-commands register themselves below, one import each.
 from seqpool.cli.embed import embed as _embed; main.add_command(_embed)  # noqa: E402
 from seqpool.cli.explain import explain as _explain; main.add_command(_explain)  # noqa: E402
+from seqpool.cli.evaluate import evaluate as _evaluate; main.add_command(_evaluate)  # noqa: E402

@@ -1,0 +1,115 @@
+"""``seqpool evaluate``: which pooling strategy suits my task, and is the difference real?
+
+A thin layer over :func:`seqpool.evaluate.evaluate`: it parses options, prints the table
+on stdout (progress on stderr) and writes the JSON and the plot. Every user mistake is a
+:class:`SeqpoolError`, which the CLI group prints as one line.
+"""
+
+from __future__ import annotations
+
+import click
+
+from seqpool.cli.embed import parse_layers
+from seqpool.errors import SeqpoolError
+
+
+def parse_c_grid(value: str | None) -> tuple[float, ...] | None:
+    """``0.25,0.5,1,2,4,8`` -> floats; None keeps the default grid."""
+    if value is None:
+        return None
+    try:
+        grid = tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise SeqpoolError(f"--c-grid takes comma-separated positive numbers, got {value!r}") from None
+    if not grid or min(grid) <= 0:
+        raise SeqpoolError(f"--c-grid takes comma-separated positive numbers, got {value!r}")
+    return grid
+
+
+@click.command()
+@click.option("--train", "train", required=True, metavar="FILE|NAME",
+              help="Labelled training data: .jsonl, .csv, .tsv or .parquet, or a Hub dataset name.")
+@click.option("--test", "test", metavar="FILE|NAME",
+              help="Labelled test data: fit on --train, score here [default: k-fold CV on --train].")
+@click.option("--text-field", default="text", show_default=True, help="Column holding the text.")
+@click.option("--label-field", default="label", show_default=True, help="Column holding the label (int or str).")
+@click.option("--split", help="Split of a Hub dataset given as --train [default: train].")
+@click.option("--test-split", default="test", show_default=True, help="Split of a Hub dataset given as --test.")
+@click.option("--strategies", metavar="NAME[,NAME...]",
+              help="Strategies to compare [default: every parameter-free one plus attention and se_mean].")
+@click.option("--folds", type=int, default=10, show_default=True, help="k of the stratified k-fold CV.")
+@click.option("--repeats", type=int, default=1, show_default=True,
+              help="CV repeats with new splits and seeds; with --test, seeds of the learned strategies.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every split and initialisation.")
+@click.option("--model", help="HF model id or local directory [default: the packaged all-MiniLM-L6-v2].")
+@click.option("--layer", default="-1", show_default=True,
+              help="Hidden-state layer (0 = embeddings, -1 = last), or comma-separated layers to average.")
+@click.option("--max-length", type=int, help="Truncate texts to this many tokens [default: the model's].")
+@click.option("--no-tune", is_flag=True, help="Use C=1 instead of choosing C by inner CV.")
+@click.option("--c-grid", metavar="C[,C...]", help="Inverse L2 strengths to choose from [default: 2^-2 .. 2^3].")
+@click.option("--inner-folds", type=int, default=5, show_default=True, help="Folds of the inner CV that chooses C.")
+@click.option("--max-epochs", type=int, help="Most training epochs of a learned strategy [default: 40].")
+@click.option("--all-pairs", is_flag=True, help="Compare every pair of strategies, not only the best with each.")
+@click.option("--seed-variance/--no-seed-variance", default=True, show_default=True,
+              help="With --repeats > 1 in CV: extra fits that split a learned strategy's variance "
+                   "into split and seed parts.")
+@click.option("--learning-curve", metavar="N[,N...]",
+              help="Also evaluate on balanced subsamples of N training examples per class (e.g. 8,16,32,64).")
+@click.option("--curve-experiments", type=int, default=10, show_default=True,
+              help="Subsamples per learning-curve size.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Where token states are cached [default: $SEQPOOL_CACHE or ~/.cache/seqpool].")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the token-state cache.")
+@click.option("--batch-size", type=int, help="Most texts per encoder batch.")
+@click.option("--device", help="torch device for the encoder [default: cpu].")
+@click.option("--threads", type=int, help="Cap torch/BLAS threads (1 is fastest on a busy machine).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every number to this JSON file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write per-strategy score distributions with CIs to this image (.png/.pdf/.svg).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def evaluate(train: str, test: str | None, text_field: str, label_field: str, split: str | None,
+             test_split: str, strategies: str | None, folds: int, repeats: int, seed: int, model: str | None,
+             layer: str, max_length: int | None, no_tune: bool, c_grid: str | None, inner_folds: int,
+             max_epochs: int | None, all_pairs: bool, seed_variance: bool, learning_curve: str | None,
+             curve_experiments: int, cache_dir: str | None, no_cache: bool, batch_size: int | None,
+             device: str | None, threads: int | None, json_path: str | None, plot_path: str | None,
+             quiet: bool) -> None:
+    """Compare pooling strategies on a labelled corpus, with honest statistics.
+
+    \b
+    One file: repeated stratified k-fold CV, the same splits for every strategy; 95% CIs
+    use the Nadeau-Bengio corrected variance and comparisons the corrected resampled
+    t-test. With --test: fit on train, score on test; McNemar and a paired bootstrap.
+    p-values are Holm-adjusted across comparisons.
+
+    \b
+    Token states are encoded once and cached; every strategy pools from them, so a
+    second run on the same data skips the encoder.
+    """
+    from seqpool.evaluate import DEFAULT_C_GRID, check_output_paths
+    from seqpool.evaluate import evaluate as run_evaluation
+
+    if max_epochs is not None and max_epochs < 1:
+        raise SeqpoolError(f"--max-epochs must be at least 1, got {max_epochs}")
+    check_output_paths(json_path, plot_path)
+
+    def log(message: str) -> None:
+        if not quiet:
+            click.echo(message, err=True)
+
+    result = run_evaluation(
+        train, test, strategies, folds=folds, repeats=repeats, seed=seed, model=model, layer=parse_layers(layer),
+        max_length=max_length, tune=not no_tune, c_grid=parse_c_grid(c_grid) or DEFAULT_C_GRID,
+        inner_folds=inner_folds, learned_options={"max_epochs": max_epochs} if max_epochs else None,
+        seed_variance=seed_variance, all_pairs=all_pairs, learning_curve=learning_curve,
+        curve_experiments=curve_experiments, text_field=text_field, label_field=label_field, split=split,
+        test_split=test_split, cache=not no_cache, cache_dir=cache_dir, batch_size=batch_size, device=device,
+        threads=threads, progress=None if not quiet else False, log=log,
+    )
+    click.echo(result.table(), nl=False)
+    if json_path:
+        result.to_json(json_path)
+        log(f"wrote {json_path}")
+    if plot_path:
+        result.plot(plot_path)
+        log(f"wrote {plot_path}")
