@@ -412,7 +412,6 @@ class StrategyResult:
     macro_f1_mean: float
     macro_f1_ci95: tuple[float, float]
     rank: int = 0
-    fit_seconds: float = 0.0
     chosen_c: list[float] = field(default_factory=list)
     variance: dict[str, float] | None = None
 
@@ -635,7 +634,7 @@ def _summarize_cv(name: str, runs: _Runs, n_train: float, n_test: float, repeats
                     "design": "parameter-free: no seed, all variance comes from the split"}
     return StrategyResult(name, name in LEARNED_STRATEGIES, runs.accuracy, runs.macro_f1, accuracy.mean,
                           accuracy.std, accuracy.ci, accuracy.method, f1.mean, f1.ci,
-                          fit_seconds=runs.seconds, chosen_c=runs.chosen_c, variance=variance)
+                          chosen_c=runs.chosen_c, variance=variance)
 
 
 def _correct_matrix(runs: _Runs) -> np.ndarray:
@@ -654,7 +653,7 @@ def _summarize_test(name: str, runs: _Runs, n_resamples: int, seed: int) -> Stra
               else "bootstrap over test examples")
     return StrategyResult(name, name in LEARNED_STRATEGIES, runs.accuracy, runs.macro_f1, boot.estimate, std,
                           boot.ci, method, float(np.mean(runs.macro_f1)), (float("nan"), float("nan")),
-                          fit_seconds=runs.seconds, chosen_c=runs.chosen_c, variance=variance)
+                          chosen_c=runs.chosen_c, variance=variance)
 
 
 def _pairs(names: Sequence[str], best: str, all_pairs: bool) -> list[tuple[str, str]]:
@@ -736,7 +735,7 @@ def _run_learning_curve(strategies: Sequence[str], setup: _Setup, train: _Corpus
             boot = stats.bootstrap_mean(_correct_matrix(runs), n_resamples=n_resamples,
                                         seed=derive_seed(seed, "bootstrap", per_class))
             curve[strategy].append({"n_per_class": per_class, "mean": boot.estimate, "ci95": boot.ci,
-                                    "scores": runs.accuracy, "macro_f1": runs.macro_f1, "fit_seconds": runs.seconds})
+                                    "scores": runs.accuracy, "macro_f1": runs.macro_f1})
         log(f"learning curve n={per_class}: " + ", ".join(f"{s} {curve[s][-1]['mean']:.3f}" for s in strategies))
     return {"sizes": list(sizes), "experiments": experiments, "test_examples": int(len(test_rows)),
             "ci_method": "bootstrap over experiments and test examples", "strategies": curve}
@@ -948,8 +947,9 @@ def _evaluate(train: TrainInput, test: TrainInput | None, strategies: Sequence[s
         "cache_load_seconds": sum(e.seconds for e in encoded if e.cache_hit),
         "pool_seconds": pool_seconds,
         "fit_seconds": fit_seconds,
-        "fit_seconds_parameter_free": sum(results[s].fit_seconds for s in names if s not in LEARNED_STRATEGIES),
-        "fit_seconds_learned": sum(results[s].fit_seconds for s in names if s in LEARNED_STRATEGIES),
+        "fit_seconds_parameter_free": sum(runs[s].seconds for s in names if s not in LEARNED_STRATEGIES),
+        "fit_seconds_learned": sum(runs[s].seconds for s in names if s in LEARNED_STRATEGIES),
+        "fit_seconds_by_strategy": {s: runs[s].seconds for s in names},
         "learning_curve_seconds": curve_seconds,
         "evaluation_seconds": pool_seconds + fit_seconds + curve_seconds,
         "total_seconds": time.perf_counter() - start,
