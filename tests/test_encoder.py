@@ -1,0 +1,205 @@
+"""seqpool.Encoder: model defaults, batching, layers, one pass for all strategies, bf16, decoders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seqpool.encoder import Encoder, pack_batches
+from seqpool.errors import SeqpoolError
+from seqpool.pooling import STRATEGIES
+
+TEXTS = ["the cat sat on the mat", "hello", "", "a very good film , not boring at all", "hello",
+         "dog " * 30, "it was bad", "x"]
+
+
+def one_by_one(encoder, texts, strategy="mean"):
+    return np.stack([encoder.encode([text], strategy)[strategy][0] for text in texts])
+
+
+# -- defaults read from a sentence-transformers directory --------------------------------------
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("pooling,normalize", [("cls", True), ("max", False), ("weighted_mean", True)])
+def test_sentence_transformers_pooling_config_sets_the_defaults(make_st_model_dir, pooling, normalize, legacy):
+    encoder = Encoder(make_st_model_dir(pooling, normalize=normalize, legacy=legacy))
+    assert (encoder.default_strategy, encoder.default_normalize) == (pooling, normalize)
+    vectors = encoder.encode(TEXTS[:3])
+    assert list(vectors) == [pooling]
+    norms = np.linalg.norm(vectors[pooling], axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-5) == normalize
+
+
+def test_plain_model_defaults_to_mean_without_normalisation(tiny_bert_encoder):
+    assert (tiny_bert_encoder.default_strategy, tiny_bert_encoder.default_normalize) == ("mean", False)
+
+
+def test_sentence_bert_config_sets_max_length(make_st_model_dir):
+    directory = make_st_model_dir("mean")
+    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 5}), encoding="utf-8")
+    encoder = Encoder(directory)
+    assert encoder.max_length == 5
+    assert max(len(ids) for ids in encoder.tokenize(TEXTS)) == 5
+    assert Encoder(directory, max_length=7).max_length == 7
+
+
+# -- batching -------------------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 60), max_size=80), st.integers(1, 16), st.integers(1, 200))
+def test_pack_batches_covers_every_text_once_under_the_budget(lengths, batch_size, budget):
+    batches = pack_batches(lengths, batch_size, budget)
+    flat = np.concatenate(batches) if batches else np.array([], dtype=int)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    ordered = [lengths[i] for i in flat]
+    assert ordered == sorted(lengths, reverse=True)
+    for batch in batches:
+        assert 1 <= len(batch) <= batch_size
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget
+
+
+def test_rows_come_back_in_input_order(tiny_bert_encoder):
+    batched = tiny_bert_encoder.encode(TEXTS, batch_size=3)["mean"]
+    np.testing.assert_allclose(batched, one_by_one(tiny_bert_encoder, TEXTS), atol=1e-5)
+    order = np.random.default_rng(0).permutation(len(TEXTS))
+    shuffled = tiny_bert_encoder.encode([TEXTS[i] for i in order], batch_size=3)["mean"]
+    np.testing.assert_allclose(shuffled, batched[order], atol=1e-5)
+
+
+def test_hidden_states_batches_are_length_sorted_and_masked(tiny_bert_encoder):
+    seen = []
+    for rows, hidden, mask in tiny_bert_encoder.hidden_states(TEXTS, batch_size=2):
+        assert hidden.dtype == torch.float32 and hidden.shape[:2] == mask.shape and mask.dtype == torch.bool
+        assert hidden.shape[2] == tiny_bert_encoder.hidden_size
+        assert not hidden.requires_grad
+        lengths = mask.sum(dim=1).tolist()
+        assert max(lengths) == mask.shape[1]  # padded only to the batch's longest text
+        seen.extend(zip(rows.tolist(), lengths))
+    token_counts = [len(ids) for ids in tiny_bert_encoder.tokenize(TEXTS)]
+    assert sorted(seen) == list(enumerate(token_counts))
+    assert [n for _, n in seen] == sorted(token_counts, reverse=True)
+
+
+def test_token_states_are_in_input_order(tiny_bert_encoder):
+    states = tiny_bert_encoder.token_states(TEXTS, batch_size=3)
+    assert states.lengths().tolist() == [len(ids) for ids in tiny_bert_encoder.tokenize(TEXTS)]
+    np.testing.assert_allclose(states.pool(["mean"])["mean"], tiny_bert_encoder.encode(TEXTS)["mean"], atol=1e-6)
+
+
+def test_all_strategies_from_one_pass_equal_separate_passes(tiny_bert_encoder, monkeypatch):
+    forward_calls = []
+    real_forward = tiny_bert_encoder.forward_tokens
+    monkeypatch.setattr(tiny_bert_encoder, "forward_tokens", lambda batch: forward_calls.append(1) or real_forward(batch))
+    together = tiny_bert_encoder.encode(TEXTS, STRATEGIES, batch_size=4)
+    passes_for_all = len(forward_calls)
+    for strategy in STRATEGIES:
+        forward_calls.clear()
+        alone = tiny_bert_encoder.encode(TEXTS, strategy, batch_size=4)[strategy]
+        np.testing.assert_array_equal(together[strategy], alone)
+        assert len(forward_calls) == passes_for_all  # six strategies cost what one does
+
+
+def test_unknown_strategy_is_a_user_error(tiny_bert_encoder):
+    with pytest.raises(SeqpoolError, match="unknown pooling strategy"):
+        tiny_bert_encoder.encode(TEXTS, ["mean", "median"])
+    with pytest.raises(SeqpoolError, match="not a single string"):
+        tiny_bert_encoder.encode("one text")
+
+
+# -- layers, dtype, decoders -------------------------------------------------------------------
+
+
+def reference_hidden_states(encoder, text):
+    inputs = encoder.tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        return encoder.model(**inputs, output_hidden_states=True).hidden_states
+
+
+@pytest.mark.parametrize("layer", [0, 1, -1, (-2, -1), (0, 1, 2)])
+def test_layer_choice_matches_the_models_hidden_states(tiny_bert_dir, layer):
+    encoder = Encoder(tiny_bert_dir, layer=layer)
+    layers = (layer,) if isinstance(layer, int) else layer
+    text = "the cat sat on the mat"
+    reference = torch.stack([reference_hidden_states(encoder, text)[i] for i in layers]).mean(dim=0)[0]
+    np.testing.assert_allclose(encoder.encode([text])["mean"][0], reference.mean(dim=0).numpy(), atol=1e-5)
+
+
+def test_layer_out_of_range_is_a_user_error(tiny_bert_dir):
+    with pytest.raises(SeqpoolError, match=r"hidden states 0\.\.2"):
+        Encoder(tiny_bert_dir, layer=3)
+
+
+def test_bf16_runs_in_bf16_and_stays_close_to_fp32(tiny_bert_dir, tiny_bert_encoder):
+    encoder = Encoder(tiny_bert_dir, dtype="bf16")
+    assert next(encoder.model.parameters()).dtype == torch.bfloat16
+    low = encoder.encode(TEXTS, normalize=True)["mean"]
+    full = tiny_bert_encoder.encode(TEXTS, normalize=True)["mean"]
+    assert low.dtype == np.float32
+    assert float((low * full).sum(axis=1).min()) > 0.99
+
+
+def test_unsupported_dtype_is_a_user_error(tiny_bert_dir):
+    with pytest.raises(SeqpoolError, match="use fp32 or bf16"):
+        Encoder(tiny_bert_dir, dtype="fp8")
+
+
+@pytest.mark.parametrize("strategy", ["last", "weighted_mean", "mean"])
+def test_decoder_without_pad_token_is_unaffected_by_batching(tiny_gpt2_encoder, strategy):
+    assert tiny_gpt2_encoder.tokenizer.pad_token is None
+    assert tiny_gpt2_encoder.tokenizer.padding_side == "left"
+    batched = tiny_gpt2_encoder.encode(TEXTS, strategy, batch_size=4)[strategy]
+    np.testing.assert_allclose(batched, one_by_one(tiny_gpt2_encoder, TEXTS, strategy), atol=1e-5)
+    assert not batched[TEXTS.index("")].any()  # no tokens at all: a zero row, not NaN
+
+
+def test_decoder_last_state_is_the_unpadded_last_token(tiny_gpt2_encoder):
+    text = "the cat sat on the mat"
+    reference = reference_hidden_states(tiny_gpt2_encoder, text)[-1][0, -1]
+    batched = tiny_gpt2_encoder.encode([text, "hello world and much more text here"], "last")["last"][0]
+    np.testing.assert_allclose(batched, reference.numpy(), atol=1e-5)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+def test_unknown_model_or_file_path_is_a_user_error(tmp_path):
+    with pytest.raises(SeqpoolError, match="cannot load model"):
+        Encoder(tmp_path / "nothing-here")
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(SeqpoolError, match="is a file"):
+        Encoder(tmp_path / "weights.bin")
+
+
+def test_remote_code_is_off_unless_asked(tiny_bert_dir, monkeypatch):
+    import transformers
+
+    seen = []
+    real = transformers.AutoModel.from_pretrained
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained",
+                        lambda *a, **k: seen.append(k.get("trust_remote_code")) or real(*a, **k))
+    Encoder(tiny_bert_dir)
+    Encoder(tiny_bert_dir, trust_remote_code=True)
+    assert seen == [False, True]
+
+
+# -- the packaged model ------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_default_model_matches_sentence_transformers(minilm_path, senteval_dir):
+    from sentence_transformers import SentenceTransformer
+
+    texts = [json.loads(line)["text"] for line in open(senteval_dir / "mr.jsonl", encoding="utf-8")][:96]
+    texts += ["", "a", "word " * 400]  # empty, tiny, and longer than max_seq_length (256)
+    encoder = Encoder()
+    assert (encoder.default_strategy, encoder.default_normalize, encoder.max_length) == ("mean", True, 256)
+    ours = encoder.encode(texts)["mean"]
+    theirs = SentenceTransformer(str(minilm_path), device="cpu").encode(texts, batch_size=32)
+    assert float(np.abs(ours - theirs).max()) <= 1e-5
