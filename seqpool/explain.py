@@ -215,8 +215,8 @@ def explain(texts: Sequence[str], classifier: "PooledClassifier | str | os.PathL
     """Explain the classifier's logits for each text, token by token and word by word.
 
     ``encoder`` must be the one that produced the classifier's training states; by default
-    it is rebuilt from the classifier's config (or the packaged default model). Word merging
-    needs a fast tokenizer; with a slow one every token is its own word.
+    it is rebuilt from the classifier's config (or the packaged default model). Merging
+    subwords into words needs a fast tokenizer (the default of ``AutoTokenizer``).
     """
     from seqpool.encoder import _check_texts
 
@@ -228,6 +228,9 @@ def explain(texts: Sequence[str], classifier: "PooledClassifier | str | os.PathL
                            f"{encoder.hidden_size}; pass the encoder it was trained with")
     if batch_size < 1:
         raise SeqpoolError(f"batch_size must be at least 1, got {batch_size}")
+    if not getattr(encoder.tokenizer, "is_fast", False):
+        raise SeqpoolError("explain maps tokens to words with a fast tokenizer; load the model's tokenizer "
+                           "with AutoTokenizer.from_pretrained(..., use_fast=True)")
     bias = classifier.head.bias.detach().float().numpy()
     explanations: list[Explanation] = []
     for start in range(0, len(texts), batch_size):
@@ -238,14 +241,11 @@ def explain(texts: Sequence[str], classifier: "PooledClassifier | str | os.PathL
         contributions, logits = token_contributions(classifier, hidden, mask)
         for row, text in enumerate(chunk):
             ids = encoded["input_ids"][row]
-            word_ids = encoded.word_ids(row) if encoded.is_fast else list(range(len(ids)))
-            offsets = [tuple(span) for span in encoded["offset_mapping"][row]] if encoded.is_fast else \
-                [(0, 0)] * len(ids)
-            tokens = encoder.tokenizer.convert_ids_to_tokens(ids)
-            truncated = _was_truncated(text, offsets, word_ids) if encoded.is_fast else len(ids) >= encoder.max_length
-            explanations.append(_explanation(text, tokens, offsets, word_ids,
+            word_ids = encoded.word_ids(row)
+            offsets = [tuple(span) for span in encoded["offset_mapping"][row]]
+            explanations.append(_explanation(text, encoder.tokenizer.convert_ids_to_tokens(ids), offsets, word_ids,
                                              contributions[row, :len(ids)].numpy(), logits[row].numpy(),
-                                             bias, list(classifier.labels), truncated))
+                                             bias, list(classifier.labels), _was_truncated(text, offsets, word_ids)))
     return explanations
 
 
@@ -268,11 +268,10 @@ def batch_states(encoder: "Encoder", batch: dict[str, Tensor]) -> tuple[Tensor, 
 
 
 def _tokenize_with_offsets(encoder: "Encoder", texts: list[str]) -> Any:
-    """Exactly ``Encoder.tokenize``'s token ids, plus character offsets when the tokenizer is fast."""
-    fast = bool(getattr(encoder.tokenizer, "is_fast", False))
+    """Exactly ``Encoder.tokenize``'s token ids, plus character offsets and word ids."""
     return encoder.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=encoder.max_length,
                              padding=False, return_attention_mask=False, return_token_type_ids=False,
-                             return_offsets_mapping=fast)
+                             return_offsets_mapping=True)
 
 
 # -- rendering --------------------------------------------------------------------------

@@ -56,9 +56,9 @@ def padded_batches(draw):
     return hidden.masked_fill(~mask.unsqueeze(-1), float("nan")), mask
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(padded_batches(), st.sampled_from(POOLER_STRATEGIES), st.integers(0, 1000))
-def test_contributions_sum_exactly_to_logit_minus_bias(batch, strategy, seed):
+def test_contributions_sum_exactly_to_logit_minus_bias_whatever_the_padding(batch, strategy, seed):
     hidden, mask = batch
     classifier = random_classifier(strategy, seed=seed)
     contributions, logits = token_contributions(classifier, hidden, mask)
@@ -66,19 +66,10 @@ def test_contributions_sum_exactly_to_logit_minus_bias(batch, strategy, seed):
     total = contributions.sum(dim=1) + classifier.head.bias.detach()
     torch.testing.assert_close(total, logits, atol=1e-4, rtol=1e-4)
     assert (contributions[~mask] == 0).all()  # padding contributes nothing
-
-
-@settings(max_examples=30, deadline=None)
-@given(padded_batches(), st.sampled_from(POOLER_STRATEGIES), st.integers(0, 1000))
-def test_contributions_do_not_depend_on_padding(batch, strategy, seed):
-    hidden, mask = batch
-    classifier = random_classifier(strategy, seed=seed)
-    contributions, _ = token_contributions(classifier, hidden, mask)
-    for row in range(hidden.shape[0]):
-        if not mask[row].any():
-            continue
-        alone, _ = token_contributions(classifier, hidden[row, mask[row]].unsqueeze(0))
-        torch.testing.assert_close(alone[0], contributions[row, mask[row]], atol=1e-4, rtol=1e-4)
+    for row in range(hidden.shape[0]):  # and a text explained alone, unpadded, gets the same map
+        if mask[row].any():
+            alone, _ = token_contributions(classifier, hidden[row, mask[row]].unsqueeze(0))
+            torch.testing.assert_close(alone[0], contributions[row, mask[row]], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("strategy", POOLER_STRATEGIES)
@@ -292,3 +283,13 @@ def test_sentiment_words_drive_a_classifier_trained_on_mr(senteval_dir):
     (top_positive, positive_score), = positive.top_words(1, "positive")
     assert negative_score < 0 and top_negative in {"dull", "lifeless"}
     assert positive_score > 0 and top_positive in {"moving", "wonderful", "beautifully"}
+
+
+def test_slow_tokenizers_are_refused(tiny_bert_encoder):
+    import copy
+    from types import SimpleNamespace
+
+    encoder = copy.copy(tiny_bert_encoder)
+    encoder.tokenizer = SimpleNamespace(is_fast=False)
+    with pytest.raises(SeqpoolError, match="fast tokenizer"):
+        explain(["cat"], random_classifier("mean", dim=32), encoder=encoder)
