@@ -52,6 +52,8 @@ DEFAULT_C_GRID: tuple[float, ...] = tuple(2.0 ** k for k in range(-2, 4))
 ALPHA = 0.05
 #: fp16 overflows at 65504; token states beyond this are cached in float32 instead.
 _FP16_SAFE = 6.0e4
+#: Values per weight tensor that the cache key hashes (all of them for smaller tensors).
+_FINGERPRINT_VALUES = 1 << 20
 _SEED_STREAMS = {"split": 1, "fit": 2, "inner": 3, "bootstrap": 4, "curve": 5, "holdout": 6}
 _READERS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".tsv": "csv",
             ".parquet": "parquet", ".pq": "parquet"}
@@ -249,14 +251,17 @@ def text_digest(texts: Sequence[str], labels: Sequence[int] | None = None) -> st
 def encoder_fingerprint(encoder: Any) -> dict[str, Any]:
     """What determines the token states besides the texts: model, weights, tokenizer, layer.
 
-    Weights are fingerprinted by each tensor's shape, a float64 sum and its first and
-    last 1024 values, which tells apart checkpoints without hashing gigabytes.
+    Weights are fingerprinted by the bytes of every tensor, or of an evenly strided sample of
+    about a million values (plus both ends) for larger tensors: any fine-tune changes them,
+    and no gigabytes are hashed. Bytes, not float sums, so thread counts cannot change it.
     """
     weights = hashlib.sha256()
     for name, tensor in sorted(encoder.model.state_dict().items()):
-        flat = tensor.detach().reshape(-1).float().cpu()
-        weights.update(f"{name}{tuple(tensor.shape)}{float(flat.double().sum())}".encode())
-        weights.update(flat[:1024].numpy().tobytes() + flat[-1024:].numpy().tobytes())
+        flat = tensor.detach().reshape(-1).cpu()
+        stride = max(1, flat.numel() // _FINGERPRINT_VALUES)
+        sample = torch.cat([flat[::stride], flat[-1024:]]) if stride > 1 else flat
+        weights.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        weights.update(sample.float().contiguous().numpy().tobytes())
     tokenizer = encoder.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
     vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))

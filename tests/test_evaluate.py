@@ -333,3 +333,22 @@ def test_minilm_on_a_small_mr_subset(senteval_dir, minilm_path, tmp_path):
     mean = result.strategies["mean"]
     assert mean.ci95[0] > 0.5  # clearly better than chance even from 200 training texts
     assert result.timings["encode_seconds"] > 0 and result.timings["pool_seconds"] < result.timings["encode_seconds"]
+
+
+def test_fingerprint_sees_a_changed_weight_and_ignores_thread_count(tiny_bert_encoder):
+    import copy
+
+    from seqpool.encoder import Encoder
+
+    before = encoder_fingerprint(tiny_bert_encoder)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert encoder_fingerprint(tiny_bert_encoder) == before
+    finally:
+        torch.set_num_threads(threads)
+    model = copy.deepcopy(tiny_bert_encoder.model)
+    with torch.no_grad():
+        model.encoder.layer[0].attention.self.query.weight[5, 7] += 1e-3
+    tuned = Encoder.from_model(model, tiny_bert_encoder.tokenizer, max_length=tiny_bert_encoder.max_length)
+    assert encoder_fingerprint(tuned)["weights_sha256"] != before["weights_sha256"]
