@@ -100,7 +100,7 @@ def read_table(source: str | os.PathLike, split: str | None = None) -> Any:
         with tempfile.TemporaryDirectory(prefix="seqpool-data-") as scratch:
             if path.exists():
                 return _read_local(datasets, path, scratch)
-            if path.suffix.lower() in _READERS or os.sep in str(source):
+            if path.suffix.lower() in _READERS:
                 raise SeqpoolError(f"input file not found: {source}")
             return _read_hub(datasets, str(source), split, scratch)
     finally:
@@ -131,8 +131,8 @@ def _read_hub(datasets: Any, name: str, split: str | None, scratch: str) -> Any:
     try:
         return datasets.load_dataset(name, split=split or "train", cache_dir=scratch, keep_in_memory=True)
     except Exception as error:
-        raise SeqpoolError(f"cannot load dataset {name!r} (split {split or 'train'!r}) from the Hub: "
-                           f"{_first_line(error)}") from None
+        raise SeqpoolError(f"{name!r} is neither a local file nor a dataset loadable from the Hub "
+                           f"(split {split or 'train'!r}): {_first_line(error)}") from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -778,7 +778,10 @@ def _from_lists(texts: list[str], labels: list[Any], source: str, label_names: S
         raise SeqpoolError(f"{len(texts)} texts but {len(labels)} labels")
     import datasets
 
-    table = datasets.Dataset.from_dict({"text": texts, "label": labels})
+    try:
+        table = datasets.Dataset.from_dict({"text": texts, "label": labels})
+    except Exception as error:  # pyarrow refuses mixed types, e.g. ints and strings
+        raise SeqpoolError(f"cannot use these texts and labels: {_first_line(error)}") from None
     return labelled_texts(table, "text", "label", source, label_names)
 
 
@@ -855,19 +858,15 @@ def limited_threads(count: int | None) -> Iterator[None]:
 def _evaluate(train: TrainInput, test: TrainInput | None, strategies: Sequence[str] | str | None, *, folds: int,
               repeats: int, seed: int, model: Any, layer: Any, max_length: int | None, encoder: Any, tune: bool,
               c_grid: Sequence[float], inner_folds: int, learned_options: dict[str, Any] | None,
-              seed_variance: bool, all_pairs: bool, learning_curve: Sequence[int] | None, curve_experiments: int,
-              text_field: str, label_field: str, split: str | None, test_split: str | None, cache: bool,
-              cache_dir: Any, batch_size: int | None, device: str | None, dtype: str | None, n_resamples: int,
-              progress: bool, log: Log | None) -> EvaluationResult:
+              seed_variance: bool, all_pairs: bool, learning_curve: Sequence[int] | str | None,
+              curve_experiments: int, text_field: str, label_field: str, split: str | None, test_split: str | None,
+              cache: bool, cache_dir: Any, batch_size: int | None, device: str | None, dtype: str | None,
+              n_resamples: int, progress: bool, log: Log | None) -> EvaluationResult:
     log = log or (lambda message: None)
     names = check_strategies(strategies)
-    if tune and inner_folds < 2:
-        raise SeqpoolError(f"--inner-folds must be at least 2, got {inner_folds} (or pass --no-tune)")
-    if repeats < 1:
-        raise SeqpoolError(f"--repeats must be at least 1, got {repeats}")
+    setup = _Setup(tuple(float(c) for c in c_grid), tune, inner_folds, 0, dict(learned_options or {}))
+    _check_settings(setup, repeats, curve_experiments)
     sizes = _check_sizes(learning_curve)
-    if curve_experiments < 1:
-        raise SeqpoolError(f"curve_experiments must be at least 1, got {curve_experiments}")
     start = time.perf_counter()
     train_data = _as_labelled(train, text_field, label_field, split)
     test_data = None
@@ -876,6 +875,8 @@ def _evaluate(train: TrainInput, test: TrainInput | None, strategies: Sequence[s
         check_train_test(train_data, test_data)
     else:
         check_cv_data(train_data, folds)
+    setup.num_labels = len(train_data.label_names)
+    curve_rows = _plan_curve(train_data, test_data, sizes, folds, seed)  # fails now, not after the long part
     load_seconds = time.perf_counter() - start
 
     if encoder is None:
@@ -883,69 +884,34 @@ def _evaluate(train: TrainInput, test: TrainInput | None, strategies: Sequence[s
 
         encoder = Encoder(model, device=device, dtype=dtype, max_length=max_length, layer=layer)
     directory = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if cache else None
-    log(f"encoding {len(train_data)}{f' + {len(test_data)}' if test_data else ''} texts with {encoder.name_or_path}")
-    encoded = [cached_states(encoder, data.texts, directory, batch_size, progress, log)
-               for data in (train_data, test_data) if data is not None]
-
+    sides = [data for data in (train_data, test_data) if data is not None]
+    log(f"encoding {' + '.join(str(len(d)) for d in sides)} texts with {encoder.name_or_path}")
+    encoded = [cached_states(encoder, data.texts, directory, batch_size, progress, log) for data in sides]
     pooling_start = time.perf_counter()
     parameter_free = [s for s in names if s not in LEARNED_STRATEGIES]
     corpora = [_Corpus(e.states, e.states.pool(parameter_free) if parameter_free else {}, data.labels)
-               for e, data in zip(encoded, (train_data, test_data))]
+               for e, data in zip(encoded, sides)]
     pool_seconds = time.perf_counter() - pooling_start
 
-    setup = _Setup(tuple(float(c) for c in c_grid), tune, inner_folds, len(train_data.label_names),
-                   dict(learned_options or {}))
-    if not setup.c_grid or min(setup.c_grid) <= 0:
-        raise SeqpoolError("the C grid must hold positive numbers")
     fit_start = time.perf_counter()
-    protocol: dict[str, Any] = {}
     if test_data is None:
-        splits = cv_splits(train_data.labels, folds, repeats, seed)
-        n_train = float(np.mean([len(tr) for partition in splits for tr, _ in partition]))
-        n_test = float(np.mean([len(te) for partition in splits for _, te in partition]))
-        runs, seed_tables = _run_cv(names, setup, corpora[0], splits, seed, seed_variance, log)
-        results = {s: _summarize_cv(s, runs[s], n_train, n_test, repeats, seed_tables.get(s)) for s in names}
-        best = _rank(results)
-        comparisons = _comparisons(names, best, all_pairs,
-                                   lambda a, b: _compare_cv(runs[a], runs[b], n_train, n_test))
-        protocol.update(mode="cross-validation", folds=folds, repeats=repeats, n_train=n_train, n_test=n_test,
-                        split_seeds=[derive_seed(seed, "split", r) for r in range(repeats)])
+        runs, results, comparisons, protocol = _cross_validate(names, setup, corpora[0], folds, repeats, seed,
+                                                                seed_variance, all_pairs, log)
     else:
-        runs = _run_train_test(names, setup, corpora[0], corpora[1], repeats, seed, log)
-        results = {s: _summarize_test(s, runs[s], n_resamples, seed) for s in names}
-        best = _rank(results)
-        comparisons = _comparisons(names, best, all_pairs, lambda a, b: _compare_test(
-            runs[a], runs[b], n_resamples, derive_seed(seed, "bootstrap", names.index(a), names.index(b))))
-        protocol.update(mode="train-test", repeats=repeats, n_train=len(train_data), n_test=len(test_data))
+        runs, results, comparisons, protocol = _train_test(names, setup, corpora[0], corpora[1], repeats, seed,
+                                                           all_pairs, n_resamples, log)
     fit_seconds = time.perf_counter() - fit_start
 
-    curve, curve_seconds = None, 0.0
-    if sizes:
-        curve_start = time.perf_counter()
-        if test_data is None:
-            pool_rows, held_rows = _curve_holdout(train_data.labels, folds, seed)
-            curve = _run_learning_curve(names, setup, corpora[0], pool_rows, corpora[0], held_rows, sizes,
-                                        curve_experiments, n_resamples, seed, log)
-            curve["test"] = f"stratified holdout of 1/{folds} of {train_data.source}"
-        else:
-            curve = _run_learning_curve(names, setup, corpora[0], _all_rows(corpora[0]), corpora[1],
-                                        _all_rows(corpora[1]), sizes, curve_experiments, n_resamples, seed, log)
-            curve["test"] = test_data.source
-        curve_seconds = time.perf_counter() - curve_start
+    curve_start = time.perf_counter()
+    curve = None
+    if curve_rows is not None:
+        pool_rows, test_rows, description = curve_rows
+        curve = _run_learning_curve(names, setup, corpora[0], pool_rows, corpora[-1], test_rows, sizes,
+                                    curve_experiments, n_resamples, seed, log)
+        curve["test"] = description
+    curve_seconds = time.perf_counter() - curve_start
 
-    protocol.update(
-        seed=seed, strategies=list(names), metric="accuracy", secondary_metric="macro_f1",
-        classifier={"parameter_free": "StandardScaler + LogisticRegression (lbfgs, L2)",
-                    "tune_c": tune, "c_grid": list(setup.c_grid), "inner_folds": inner_folds,
-                    "learned": "PooledClassifier on frozen token states, early stopping on an inner split",
-                    "learned_options": setup.learned_options},
-        comparisons="all pairs" if all_pairs else "best against each other", alpha=ALPHA,
-        multiple_comparisons="holm", bootstrap_resamples=n_resamples,
-        model=str(encoder.name_or_path), layer=list(encoder.layers), max_length=encoder.max_length,
-        encoder=encoder_fingerprint(encoder),
-        data={"train": _describe(train_data), "test": _describe(test_data) if test_data is not None else None},
-        cache=[e.cache_path for e in encoded], cache_hit=[e.cache_hit for e in encoded],
-    )
+    protocol.update(_protocol(names, setup, seed, all_pairs, n_resamples, encoder, train_data, test_data, encoded))
     timings = {
         "load_data_seconds": load_seconds,
         "encode_seconds": sum(e.seconds for e in encoded if not e.cache_hit),
@@ -955,11 +921,89 @@ def _evaluate(train: TrainInput, test: TrainInput | None, strategies: Sequence[s
         "fit_seconds_parameter_free": sum(runs[s].seconds for s in names if s not in LEARNED_STRATEGIES),
         "fit_seconds_learned": sum(runs[s].seconds for s in names if s in LEARNED_STRATEGIES),
         "fit_seconds_by_strategy": {s: runs[s].seconds for s in names},
-        "learning_curve_seconds": curve_seconds,
-        "evaluation_seconds": pool_seconds + fit_seconds + curve_seconds,
+        "learning_curve_seconds": curve_seconds if curve is not None else 0.0,
+        "evaluation_seconds": pool_seconds + fit_seconds + (curve_seconds if curve is not None else 0.0),
         "total_seconds": time.perf_counter() - start,
     }
+    best = next(name for name, res in results.items() if res.rank == 1)
     return EvaluationResult(results, comparisons, best, protocol, timings, versions(), curve)
+
+
+def _check_settings(setup: _Setup, repeats: int, curve_experiments: int) -> None:
+    if setup.tune and setup.inner_folds < 2:
+        raise SeqpoolError(f"--inner-folds must be at least 2, got {setup.inner_folds} (or pass --no-tune)")
+    if not setup.c_grid or min(setup.c_grid) <= 0:
+        raise SeqpoolError("the C grid must hold positive numbers")
+    if repeats < 1:
+        raise SeqpoolError(f"--repeats must be at least 1, got {repeats}")
+    if curve_experiments < 1:
+        raise SeqpoolError(f"--curve-experiments must be at least 1, got {curve_experiments}")
+
+
+def _cross_validate(names: Sequence[str], setup: _Setup, corpus: _Corpus, folds: int, repeats: int, seed: int,
+                    seed_variance: bool, all_pairs: bool, log: Log) -> tuple[dict[str, _Runs], dict[str, StrategyResult],
+                                                                              list[Comparison], dict[str, Any]]:
+    """Repeated stratified k-fold on one file, the same splits for every strategy."""
+    splits = cv_splits(corpus.labels, folds, repeats, seed)
+    n_train = float(np.mean([len(train) for partition in splits for train, _ in partition]))
+    n_test = float(np.mean([len(test) for partition in splits for _, test in partition]))
+    runs, seed_tables = _run_cv(names, setup, corpus, splits, seed, seed_variance, log)
+    results = {s: _summarize_cv(s, runs[s], n_train, n_test, repeats, seed_tables.get(s)) for s in names}
+    best = _rank(results)
+    comparisons = _comparisons(names, best, all_pairs, lambda a, b: _compare_cv(runs[a], runs[b], n_train, n_test))
+    protocol = {"mode": "cross-validation", "folds": folds, "repeats": repeats, "n_train": n_train, "n_test": n_test,
+                "split_seeds": [derive_seed(seed, "split", r) for r in range(repeats)]}
+    return runs, results, comparisons, protocol
+
+
+def _train_test(names: Sequence[str], setup: _Setup, train: _Corpus, test: _Corpus, repeats: int, seed: int,
+                all_pairs: bool, n_resamples: int, log: Log) -> tuple[dict[str, _Runs], dict[str, StrategyResult],
+                                                                     list[Comparison], dict[str, Any]]:
+    """Fit on the training file, score on the test file; bootstrap (and seeds) for uncertainty."""
+    runs = _run_train_test(names, setup, train, test, repeats, seed, log)
+    results = {s: _summarize_test(s, runs[s], n_resamples, seed) for s in names}
+    best = _rank(results)
+    comparisons = _comparisons(names, best, all_pairs, lambda a, b: _compare_test(
+        runs[a], runs[b], n_resamples, derive_seed(seed, "bootstrap", names.index(a), names.index(b))))
+    protocol = {"mode": "train-test", "repeats": repeats, "n_train": len(train.labels), "n_test": len(test.labels)}
+    return runs, results, comparisons, protocol
+
+
+def _plan_curve(train: LabelledTexts, test: LabelledTexts | None, sizes: Sequence[int], folds: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(training pool rows, test rows, description) of the learning curve; checks every size fits."""
+    if not sizes:
+        return None
+    if test is None:
+        pool_rows, test_rows = _curve_holdout(train.labels, folds, seed)
+        description = f"stratified holdout of 1/{folds} of {train.source}"
+    else:
+        pool_rows, test_rows, description = np.arange(len(train)), np.arange(len(test)), test.source
+    counts = np.bincount(train.labels[pool_rows], minlength=len(train.label_names))
+    smallest = int(np.argmin(counts))
+    if counts[smallest] < max(sizes):
+        raise SeqpoolError(f"--learning-curve size {max(sizes)} needs {max(sizes)} training examples per class, but "
+                           f"class {train.label_names[smallest]!r} has {counts[smallest]} available"
+                           + (" outside the curve's test holdout" if test is None else ""))
+    return pool_rows, test_rows, description
+
+
+def _protocol(names: Sequence[str], setup: _Setup, seed: int, all_pairs: bool, n_resamples: int, encoder: Any,
+              train: LabelledTexts, test: LabelledTexts | None, encoded: list[EncodedStates]) -> dict[str, Any]:
+    """Everything needed to reproduce the numbers."""
+    return {
+        "seed": seed, "strategies": list(names), "metric": "accuracy", "secondary_metric": "macro_f1",
+        "classifier": {"parameter_free": "StandardScaler + LogisticRegression (lbfgs, L2)", "tune_c": setup.tune,
+                       "c_grid": list(setup.c_grid), "inner_folds": setup.inner_folds,
+                       "learned": "PooledClassifier on frozen token states, early stopping on an inner split",
+                       "learned_options": setup.learned_options},
+        "comparisons": "all pairs" if all_pairs else "best against each other", "alpha": ALPHA,
+        "multiple_comparisons": "holm", "bootstrap_resamples": n_resamples,
+        "model": str(encoder.name_or_path), "layer": list(encoder.layers), "max_length": encoder.max_length,
+        "encoder": encoder_fingerprint(encoder),
+        "data": {"train": _describe(train), "test": _describe(test) if test is not None else None},
+        "cache": [e.cache_path for e in encoded], "cache_hit": [e.cache_hit for e in encoded],
+    }
 
 
 def _check_sizes(sizes: Sequence[int] | str | None) -> list[int]:

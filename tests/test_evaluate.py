@@ -276,6 +276,8 @@ def write(tmp_path):
         (synthetic_rows(40), ["--learning-curve", "8,x"], "comma-separated integers"),
         (synthetic_rows(40), ["--folds", "1"], "--folds must be at least 2"),
         (synthetic_rows(40), ["--plot", "out.unknownformat"], "cannot write a plot"),
+        (synthetic_rows(40), ["--learning-curve", "30"], "needs 30 training examples per class"),
+        (synthetic_rows(40), ["--no-tune", "--c-grid", "1,-2"], "positive numbers"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_1(write, rows, extra, message, tiny_bert_dir):
@@ -291,6 +293,15 @@ def test_disjoint_train_test_labels(write, tiny_bert_dir):
     test = write("test.jsonl", [{"text": "a b", "label": "other"}] * 5)
     result = invoke("--train", train, "--test", test, "--model", str(tiny_bert_dir), "--no-cache")
     assert result.exit_code == 1 and "share no label" in result.output
+
+
+def test_in_memory_texts_and_labels(tiny_bert_encoder, tmp_path):
+    rows = synthetic_rows(30)
+    result = evaluate(([r["text"] for r in rows], [r["label"] for r in rows]), strategies="mean", folds=3,
+                      encoder=tiny_bert_encoder, cache_dir=tmp_path, **FAST)
+    assert result.protocol["data"]["train"]["labels"] == ["neg", "pos"]
+    with pytest.raises(SeqpoolError, match="cannot use these texts and labels"):
+        evaluate((["a", "b"], [1, "x"]), strategies="mean", encoder=tiny_bert_encoder)
 
 
 def test_missing_file_is_a_user_error(tmp_path):
