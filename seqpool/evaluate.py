@@ -41,6 +41,7 @@ from seqpool import __version__
 from seqpool.errors import SeqpoolError
 from seqpool.layers import LEARNED_STRATEGIES, POOLER_STRATEGIES
 from seqpool.pooling import STRATEGIES, check_strategy
+from seqpool.serialization import _atomic_write_text
 from seqpool.states import TokenStates
 from seqpool import stats
 
@@ -97,12 +98,12 @@ def read_table(source: str | os.PathLike, split: str | None = None) -> Any:
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        with tempfile.TemporaryDirectory(prefix="seqpool-data-") as scratch:
-            if path.exists():
+        if path.exists():
+            with tempfile.TemporaryDirectory(prefix="seqpool-data-") as scratch:
                 return _read_local(datasets, path, scratch)
-            if path.suffix.lower() in _READERS:
-                raise SeqpoolError(f"input file not found: {source}")
-            return _read_hub(datasets, str(source), split, scratch)
+        if path.suffix.lower() in _READERS:
+            raise SeqpoolError(f"input file not found: {source}")
+        return _read_hub(datasets, str(source), split)
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
@@ -127,9 +128,10 @@ def _read_local(datasets: Any, path: Path, scratch: str) -> Any:
     return table
 
 
-def _read_hub(datasets: Any, name: str, split: str | None, scratch: str) -> Any:
+def _read_hub(datasets: Any, name: str, split: str | None) -> Any:
+    """A Hub dataset through the usual Hugging Face cache (downloads are worth keeping)."""
     try:
-        return datasets.load_dataset(name, split=split or "train", cache_dir=scratch, keep_in_memory=True)
+        return datasets.load_dataset(name, split=split or "train")
     except Exception as error:
         raise SeqpoolError(f"{name!r} is neither a local file nor a dataset loadable from the Hub "
                            f"(split {split or 'train'!r}): {_first_line(error)}") from None
@@ -360,15 +362,18 @@ def choose_c(x: np.ndarray, y: np.ndarray, c_grid: Sequence[float], inner_folds:
     """The C with the best inner stratified-CV accuracy on (x, y) (the training part only).
 
     Standardisation is refit inside every inner fold. Ties go to the smaller C (stronger
-    regularisation). With fewer than 2 examples in some class, there is nothing to tune:
-    the middle of the grid is returned.
+    regularisation). Inner folds shrink to the smallest class count; with a single example
+    in some class there is nothing to tune and C=1 (or the grid's middle) is returned.
     """
     from sklearn.model_selection import StratifiedKFold
 
     grid = sorted(float(c) for c in c_grid)
-    folds = min(inner_folds, int(np.bincount(y)[np.bincount(y) > 0].min()))
-    if len(grid) == 1 or folds < 2:
-        return 1.0 if 1.0 in grid or len(grid) != 1 else grid[0]
+    counts = np.bincount(y)
+    folds = min(inner_folds, int(counts[counts > 0].min()))
+    if len(grid) == 1:
+        return grid[0]
+    if folds < 2:
+        return 1.0 if 1.0 in grid else grid[len(grid) // 2]
     correct = np.zeros(len(grid))
     for train, val in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
         for j, c in enumerate(grid):
@@ -462,9 +467,9 @@ class EvaluationResult:
         """The whole result as JSON (fractions, not percent); written atomically to ``path`` if given."""
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
         if path is not None:
-            _atomic_write(Path(path), text.encode("utf-8"))
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(Path(path), text)
         return text
-
 
     def table(self) -> str:
         """The human-readable report printed by ``seqpool evaluate``."""
@@ -490,19 +495,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return float(value) if np.isfinite(value) else None
     return value
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- the protocol ----------------------------------------------------------------------------

@@ -38,8 +38,8 @@ def simulate_cv(n_datasets: int, n_per_class: int, deltas: tuple[float, float], 
     n = 2 * n_per_class
     labels = np.repeat([0, 1], n_per_class)
     shift = np.where(labels == 1, 1.0, -1.0)[None, :, None] * np.asarray(deltas)[None, None, :]
-    features = rng.standard_normal((n_datasets, n, 2)) + shift
-    scores = np.empty((n_datasets, repeats, folds, 2))
+    features = rng.standard_normal((n_datasets, n, len(deltas))) + shift
+    scores = np.empty((n_datasets, repeats, folds, len(deltas)))
     for repeat in range(repeats):
         fold_of = np.empty(n, dtype=int)
         for label in (0, 1):  # stratified: each class spread evenly over the folds
@@ -81,6 +81,20 @@ def test_corrected_paired_ttest_keeps_type_one_error(repeated_cv):
     naive = np.mean([scipy_stats.ttest_rel(s[..., 0].ravel(), s[..., 1].ravel()).pvalue < 0.05 for s in scores])
     assert corrected <= 0.05 + 0.02
     assert naive > 0.2  # why the correction exists
+
+
+def test_best_against_the_rest_with_holm_keeps_family_wise_error():
+    """What ``seqpool evaluate`` reports: the best strategy is picked on the same scores it is
+    then tested with. With six identical strategies, 'best is significantly better than
+    at least one other' must still be rare."""
+    scores, _, n_train, n_test = simulate_cv(500, 50, (0.5,) * 6, folds=10, repeats=3, seed=7)
+    false_alarms = 0
+    for table in scores:
+        best = int(np.argmax(table.mean(axis=(0, 1))))
+        p_values = [corrected_paired_ttest(table[..., best], table[..., j], n_train, n_test).p_value
+                    for j in range(6) if j != best]
+        false_alarms += bool((holm(p_values) < 0.05).any())
+    assert false_alarms / len(scores) <= 0.05 + 0.025
 
 
 def test_corrected_paired_ttest_detects_a_real_difference():
