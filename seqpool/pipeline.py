@@ -1,11 +1,13 @@
 """seqpool as a Hugging Face ``pipeline``: one pooled vector per text.
 
->>> import seqpool; from transformers import pipeline           # doctest: +SKIP
+>>> import seqpool.pipeline; from transformers import pipeline   # doctest: +SKIP
 >>> embed = pipeline("seqpool", model=path, pooling="mean")       # doctest: +SKIP
 >>> embed(["a fine film", "a dull one"], batch_size=8)            # doctest: +SKIP
 
-The task is registered by :func:`register_pipeline`, which ``import seqpool`` calls; passing
-``pipeline_class=PoolingPipeline`` to ``pipeline("feature-extraction", ...)`` works too.
+Importing this module registers the ``"seqpool"`` task (:func:`register_pipeline`; plain
+``import seqpool`` does not, because importing transformers' pipeline machinery takes
+seconds). Passing ``pipeline_class=PoolingPipeline`` to ``pipeline("feature-extraction", ...)``
+works without registration.
 
 Tokenization, layer choice and pooling are delegated to :class:`seqpool.Encoder`, so the
 vectors are those of ``Encoder.encode`` for the same model and strategy. Batches are always
