@@ -101,18 +101,28 @@ def sentence_transformers_defaults(model_dir: str | os.PathLike) -> dict[str, An
     return defaults
 
 
-def pack_batches(lengths: Sequence[int], batch_size: int, token_budget: int) -> list[np.ndarray]:
+def pack_batches(lengths: Sequence[int], batch_size: int, token_budget: int,
+                 min_tokens: int | None = None) -> list[np.ndarray]:
     """Group text indices, longest first, so each batch's padded size stays under the budget.
 
     A batch holds at most ``batch_size`` texts and at most ``token_budget`` padded tokens
     (texts x longest text); a single text longer than the budget still gets its own batch.
+    A batch also ends where the token length drops, once it holds ``min_tokens`` tokens
+    (default: an eighth of the budget): then most batches have no padding at all, and
+    the model runs them without an attention mask.
     """
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    min_tokens = max(1, token_budget // 8) if min_tokens is None else min_tokens
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
     batches: list[np.ndarray] = []
     start = 0
     while start < len(order):
-        longest = max(int(lengths[order[start]]), 1)
+        longest = max(int(sorted_lengths[start]), 1)
         size = max(1, min(batch_size, token_budget // longest))
+        same_length = int(np.searchsorted(-sorted_lengths[start:start + size], -sorted_lengths[start], "right"))
+        if same_length < size and same_length * longest >= min_tokens:
+            size = same_length
         batches.append(order[start:start + size])
         start += size
     return batches
@@ -141,6 +151,8 @@ class Encoder:
             name = str(Path(model).expanduser())
             if not Path(name).is_dir():
                 raise SeqpoolError(f"model path {name} is a file; pass the model's directory")
+        elif model is not None and _looks_like_path(name):
+            raise SeqpoolError(f"model directory {name} does not exist; pass an existing folder or a model id")
         torch_dtype = resolve_dtype(dtype)
         try:
             with _quiet_transformers():
@@ -236,6 +248,9 @@ class Encoder:
         """Float32 (B, T, D) states of the chosen layer(s) for a tokenized, right-padded batch."""
         inputs = {key: value.to(self.device) for key, value in batch.items()
                   if key in ("input_ids", "attention_mask", "token_type_ids")}
+        mask = inputs.get("attention_mask")
+        if mask is not None and bool(mask.all()):
+            del inputs["attention_mask"]  # no padding: attention runs faster without a mask
         with torch.inference_mode():
             want_all = self.layers != (-1,)
             output = self.model(**inputs, output_hidden_states=want_all, return_dict=True)
@@ -298,6 +313,24 @@ class Encoder:
                     vectors = torch.nn.functional.normalize(vectors, dim=-1)
                 out[strategy][rows] = vectors.numpy()
         return out
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a Hub id ("org/name" has one slash and no leading dot)."""
+    return name.startswith((".", "~", "/", os.sep)) or name.count("/") > 1 or "\\" in name
+
+
+def native_bf16_cpu() -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); ``None`` if unknown.
+
+    Without it, PyTorch emulates bf16 matrix products and bf16 runs several times
+    slower than fp32, so callers can warn before a long run.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

@@ -53,16 +53,25 @@ def test_sentence_bert_config_sets_max_length(make_st_model_dir):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(0, 60), max_size=80), st.integers(1, 16), st.integers(1, 200))
-def test_pack_batches_covers_every_text_once_under_the_budget(lengths, batch_size, budget):
-    batches = pack_batches(lengths, batch_size, budget)
+@given(st.lists(st.integers(0, 60), max_size=80), st.integers(1, 16), st.integers(1, 200), st.integers(1, 100))
+def test_pack_batches_covers_every_text_once_under_the_budget(lengths, batch_size, budget, min_tokens):
+    batches = pack_batches(lengths, batch_size, budget, min_tokens)
     flat = np.concatenate(batches) if batches else np.array([], dtype=int)
     assert sorted(flat.tolist()) == list(range(len(lengths)))
     ordered = [lengths[i] for i in flat]
     assert ordered == sorted(lengths, reverse=True)
     for batch in batches:
         assert 1 <= len(batch) <= batch_size
-        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) == 1 or len(batch) * longest <= budget
+        same = sum(lengths[i] == longest for i in batch)
+        assert same == len(batch) or same * longest < min_tokens  # padding only to fill a small batch
+
+
+def test_pack_batches_prefers_batches_without_padding():
+    lengths = [5] * 10 + [4] * 2 + [3] * 10  # the two 4s are too few for a batch of their own
+    batches = pack_batches(lengths, batch_size=32, token_budget=1000, min_tokens=20)
+    assert [sorted({lengths[i] for i in batch}) for batch in batches] == [[5], [3, 4]]
 
 
 def test_rows_come_back_in_input_order(tiny_bert_encoder):
@@ -170,8 +179,10 @@ def test_decoder_last_state_is_the_unpadded_last_token(tiny_gpt2_encoder):
 
 
 def test_unknown_model_or_file_path_is_a_user_error(tmp_path):
-    with pytest.raises(SeqpoolError, match="cannot load model"):
+    with pytest.raises(SeqpoolError, match="nothing-here does not exist"):
         Encoder(tmp_path / "nothing-here")
+    with pytest.raises(SeqpoolError, match="cannot load model"):
+        Encoder(tmp_path)  # a folder, but no model in it
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(SeqpoolError, match="is a file"):
         Encoder(tmp_path / "weights.bin")

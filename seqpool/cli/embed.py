@@ -98,7 +98,7 @@ def embed(input_path: str, output: str | None, output_format: str | None, input_
     The output appears only when every row is written; until then rows are kept in
     OUTPUT.partial/, which --resume continues from.
     """
-    from seqpool.encoder import Encoder
+    from seqpool.encoder import Encoder, native_bf16_cpu
 
     chosen = parse_strategies(strategies)
     layers = parse_layers(layer)
@@ -108,6 +108,9 @@ def embed(input_path: str, output: str | None, output_format: str | None, input_
     target = Path(output) if output else default_output_path(input_path, fmt)
     check_output_writable(target, source)
     encoder = Encoder(model, device=device, dtype=torch_dtype, max_length=max_length, layer=layers)
+    if torch_dtype == "bfloat16" and encoder.device.type == "cpu" and native_bf16_cpu() is False and not quiet:
+        click.echo("note: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs slower than fp32 "
+                   "here; use --dtype fp32 for speed", err=True)
     try:
         result = embed_corpus(encoder, source, target, output_format=fmt, strategies=chosen, normalize=normalize,
                               batch_size=batch_size, chunk_size=chunk_size, skip_empty=skip_empty, resume=resume,
