@@ -16,6 +16,9 @@ The protocol, as a library (``seqpool evaluate`` is a thin CLI over :func:`evalu
    (and over seeds for learned strategies when ``repeats > 1``).
 5. **Statistics** from :mod:`seqpool.stats`: Nadeau-Bengio corrected CIs and paired t-tests
    for CV, McNemar / paired bootstrap for a fixed test split, Holm across comparisons.
+   The best strategy is picked on the same scores it is then compared with; the
+   simulation in ``tests/test_stats.py`` checks that this procedure still keeps the
+   family-wise error near 5 % when all strategies are equally good.
 
 Every random choice takes a seed derived from ``seed`` (recorded in the result), so the
 same call gives the same numbers.
@@ -417,6 +420,7 @@ class StrategyResult:
     macro_f1: list[float]
     mean: float
     std: float
+    standard_error: float
     ci95: tuple[float, float]
     ci_method: str
     macro_f1_mean: float
@@ -625,12 +629,15 @@ def _summarize_cv(name: str, runs: _Runs, n_train: float, n_test: float, repeats
     if seed_table is not None:
         components = stats.variance_components(seed_table)
         variance = {"split": components.split, "seed": components.seed, "seed_share": components.seed_share,
-                    "design": f"{seed_table.shape[0]} splits of repeat 0 x {seed_table.shape[1]} seeds"}
+                    "design": f"{seed_table.shape[0]} splits of repeat 0 x {seed_table.shape[1]} seeds "
+                              f"(a seed sets initialisation, batch order and early-stopping split)"}
     elif repeats > 1 and name not in LEARNED_STRATEGIES:
         variance = {"split": accuracy.std ** 2, "seed": 0.0, "seed_share": 0.0,
                     "design": "parameter-free: no seed, all variance comes from the split"}
+    factor = stats.corrected_variance_factor(len(runs.accuracy), n_train, n_test)
     return StrategyResult(name, name in LEARNED_STRATEGIES, runs.accuracy, runs.macro_f1, accuracy.mean,
-                          accuracy.std, accuracy.ci, accuracy.method, f1.mean, f1.ci,
+                          accuracy.std, accuracy.std * float(np.sqrt(factor)), accuracy.ci, accuracy.method,
+                          f1.mean, f1.ci,
                           chosen_c=runs.chosen_c, variance=variance)
 
 
@@ -649,7 +656,8 @@ def _summarize_test(name: str, runs: _Runs, n_resamples: int, seed: int) -> Stra
     method = ("bootstrap over seeds and test examples" if correct.shape[0] > 1
               else "bootstrap over test examples")
     return StrategyResult(name, name in LEARNED_STRATEGIES, runs.accuracy, runs.macro_f1, boot.estimate, std,
-                          boot.ci, method, float(np.mean(runs.macro_f1)), (float("nan"), float("nan")),
+                          boot.standard_error, boot.ci, method, float(np.mean(runs.macro_f1)),
+                          (float("nan"), float("nan")),
                           chosen_c=runs.chosen_c, variance=variance)
 
 
@@ -932,9 +940,11 @@ def _check_settings(setup: _Setup, repeats: int, curve_experiments: int) -> None
         raise SeqpoolError(f"--curve-experiments must be at least 1, got {curve_experiments}")
 
 
+_Outcome = tuple[dict[str, _Runs], dict[str, StrategyResult], list[Comparison], dict[str, Any]]
+
+
 def _cross_validate(names: Sequence[str], setup: _Setup, corpus: _Corpus, folds: int, repeats: int, seed: int,
-                    seed_variance: bool, all_pairs: bool, log: Log) -> tuple[dict[str, _Runs], dict[str, StrategyResult],
-                                                                              list[Comparison], dict[str, Any]]:
+                    seed_variance: bool, all_pairs: bool, log: Log) -> _Outcome:
     """Repeated stratified k-fold on one file, the same splits for every strategy."""
     splits = cv_splits(corpus.labels, folds, repeats, seed)
     n_train = float(np.mean([len(train) for partition in splits for train, _ in partition]))
@@ -949,8 +959,7 @@ def _cross_validate(names: Sequence[str], setup: _Setup, corpus: _Corpus, folds:
 
 
 def _train_test(names: Sequence[str], setup: _Setup, train: _Corpus, test: _Corpus, repeats: int, seed: int,
-                all_pairs: bool, n_resamples: int, log: Log) -> tuple[dict[str, _Runs], dict[str, StrategyResult],
-                                                                     list[Comparison], dict[str, Any]]:
+                all_pairs: bool, n_resamples: int, log: Log) -> _Outcome:
     """Fit on the training file, score on the test file; bootstrap (and seeds) for uncertainty."""
     runs = _run_train_test(names, setup, train, test, repeats, seed, log)
     results = {s: _summarize_test(s, runs[s], n_resamples, seed) for s in names}
@@ -1063,14 +1072,14 @@ def format_table(result: EvaluationResult) -> str:
     """Strategy, accuracy, CI, difference to the best with its CI, Holm-adjusted p, rank."""
     cv = result.protocol.get("mode") == "cross-validation"
     deltas = _against_best(result)
-    spread = "std" if cv else "seed std"
+    spread = "std" if cv else "SE"
     header = ["rank", "strategy", f"accuracy % (mean ± {spread})", "95% CI", f"Δ to {result.best} [95% CI]",
               "p (Holm)", "macro-F1 %"]
     rows = []
     for name, res in sorted(result.strategies.items(), key=lambda item: item[1].rank):
         delta = deltas.get(name)
         rows.append([str(res.rank), name + (" (learned)" if res.learned else ""),
-                     f"{_percent(res.mean)} ± {_percent(res.std)}", _interval(res.ci95),
+                     f"{_percent(res.mean)} ± {_percent(res.std if cv else res.standard_error)}", _interval(res.ci95),
                      "-" if delta is None else f"{100 * delta.diff:+.2f} {_interval(delta.ci)}",
                      "-" if delta is None else _p_text(delta.p_adjusted) + (" *" if delta.significant else ""),
                      _percent(res.macro_f1_mean)])
@@ -1093,7 +1102,8 @@ def _describe_protocol(result: EvaluationResult) -> str:
         source = f"{data['source']} ({data['examples']} texts, {len(data['labels'])} classes)"
     else:
         design = "train/test" + (f", {p['repeats']} seeds for learned strategies" if p["repeats"] > 1 else "")
-        source = f"{data['source']} ({data['examples']}) -> {p['data']['test']['source']} ({p['data']['test']['examples']})"
+        test = p["data"]["test"]
+        source = f"{data['source']} ({data['examples']}) -> {test['source']} ({test['examples']})"
     layer = p["layer"][0] if len(p["layer"]) == 1 else p["layer"]
     return f"seqpool evaluate: {source}; {design}; model {p['model']} layer {layer}; seed {p['seed']}"
 
@@ -1134,11 +1144,12 @@ def _variance_note(result: EvaluationResult) -> str | None:
 
 def _timing_note(result: EvaluationResult) -> str:
     t = result.timings
-    encode = (f"encode {t['encode_seconds']:.1f} s" if t["encode_seconds"] else "") + \
-        (f"{', ' if t['encode_seconds'] else ''}cache load {t['cache_load_seconds']:.1f} s" if t["cache_load_seconds"] else "")
-    return (f"Time: {encode}; evaluation {t['evaluation_seconds']:.1f} s (pool {t['pool_seconds']:.1f} s, fit "
-            f"{t['fit_seconds_parameter_free']:.1f} s parameter-free + {t['fit_seconds_learned']:.1f} s learned"
-            + (f", learning curve {t['learning_curve_seconds']:.1f} s" if t["learning_curve_seconds"] else "") + ").")
+    encode = [f"encode {t['encode_seconds']:.1f} s" if t["encode_seconds"] else "",
+              f"cache load {t['cache_load_seconds']:.1f} s" if t["cache_load_seconds"] else ""]
+    curve = f", learning curve {t['learning_curve_seconds']:.1f} s" if t["learning_curve_seconds"] else ""
+    return (f"Time: {', '.join(part for part in encode if part)}; evaluation {t['evaluation_seconds']:.1f} s "
+            f"(pool {t['pool_seconds']:.1f} s, fit {t['fit_seconds_parameter_free']:.1f} s parameter-free + "
+            f"{t['fit_seconds_learned']:.1f} s learned{curve}).")
 
 
 def _curve_table(curve: dict[str, Any]) -> str:
