@@ -195,6 +195,20 @@ def test_train_test_single_run_uses_mcnemar_with_bootstrap_ci(tmp_path, tiny_ber
         assert res.mean * 40 == pytest.approx(round(res.mean * 40))  # an accuracy on 40 examples
     for c in result.comparisons:
         assert c.test.startswith("mcnemar") and c.ci95 is not None and 0 <= c.extra["p_value_bootstrap"] <= 1
+    data = json.loads(result.to_json())  # strict JSON: no NaN
+    assert data["strategies"]["mean"]["macro_f1_ci95"] == [None, None]
+    assert "accuracy % (mean ± SE)" in result.table()
+
+
+def test_all_pairs_compares_every_pair_and_keeps_delta_to_best(toy_file, tiny_bert_encoder, cache_dir):
+    result = evaluate(toy_file, strategies="mean,max,cls", folds=3, all_pairs=True, encoder=tiny_bert_encoder,
+                      cache_dir=cache_dir, **FAST)
+    assert {(c.a, c.b) for c in result.comparisons} == {("mean", "max"), ("mean", "cls"), ("max", "cls")}
+    np.testing.assert_allclose([c.p_adjusted for c in result.comparisons],
+                               stats.holm([c.p_value for c in result.comparisons]))
+    others = [name for name in ("mean", "max", "cls") if name != result.best]
+    rows = [line for line in result.table().splitlines() if line.split()[1:2] and line.split()[1] in others]
+    assert len(rows) == 2 and all("[" in row.split(" ", 3)[-1] for row in rows)
 
 
 def test_train_test_with_seeds_bootstraps_seeds_and_examples(tmp_path, tiny_bert_encoder, cache_dir):
