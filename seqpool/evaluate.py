@@ -680,7 +680,8 @@ def _compare_test(a: _Runs, b: _Runs, n_resamples: int, seed: int) -> tuple[stat
         exact = stats.mcnemar(correct_a[0], correct_b[0])
         return (stats.PairedTest(exact.test, boot.diff, boot.ci, exact.p_value, exact.statistic),
                 {"p_value_bootstrap": boot.p_value})
-    return boot, {}
+    # a bootstrap p-value cannot go below 2 / (resamples + 1): say so rather than print it as exact
+    return boot, {"p_value_floor": 2.0 / (n_resamples + 1)}
 
 
 def _comparisons(names: Sequence[str], best: str, all_pairs: bool,
@@ -1043,8 +1044,6 @@ def _interval(ci: tuple[float, float] | None, digits: int = 2) -> str:
     return f"[{_percent(ci[0], digits)}, {_percent(ci[1], digits)}]"
 
 
-def _p_text(p: float) -> str:
-    return "<1e-4" if p < 1e-4 else f"{p:.4f}"
 
 
 @dataclass(frozen=True)
@@ -1055,6 +1054,13 @@ class _Delta:
     ci: tuple[float, float] | None
     p_adjusted: float
     significant: bool
+    p_at_floor: bool = False
+
+    def p_text(self) -> str:
+        """``0.0127``, ``<1e-4``, or ``≤0.0008`` when the raw p-value is the bootstrap's floor."""
+        if self.p_at_floor:
+            return f"≤{self.p_adjusted:.4f}"
+        return "<1e-4" if self.p_adjusted < 1e-4 else f"{self.p_adjusted:.4f}"
 
 
 def _against_best(result: EvaluationResult) -> dict[str, _Delta]:
@@ -1064,7 +1070,9 @@ def _against_best(result: EvaluationResult) -> dict[str, _Delta]:
             continue
         sign = -1.0 if c.a == result.best else 1.0  # comparisons hold a - b
         ci = None if c.ci95 is None else tuple(sorted(sign * x + 0.0 for x in c.ci95))
-        deltas[c.b if c.a == result.best else c.a] = _Delta(sign * c.diff + 0.0, ci, c.p_adjusted, c.significant)
+        at_floor = c.p_value <= c.extra.get("p_value_floor", -1.0) * (1 + 1e-9)
+        deltas[c.b if c.a == result.best else c.a] = _Delta(sign * c.diff + 0.0, ci, c.p_adjusted, c.significant,
+                                                            at_floor)
     return deltas
 
 
@@ -1081,7 +1089,7 @@ def format_table(result: EvaluationResult) -> str:
         rows.append([str(res.rank), name + (" (learned)" if res.learned else ""),
                      f"{_percent(res.mean)} ± {_percent(res.std if cv else res.standard_error)}", _interval(res.ci95),
                      "-" if delta is None else f"{100 * delta.diff:+.2f} {_interval(delta.ci)}",
-                     "-" if delta is None else _p_text(delta.p_adjusted) + (" *" if delta.significant else ""),
+                     "-" if delta is None else delta.p_text() + (" *" if delta.significant else ""),
                      _percent(res.macro_f1_mean)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [_describe_protocol(result), "",
@@ -1109,7 +1117,8 @@ def _describe_protocol(result: EvaluationResult) -> str:
 
 
 def _verdict(result: EvaluationResult, against_best: dict[str, _Delta]) -> str:
-    better = [f"{name} (p={_p_text(c.p_adjusted)})" for name, c in against_best.items() if c.significant]
+    better = [f"{name} (p{'' if c.p_text()[0] in '<≤' else '='}{c.p_text()})"
+              for name, c in against_best.items() if c.significant]
     not_better = [name for name, c in against_best.items() if not c.significant]
     text = f"Best: {result.best}."
     if better:

@@ -218,6 +218,8 @@ def test_train_test_with_seeds_bootstraps_seeds_and_examples(tmp_path, tiny_bert
                       cache_dir=cache_dir, learned_options=LEARNED_FAST, **FAST)
     assert len(result.strategies["attention"].scores) == 3 and len(result.strategies["mean"].scores) == 1
     assert result.comparisons[0].test == "paired bootstrap (seeds x examples)"
+    floor = result.comparisons[0].extra["p_value_floor"]
+    assert floor == pytest.approx(2 / 1000) and result.comparisons[0].p_value >= floor  # 999 resamples
     variance = result.strategies["attention"].variance
     assert variance["seed"] == pytest.approx(np.var(result.strategies["attention"].scores, ddof=1))
     assert variance["test_sample"] > 0
