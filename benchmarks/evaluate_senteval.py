@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from seqpool.encoder import Encoder
-from seqpool.evaluate import cached_states, evaluate, limited_threads, load_labelled
+from seqpool.evaluation import cached_states, evaluate, limited_threads, load_labelled
 from seqpool.pooling import STRATEGIES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval"

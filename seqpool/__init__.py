@@ -40,6 +40,36 @@ from seqpool.pooling import (  # noqa: E402
 )
 from seqpool.states import TokenStates  # noqa: E402
 
+# Heavier parts load on first use (PEP 562), so `import seqpool` stays light: the
+# evaluation stack pulls in scipy/scikit-learn/datasets, the pipeline transformers'
+# pipeline machinery (importing ``seqpool.pipeline`` is also what registers the
+# "seqpool" pipeline task).
+_LAZY = {
+    "evaluate": "seqpool.evaluation",
+    "EvaluationResult": "seqpool.evaluation",
+    "load_labelled": "seqpool.evaluation",
+    "stats": None,
+    "Explanation": "seqpool.explain",
+    "PoolingPipeline": "seqpool.pipeline",
+    "register_pipeline": "seqpool.pipeline",
+    "export_sentence_transformers": "seqpool.st_export",
+    "read_sentence_transformers_layout": "seqpool.st_export",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'seqpool' has no attribute {name!r}")
+    import importlib
+
+    if _LAZY[name] is None:
+        value = importlib.import_module(f"seqpool.{name}")
+    else:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # resolve once
+    return value
+
+
 __all__ = [
     "__version__",
     "SeqpoolError",
@@ -69,4 +99,5 @@ __all__ = [
     "segment_pool",
     "word_embeddings",
     "word_segment_ids",
+    *_LAZY,
 ]

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from seqpool import stats
 from seqpool.cli import main
 from seqpool.errors import SeqpoolError
-from seqpool.evaluate import (
+from seqpool.evaluation import (
     DEFAULT_STRATEGIES,
     cv_splits,
     evaluate,

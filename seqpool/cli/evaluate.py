@@ -86,8 +86,8 @@ def evaluate(train: str, test: str | None, text_field: str, label_field: str, sp
     Token states are encoded once and cached; every strategy pools from them, so a
     second run on the same data skips the encoder.
     """
-    from seqpool.evaluate import DEFAULT_C_GRID, check_output_paths
-    from seqpool.evaluate import evaluate as run_evaluation
+    from seqpool.evaluation import DEFAULT_C_GRID, check_output_paths
+    from seqpool.evaluation import evaluate as run_evaluation
 
     if max_epochs is not None and max_epochs < 1:
         raise SeqpoolError(f"--max-epochs must be at least 1, got {max_epochs}")
