@@ -65,10 +65,21 @@ class PooledClassifier(nn.Module):
         return self.head(pooled.float())
 
     def fit_standardization(self, states: TokenStates) -> None:
-        """Per-channel mean and 1/std of the real tokens of ``states`` (float64 accumulation)."""
-        tokens = states.states.double()
-        self.shift.copy_(tokens.mean(dim=0).float())
-        self.scale.copy_((1.0 / tokens.std(dim=0).clamp(min=1e-6)).float())
+        """Per-channel mean and 1/std of the real tokens of ``states``.
+
+        Accumulated in float64 chunk by chunk, so no float64 copy of every token is made.
+        """
+        count = states.states.shape[0]
+        total = torch.zeros(self.dim, dtype=torch.float64)
+        squares = torch.zeros(self.dim, dtype=torch.float64)
+        for start in range(0, count, 65536):
+            chunk = states.states[start:start + 65536].double()
+            total += chunk.sum(dim=0)
+            squares += chunk.square().sum(dim=0)
+        mean = total / max(count, 1)
+        variance = (squares - count * mean.square()).clamp(min=0.0) / max(count - 1, 1)
+        self.shift.copy_(mean.float())
+        self.scale.copy_((1.0 / variance.sqrt().clamp(min=1e-6)).float())
 
     def reset_parameters(self) -> None:
         for module in self.modules():
