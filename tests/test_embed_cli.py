@@ -181,6 +181,18 @@ def test_decoder_without_pad_token_last_pooling(corpus, tmp_path, tiny_gpt2_dir,
     np.testing.assert_allclose(rows, np.stack(alone), atol=1e-5)
 
 
+def test_threads_option_sets_torch_threads(corpus, tmp_path, tiny_bert_dir):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        ok(corpus, "--model", tiny_bert_dir, "-o", tmp_path / "t.npy", "--threads", "1")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    one_line_error(run(corpus, "--model", tiny_bert_dir, "--threads", "0"), "--threads must be at least 1")
+
+
 def test_progress_bar_only_when_asked(corpus, tmp_path, tiny_bert_dir):
     quiet = ok(corpus, "--model", tiny_bert_dir, "-o", tmp_path / "q.npy", "--quiet")
     assert quiet.stderr == "" and quiet.stdout == ""

@@ -71,6 +71,8 @@ def parse_dtype(value: str) -> str:
 @click.option("--dtype", default="fp32", show_default=True, metavar="fp32|bf16",
               help="Encoder precision; pooling always accumulates in fp32.")
 @click.option("--device", help="torch device [default: cpu].")
+@click.option("--threads", type=int, help="CPU threads for torch [default: one per core]; on a machine busy "
+                                          "with other work, fewer threads can be much faster.")
 @click.option("--skip-empty", is_flag=True,
               help="Write a zero vector for empty/blank texts instead of encoding them (rows never shift).")
 @click.option("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True,
@@ -79,8 +81,8 @@ def parse_dtype(value: str) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def embed(input_path: str, output: str | None, output_format: str | None, input_format: str | None,
           text_field: str, model: str | None, strategies: tuple[str, ...], layer: str, batch_size: int | None,
-          max_length: int | None, normalize: bool | None, dtype: str, device: str | None, skip_empty: bool,
-          chunk_size: int, resume: bool, quiet: bool) -> None:
+          max_length: int | None, normalize: bool | None, dtype: str, device: str | None, threads: int | None,
+          skip_empty: bool, chunk_size: int, resume: bool, quiet: bool) -> None:
     """Embed every text of INPUT (a file, or - for stdin) into one vector per row.
 
     \b
@@ -98,8 +100,14 @@ def embed(input_path: str, output: str | None, output_format: str | None, input_
     The output appears only when every row is written; until then rows are kept in
     OUTPUT.partial/, which --resume continues from.
     """
+    import torch
+
     from seqpool.encoder import Encoder, native_bf16_cpu
 
+    if threads is not None:
+        if threads < 1:
+            raise SeqpoolError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
     chosen = parse_strategies(strategies)
     layers = parse_layers(layer)
     torch_dtype = parse_dtype(dtype)
