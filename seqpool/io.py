@@ -91,7 +91,7 @@ class TextSource:
             raise SeqpoolError(f"input {path} is a directory; pass a file with one text per line")
         source = cls(path, fmt, text_field)
         if fmt == "parquet":
-            source._parquet_column()  # fails now on a missing or non-text column
+            source._check_parquet_column()  # fails now on a missing or non-text column
         return source
 
     @property
@@ -180,7 +180,7 @@ class TextSource:
         except Exception as error:  # pyarrow raises its own ArrowInvalid for non-parquet files
             raise SeqpoolError(f"{self.path} is not a readable parquet file: {error}") from None
 
-    def _parquet_column(self) -> int:
+    def _check_parquet_column(self) -> None:
         import pyarrow as pa
 
         schema = self._parquet_file().schema_arrow
@@ -190,10 +190,9 @@ class TextSource:
         field_type = schema.field(self.text_field).type
         if not (pa.types.is_string(field_type) or pa.types.is_large_string(field_type)):
             raise SeqpoolError(f"{self.path}: column {self.text_field!r} holds {field_type}, not text")
-        return schema.get_field_index(self.text_field)
 
     def _parquet_texts(self) -> Iterator[str]:
-        self._parquet_column()
+        self._check_parquet_column()
         for batch in self._parquet_file().iter_batches(batch_size=DEFAULT_CHUNK_SIZE, columns=[self.text_field]):
             for text in batch.column(0).to_pylist():
                 yield "" if text is None else text

@@ -94,21 +94,26 @@ def test_structured_inputs_match_plain_text(corpus, tmp_path, tiny_bert_dir, suf
     np.testing.assert_array_equal(np.load(tmp_path / "structured.npy"), np.load(tmp_path / "txt.npy"))
 
 
+def interrupt_on_chunk(monkeypatch, chunk: int) -> None:
+    """Make the ``chunk``-th ``Encoder.encode`` call raise KeyboardInterrupt (Ctrl-C mid-run)."""
+    real_encode = Encoder.encode
+    calls = []
+
+    def encode(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == chunk:
+            raise KeyboardInterrupt
+        return real_encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(Encoder, "encode", encode)
+
+
 @pytest.mark.parametrize("fmt", ["npy", "parquet"])
 def test_resume_after_interruption_gives_identical_bytes(corpus, tmp_path, tiny_bert_dir, monkeypatch, fmt):
     common = ["--model", tiny_bert_dir, "--chunk-size", "2", "--strategy", "mean,max"]
     reference = tmp_path / f"reference.{fmt}"
     ok(corpus, "-o", reference, *common)
-    real_encode = Encoder.encode
-    calls = []
-
-    def interrupted_on_third_chunk(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_encode(self, *args, **kwargs)
-
-    monkeypatch.setattr(Encoder, "encode", interrupted_on_third_chunk)
+    interrupt_on_chunk(monkeypatch, 3)
     out = tmp_path / f"resumed.{fmt}"
     result = run(corpus, "-o", out, *common)
     assert result.exit_code == 130 and "--resume" in result.stderr
@@ -127,16 +132,7 @@ def test_resume_after_interruption_gives_identical_bytes(corpus, tmp_path, tiny_
 
 def test_resume_with_other_options_is_refused(corpus, tmp_path, tiny_bert_dir, monkeypatch):
     out = tmp_path / "e.npy"
-    real_encode = Encoder.encode
-    calls = []
-
-    def interrupted_on_second_chunk(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_encode(self, *args, **kwargs)
-
-    monkeypatch.setattr(Encoder, "encode", interrupted_on_second_chunk)
+    interrupt_on_chunk(monkeypatch, 2)
     run(corpus, "--model", tiny_bert_dir, "-o", out, "--chunk-size", "3")
     monkeypatch.undo()
     result = run(corpus, "--model", tiny_bert_dir, "-o", out, "--chunk-size", "3", "--resume", "--no-normalize",
@@ -245,3 +241,16 @@ def test_readme_example_with_the_packaged_model(tmp_path):
     lines = (REPO / "examples" / "corpus.txt").read_text(encoding="utf-8").splitlines()
     assert rows.shape == (len(lines), 384)
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)  # MiniLM ends with Normalize
+
+
+@pytest.mark.integration
+def test_packaged_model_keeps_empty_lines_and_duplicates_in_place(tmp_path):
+    lines = (REPO / "examples" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:6]
+    lines = [lines[0], "", lines[1], lines[0], "", lines[2], *lines[3:], lines[1]]
+    ok("-", "-o", tmp_path / "e.npy", "--quiet", input="\n".join(lines) + "\n")
+    rows = np.load(tmp_path / "e.npy")
+    assert rows.shape == (len(lines), 384)
+    np.testing.assert_allclose(rows, Encoder().encode(lines)["mean"], atol=1e-6)
+    for i, j in [(0, 3), (1, 4), (2, len(lines) - 1)]:
+        np.testing.assert_allclose(rows[i], rows[j], atol=1e-6)
+    assert float(rows[0] @ rows[2]) < 0.99  # different texts really differ
