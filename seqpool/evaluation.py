@@ -44,7 +44,7 @@ from seqpool import __version__
 from seqpool.errors import SeqpoolError
 from seqpool.layers import LEARNED_STRATEGIES, POOLER_STRATEGIES
 from seqpool.pooling import STRATEGIES, check_strategy
-from seqpool.serialization import _atomic_write_text
+from seqpool.serialization import atomic_write_text
 from seqpool.states import TokenStates
 from seqpool import stats
 
@@ -472,7 +472,7 @@ class EvaluationResult:
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(Path(path), text)
+            atomic_write_text(Path(path), text)
         return text
 
     def table(self) -> str:

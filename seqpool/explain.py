@@ -35,7 +35,7 @@ from torch import Tensor
 from seqpool.errors import SeqpoolError
 from seqpool.layers import Pooler
 from seqpool.pooling import first_token_index, last_token_index, normalize_mask
-from seqpool.serialization import _atomic_write_text
+from seqpool.serialization import atomic_write_text
 
 if TYPE_CHECKING:
     from seqpool.classifier import PooledClassifier
@@ -349,7 +349,7 @@ def write_html(explanations: Sequence[Explanation], path: str | os.PathLike, lab
     """Write :func:`render_html` to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, render_html(explanations, label))
+    atomic_write_text(path, render_html(explanations, label))
     return path
 
 

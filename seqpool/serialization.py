@@ -22,12 +22,19 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a synced temporary file in the same folder and rename.
+
+    Readers never see half a file, and after a crash the file is either the old or the new
+    one (the fsync matters for resume checkpoints).
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -47,7 +54,7 @@ def save_module(module: torch.nn.Module, config: dict[str, Any], directory: str 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from seqpool.encoder import _ST_POOLING_FLAGS, _ST_POOLING_MODES
 from seqpool.errors import SeqpoolError
 from seqpool.pooling import STRATEGIES, check_strategy
-from seqpool.serialization import _atomic_write_text
+from seqpool.serialization import atomic_write_text
 
 if TYPE_CHECKING:
     from seqpool.encoder import Encoder
@@ -85,7 +85,7 @@ def padding_ready_tokenizer(tokenizer: Any, pad_token_id: int) -> Any:
 
 def _write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def write_sentence_transformers_layout(directory: str | os.PathLike, strategy: str, dim: int,
