@@ -33,7 +33,7 @@ _DTYPES = {None: None, "float32": torch.float32, "fp32": torch.float32, "bfloat1
            "bf16": torch.bfloat16, torch.float32: torch.float32, torch.bfloat16: torch.bfloat16}
 
 # sentence-transformers Pooling config -> seqpool strategy (first match wins, in ST's order).
-_ST_POOLING_FLAGS = {
+ST_POOLING_FLAGS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_max_tokens": "max",
@@ -41,7 +41,7 @@ _ST_POOLING_FLAGS = {
     "pooling_mode_weightedmean_tokens": "weighted_mean",
     "pooling_mode_lasttoken": "last",
 }
-_ST_POOLING_MODES = {"cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len_tokens": "mean_sqrt_len",
+ST_POOLING_MODES = {"cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len_tokens": "mean_sqrt_len",
                      "weightedmean": "weighted_mean", "lasttoken": "last"}
 
 
@@ -73,8 +73,8 @@ def strategy_from_st_pooling_config(config: Mapping[str, Any]) -> str | None:
     """
     mode = config.get("pooling_mode")
     if isinstance(mode, str):
-        return _ST_POOLING_MODES.get(mode)
-    for flag, strategy in _ST_POOLING_FLAGS.items():
+        return ST_POOLING_MODES.get(mode)
+    for flag, strategy in ST_POOLING_FLAGS.items():
         if config.get(flag):
             return strategy
     return None
@@ -228,7 +228,7 @@ class Encoder:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text (with special tokens, truncated to ``max_length``), unpadded."""
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if not texts:
             return []
         encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=True,
@@ -306,7 +306,7 @@ class Encoder:
             strategies = (strategies,)
         strategies = tuple(dict.fromkeys(check_strategy(s) for s in strategies))
         normalize = self.default_normalize if normalize is None else normalize
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         out = {s: np.zeros((len(texts), self.hidden_size), dtype=np.float32) for s in strategies}
         for rows, hidden, mask in self.hidden_states(texts, batch_size, progress):
             for strategy, vectors in pool_many(hidden, mask, strategies).items():
@@ -335,7 +335,7 @@ def native_bf16_cpu() -> bool | None:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _check_texts(texts: Sequence[str]) -> list[str]:
+def check_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         raise SeqpoolError("texts must be a list of strings, not a single string; wrap it: [text]")
     texts = list(texts)

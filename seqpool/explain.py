@@ -218,9 +218,9 @@ def explain(texts: Sequence[str], classifier: "PooledClassifier | str | os.PathL
     it is rebuilt from the classifier's config (or the packaged default model). Merging
     subwords into words needs a fast tokenizer (the default of ``AutoTokenizer``).
     """
-    from seqpool.encoder import _check_texts
+    from seqpool.encoder import check_texts
 
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     classifier = load_classifier(classifier)
     encoder = encoder if encoder is not None else encoder_for(classifier)
     if encoder.hidden_size != classifier.dim:

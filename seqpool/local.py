@@ -451,11 +451,11 @@ def word_embeddings(encoder: Any, texts: Sequence[str], reduce: str = "mean",
     a word the tokenizer drops entirely (e.g. only control characters) gets zeros. A text
     longer than ``encoder.max_length`` tokens raises rather than silently losing words.
     """
-    from seqpool.encoder import _check_texts
+    from seqpool.encoder import check_texts
 
     reduce = _choice(reduce, SEGMENT_REDUCTIONS, "reduce")
     batch_size = _int_arg(batch_size, "batch_size", 1)
-    words = [text.split() for text in _check_texts(texts)]
+    words = [text.split() for text in check_texts(texts)]
     if not getattr(encoder.tokenizer, "is_fast", False):
         raise SeqpoolError("word_embeddings needs a fast tokenizer (word_ids()); load the model's tokenizer.json")
     out = [np.zeros((0, encoder.hidden_size), dtype=np.float32) for _ in words]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from seqpool.encoder import _ST_POOLING_FLAGS, _ST_POOLING_MODES
+from seqpool.encoder import ST_POOLING_FLAGS, ST_POOLING_MODES
 from seqpool.errors import SeqpoolError
 from seqpool.pooling import STRATEGIES, check_strategy
 from seqpool.serialization import atomic_write_text
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from seqpool.encoder import Encoder
 
 #: seqpool strategy -> the sentence-transformers boolean flag that selects it.
-ST_POOLING_FLAG: dict[str, str] = {strategy: flag for flag, strategy in _ST_POOLING_FLAGS.items()}
+ST_POOLING_FLAG: dict[str, str] = {strategy: flag for flag, strategy in ST_POOLING_FLAGS.items()}
 POOLING_DIR = "1_Pooling"
 NORMALIZE_DIR = "2_Normalize"
 _ST_MODULE = "sentence_transformers.models."
@@ -51,7 +51,7 @@ def pooling_config(strategy: str, dim: int) -> dict[str, Any]:
     if dim < 1:
         raise SeqpoolError(f"embedding dimension must be at least 1, got {dim}")
     config: dict[str, Any] = {"word_embedding_dimension": int(dim)}
-    config.update({flag: flag == ST_POOLING_FLAG[strategy] for flag in _ST_POOLING_FLAGS})
+    config.update({flag: flag == ST_POOLING_FLAG[strategy] for flag in ST_POOLING_FLAGS})
     return config
 
 
@@ -148,12 +148,12 @@ def _pooling_strategies(config: dict[str, Any]) -> list[str]:
     mode = config.get("pooling_mode")
     if mode is not None:
         modes = [mode] if isinstance(mode, str) else list(mode)
-        unknown = [m for m in modes if m not in _ST_POOLING_MODES]
+        unknown = [m for m in modes if m not in ST_POOLING_MODES]
         if unknown:
             raise SeqpoolError(f"unknown sentence-transformers pooling mode(s) {unknown}; "
-                               f"seqpool reads {sorted(_ST_POOLING_MODES)}")
-        return [_ST_POOLING_MODES[m] for m in modes]
-    return [strategy for flag, strategy in _ST_POOLING_FLAGS.items() if config.get(flag)]
+                               f"seqpool reads {sorted(ST_POOLING_MODES)}")
+        return [ST_POOLING_MODES[m] for m in modes]
+    return [strategy for flag, strategy in ST_POOLING_FLAGS.items() if config.get(flag)]
 
 
 def read_sentence_transformers_layout(directory: str | os.PathLike) -> SentenceTransformersLayout:
