@@ -32,6 +32,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from seqpool.errors import SeqpoolError
+from seqpool.serialization import atomic_write_text
 
 INPUT_FORMATS: tuple[str, ...] = ("txt", "jsonl", "csv", "tsv", "parquet")
 OUTPUT_FORMATS: tuple[str, ...] = ("npy", "parquet", "jsonl", "safetensors")
@@ -405,7 +406,7 @@ class EmbeddingSpool:
         self.input_digest = input_digest
         progress = {"version": _PROGRESS_VERSION, "rows_done": self.rows_done,
                     "input_digest": input_digest, "settings": self.settings}
-        _atomic_write_text(self.folder / _PROGRESS_FILE, json.dumps(progress, indent=1))
+        atomic_write_text(self.folder / _PROGRESS_FILE, json.dumps(progress, indent=1))
 
     def close(self) -> None:
         for handle in self._files.values():
@@ -434,15 +435,6 @@ class EmbeddingSpool:
             os.replace(staged, self.output)
         shutil.rmtree(self.folder)
         return list(dict.fromkeys(targets.values()))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _blocks(arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
