@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqpool.encoder import Encoder, pack_batches
+from seqpool.encoder import Encoder, ordered_map, pack_batches
 from seqpool.errors import SeqpoolError
 from seqpool.pooling import STRATEGIES
 
@@ -72,6 +72,38 @@ def test_pack_batches_prefers_batches_without_padding():
     lengths = [5] * 10 + [4] * 2 + [3] * 10  # the two 4s are too few for a batch of their own
     batches = pack_batches(lengths, batch_size=32, token_budget=1000, min_tokens=20)
     assert [sorted({lengths[i] for i in batch}) for batch in batches] == [[5], [3, 4]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(), max_size=40), st.integers(1, 4))
+def test_ordered_map_keeps_order_with_any_number_of_workers(items, workers):
+    assert list(ordered_map(lambda x: 2 * x, items, workers)) == [2 * x for x in items]
+
+
+def test_ordered_map_bounds_work_in_flight_and_propagates_errors():
+    started = []
+
+    def work(x):
+        started.append(x)
+        if x == 5:
+            raise ValueError("bad item")
+        return x
+
+    results = ordered_map(work, range(100), workers=2)
+    assert next(results) == 0
+    assert len(started) <= 5  # 2 * workers queued, plus the one just taken: not all 100
+    with pytest.raises(ValueError, match="bad item"):
+        list(results)
+
+
+def test_parallel_batches_match_one_at_a_time_and_restore_threads(tiny_bert_dir):
+    threads = torch.get_num_threads()
+    serial = Encoder(tiny_bert_dir, workers=1).encode(TEXTS, batch_size=2)["mean"]
+    parallel = Encoder(tiny_bert_dir, workers=3).encode(TEXTS, batch_size=2)["mean"]
+    np.testing.assert_allclose(parallel, serial, atol=1e-6)
+    assert torch.get_num_threads() == threads
+    with pytest.raises(SeqpoolError, match="workers must be at least 1"):
+        Encoder(tiny_bert_dir, workers=0)
 
 
 def test_rows_come_back_in_input_order(tiny_bert_encoder):
