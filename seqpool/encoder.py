@@ -167,10 +167,13 @@ class Encoder:
             with _quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
                 hf_model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as error:
+        except Exception as error:  # HF, safetensors and tokenizers each raise their own types
+            detail = " ".join(str(error).split())[:200] or type(error).__name__
+            if Path(name).is_dir():
+                raise SeqpoolError(f"cannot load model {name!r}: the folder holds no loadable model ({detail})") from None
             raise SeqpoolError(
                 f"cannot load model {name!r}: it is neither a model directory nor a model id reachable "
-                f"on the Hugging Face Hub ({' '.join(str(error).split())[:200]})"
+                f"on the Hugging Face Hub ({detail})"
             ) from None
         defaults = sentence_transformers_defaults(name) if Path(name).is_dir() else {}
         self._setup(hf_model, tokenizer, name, device, torch_dtype, max_length or defaults.get("max_length"),

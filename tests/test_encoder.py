@@ -213,11 +213,21 @@ def test_decoder_last_state_is_the_unpadded_last_token(tiny_gpt2_encoder):
 def test_unknown_model_or_file_path_is_a_user_error(tmp_path):
     with pytest.raises(SeqpoolError, match="nothing-here does not exist"):
         Encoder(tmp_path / "nothing-here")
-    with pytest.raises(SeqpoolError, match="cannot load model"):
+    with pytest.raises(SeqpoolError, match="the folder holds no loadable model"):
         Encoder(tmp_path)  # a folder, but no model in it
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(SeqpoolError, match="is a file"):
         Encoder(tmp_path / "weights.bin")
+
+
+def test_corrupt_weights_are_a_user_error(tiny_bert_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bert_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SeqpoolError, match="cannot load model .*broken"):
+        Encoder(broken)
 
 
 def test_remote_code_is_off_unless_asked(tiny_bert_dir, monkeypatch):
