@@ -2,102 +2,113 @@
 
 Turn (batch, tokens, dim) hidden states into one vector per text, correctly on every
 padding layout, and find out -- with statistics -- which pooling works best.
+
+Every public name loads on first use (PEP 562, as transformers does): ``import seqpool``
+and ``seqpool --help`` must not pay for torch, transformers or scikit-learn before a
+name that needs them is touched. ``_EXPORTS`` is the one table of what lives where.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from seqpool.classifier import PooledClassifier  # noqa: E402
-from seqpool.encoder import Encoder  # noqa: E402
-from seqpool.errors import SeqpoolError  # noqa: E402
-from seqpool.layers import (  # noqa: E402
-    LEARNED_STRATEGIES,
-    POOLER_STRATEGIES,
-    AttentionPooling,
-    Pooler,
-    SqueezeExcitation,
-)
-from seqpool.local import (  # noqa: E402
-    ShiftConsistency,
-    avg_pool_tokens,
-    blur_pool_tokens,
-    max_blur_pool_tokens,
-    max_pool_tokens,
-    segment_pool,
-    shift_consistency,
-    word_embeddings,
-    word_segment_ids,
-)
-from seqpool.pooling import (  # noqa: E402
-    STRATEGIES,
-    first_token,
-    last_token,
-    masked_max,
-    masked_mean,
-    masked_mean_sqrt_len,
-    masked_weighted_mean,
-    pool,
-    pool_many,
-)
-from seqpool.states import TokenStates  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
 
-# Heavier parts load on first use (PEP 562), so `import seqpool` stays light: the
-# evaluation stack pulls in scipy/scikit-learn/datasets, the pipeline transformers'
-# pipeline machinery (importing ``seqpool.pipeline`` is also what registers the
-# "seqpool" pipeline task).
-_LAZY = {
+from seqpool._version import __version__
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "SeqpoolError": "seqpool.errors",
+    # parameter-free pooling
+    "STRATEGIES": "seqpool.pooling",
+    "pool": "seqpool.pooling",
+    "pool_many": "seqpool.pooling",
+    "masked_mean": "seqpool.pooling",
+    "masked_max": "seqpool.pooling",
+    "masked_mean_sqrt_len": "seqpool.pooling",
+    "masked_weighted_mean": "seqpool.pooling",
+    "first_token": "seqpool.pooling",
+    "last_token": "seqpool.pooling",
+    # learned poolers
+    "LEARNED_STRATEGIES": "seqpool.layers",
+    "POOLER_STRATEGIES": "seqpool.layers",
+    "AttentionPooling": "seqpool.layers",
+    "SqueezeExcitation": "seqpool.layers",
+    "Pooler": "seqpool.layers",
+    # encoder, token states, classifier
+    "Encoder": "seqpool.encoder",
+    "TokenStates": "seqpool.states",
+    "PooledClassifier": "seqpool.classifier",
+    # pooling along the token axis
+    "avg_pool_tokens": "seqpool.local",
+    "max_pool_tokens": "seqpool.local",
+    "blur_pool_tokens": "seqpool.local",
+    "max_blur_pool_tokens": "seqpool.local",
+    "shift_consistency": "seqpool.local",
+    "ShiftConsistency": "seqpool.local",
+    "segment_pool": "seqpool.local",
+    "word_embeddings": "seqpool.local",
+    "word_segment_ids": "seqpool.local",
+    # evaluation, explanation, pipelines, sentence-transformers
     "evaluate": "seqpool.evaluation",
     "EvaluationResult": "seqpool.evaluation",
     "load_labelled": "seqpool.evaluation",
-    "stats": None,
     "Explanation": "seqpool.explain",
     "PoolingPipeline": "seqpool.pipeline",
     "register_pipeline": "seqpool.pipeline",
     "export_sentence_transformers": "seqpool.st_export",
     "read_sentence_transformers_layout": "seqpool.st_export",
 }
+# submodules reachable as attributes without importing them first (``seqpool.stats.corrected_ci``)
+_SUBMODULES = ("stats", "cli")
+
+__all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'seqpool' has no attribute {name!r}")
-    import importlib
-
-    if _LAZY[name] is None:
-        value = importlib.import_module(f"seqpool.{name}")
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
     else:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # resolve once
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # resolve once; later lookups never reach __getattr__
     return value
 
 
-__all__ = [
-    "__version__",
-    "SeqpoolError",
-    "STRATEGIES",
-    "LEARNED_STRATEGIES",
-    "POOLER_STRATEGIES",
-    "pool",
-    "pool_many",
-    "masked_mean",
-    "masked_max",
-    "masked_mean_sqrt_len",
-    "masked_weighted_mean",
-    "first_token",
-    "last_token",
-    "AttentionPooling",
-    "SqueezeExcitation",
-    "Pooler",
-    "Encoder",
-    "TokenStates",
-    "PooledClassifier",
-    "avg_pool_tokens",
-    "max_pool_tokens",
-    "blur_pool_tokens",
-    "max_blur_pool_tokens",
-    "shift_consistency",
-    "ShiftConsistency",
-    "segment_pool",
-    "word_embeddings",
-    "word_segment_ids",
-    *_LAZY,
-]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from seqpool import stats
+    from seqpool.classifier import PooledClassifier
+    from seqpool.encoder import Encoder
+    from seqpool.errors import SeqpoolError
+    from seqpool.evaluation import EvaluationResult, evaluate, load_labelled
+    from seqpool.explain import Explanation
+    from seqpool.layers import LEARNED_STRATEGIES, POOLER_STRATEGIES, AttentionPooling, Pooler, SqueezeExcitation
+    from seqpool.local import (
+        ShiftConsistency,
+        avg_pool_tokens,
+        blur_pool_tokens,
+        max_blur_pool_tokens,
+        max_pool_tokens,
+        segment_pool,
+        shift_consistency,
+        word_embeddings,
+        word_segment_ids,
+    )
+    from seqpool.pipeline import PoolingPipeline, register_pipeline
+    from seqpool.pooling import (
+        STRATEGIES,
+        first_token,
+        last_token,
+        masked_max,
+        masked_mean,
+        masked_mean_sqrt_len,
+        masked_weighted_mean,
+        pool,
+        pool_many,
+    )
+    from seqpool.st_export import export_sentence_transformers, read_sentence_transformers_layout
+    from seqpool.states import TokenStates

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seqpool import __version__
+from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
 from seqpool.layers import Pooler
 from seqpool.pooling import normalize_mask

@@ -2,7 +2,9 @@
 
 * :class:`AttentionPooling` -- learned softmax weights over real tokens.
 * :class:`SqueezeExcitation` -- the SE block of Hu et al. for sequences (masked squeeze).
-* :class:`Pooler` -- any strategy by name, config-driven, saved as config.json + model.safetensors.
+* :class:`SqueezeExcitationMean` -- SE gates, then the masked mean (the ``se_mean`` strategy).
+* :class:`Pooler` -- any strategy of :mod:`seqpool.registry` by name, config-driven, saved as
+  config.json + model.safetensors.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from seqpool import __version__
+from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
-from seqpool.pooling import STRATEGIES, check_strategy, fill_padding, masked_mean, normalize_mask, pool, upcast
+from seqpool.pooling import fill_padding, masked_mean, normalize_mask, upcast
+from seqpool.registry import LEARNED, PARAMETER_FREE, builtin_names, get_strategy
 from seqpool.serialization import CONFIG_NAME, load_state, read_config, save_module
 
-#: Strategies with parameters; :class:`Pooler` needs ``dim`` for them.
-LEARNED_STRATEGIES: tuple[str, ...] = ("attention", "se_mean")
-#: Every strategy a :class:`Pooler` accepts.
-POOLER_STRATEGIES: tuple[str, ...] = STRATEGIES + LEARNED_STRATEGIES
+#: The built-in strategies with parameters; :class:`Pooler` needs ``dim`` for them.
+LEARNED_STRATEGIES: tuple[str, ...] = builtin_names(LEARNED)
+#: The built-in strategies, parameter-free then learned (a :class:`Pooler` also accepts
+#: registered and plugin strategies: ``seqpool.registry.strategy_names()``).
+POOLER_STRATEGIES: tuple[str, ...] = builtin_names()
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -62,6 +66,9 @@ class AttentionPooling(nn.Module):
     ``dim``-wide states, and heads are concatenated: the output is ``(B, heads * dim)``
     (see :attr:`output_dim`).
     """
+
+    #: ``forward(..., return_weights=True)`` also returns the attention weights.
+    returns_weights = True
 
     def __init__(self, dim: int, heads: int = 1, hidden_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
@@ -171,6 +178,32 @@ class SqueezeExcitation(nn.Module):
         return self.scaled_states(hidden_states, attention_mask).to(hidden_states.dtype)
 
 
+class SqueezeExcitationMean(SqueezeExcitation):
+    """The ``se_mean`` strategy: :class:`SqueezeExcitation` gates, then the masked mean -> (B, D).
+
+    Pools the float32 gated states, so fp16/bf16 tokens are not rounded before the mean.
+    """
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        scaled = self.scaled_states(hidden_states, attention_mask)
+        return masked_mean(scaled, attention_mask).to(hidden_states.dtype)
+
+
+def attention_token_weights(hidden_states: Tensor, attention_mask: Tensor, module: AttentionPooling) -> Tensor:
+    """(B, T, heads * D) exact token weights of attention pooling (for ``explain``)."""
+    attention = module.attention_weights(hidden_states, attention_mask)  # (B, heads, T)
+    return attention.transpose(1, 2).repeat_interleave(hidden_states.shape[-1], dim=2)
+
+
+def se_mean_token_weights(hidden_states: Tensor, attention_mask: Tensor, module: SqueezeExcitation) -> Tensor:
+    """(B, T, D) exact token weights of ``se_mean``: 1/n times each channel's gate."""
+    mask = normalize_mask(hidden_states, attention_mask)
+    real = mask.float()
+    per_token = real / real.sum(dim=1, keepdim=True).clamp(min=1.0)
+    gates = module.channel_weights(hidden_states, mask)
+    return per_token.unsqueeze(-1).expand(*hidden_states.shape) * gates.unsqueeze(1)
+
+
 class Pooler(nn.Module):
     """Any pooling strategy by name, configured from plain JSON-able arguments.
 
@@ -183,29 +216,27 @@ class Pooler(nn.Module):
 
     def __init__(self, strategy: str = "mean", dim: int | None = None, **kwargs: Any):
         super().__init__()
-        check_strategy(strategy, POOLER_STRATEGIES)
+        spec = get_strategy(strategy)
         self.strategy, self.dim, self.kwargs = strategy, dim, dict(kwargs)
         self.module: nn.Module | None = None
-        if strategy in STRATEGIES:
+        if spec.kind == PARAMETER_FREE:
             if kwargs:
                 raise SeqpoolError(f"strategy {strategy!r} has no parameters; unexpected {sorted(kwargs)}")
+            self._pool = spec.fn
             return
         if dim is None:
             raise SeqpoolError(f"strategy {strategy!r} is learned: pass dim= (the encoder's hidden size)")
         try:
-            if strategy == "attention":
-                self.module = AttentionPooling(dim, **kwargs)
-            else:
-                self.module = SqueezeExcitation(dim, **kwargs)
+            self.module = spec.build(dim, **kwargs)
         except TypeError as error:
             raise SeqpoolError(f"bad arguments for strategy {strategy!r}: {error}") from None
 
     @property
     def output_dim(self) -> int | None:
         """Width of the pooled vector (``None`` for parameter-free strategies without ``dim``)."""
-        if isinstance(self.module, AttentionPooling):
-            return self.module.output_dim
-        return self.dim
+        if self.dim is None:
+            return None
+        return get_strategy(self.strategy).output_dim(self.dim, **self.kwargs)
 
     @property
     def is_learned(self) -> bool:
@@ -215,14 +246,13 @@ class Pooler(nn.Module):
         self, hidden_states: Tensor, attention_mask: Tensor | None = None, return_weights: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Pool (B, T, D) -> (B, output_dim). ``return_weights`` is for attention pooling only."""
-        if return_weights and not isinstance(self.module, AttentionPooling):
-            raise SeqpoolError(f"return_weights is only available for 'attention', not {self.strategy!r}")
-        if isinstance(self.module, AttentionPooling):
-            return self.module(hidden_states, attention_mask, return_weights=return_weights)
-        if isinstance(self.module, SqueezeExcitation):
-            scaled = self.module.scaled_states(hidden_states, attention_mask)
-            return masked_mean(scaled, attention_mask).to(hidden_states.dtype)
-        return pool(hidden_states, attention_mask, self.strategy)
+        if return_weights:
+            if not getattr(self.module, "returns_weights", False):
+                raise SeqpoolError(f"return_weights is only available for 'attention', not {self.strategy!r}")
+            return self.module(hidden_states, attention_mask, return_weights=True)
+        if self.module is not None:
+            return self.module(hidden_states, attention_mask)
+        return self._pool(hidden_states, attention_mask)
 
     @property
     def config(self) -> dict[str, Any]:

@@ -2,25 +2,61 @@
 
 Each command lives in its own module under ``seqpool/cli/``; this file holds the group,
 the shared error handling (user errors become one line on stderr and exit code 1, never
-a traceback) and the ``strategies`` command.
+a traceback) and the ``strategies`` command. Command modules are imported only when their
+command runs, so ``seqpool --help`` and option errors never pay for torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any
 
 import click
 
-from seqpool import __version__
+from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
+
+
+# command name -> (module, attribute, one-line help shown by ``seqpool --help``); the help
+# is kept here so listing the commands imports nothing (tests check it matches the command)
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "embed": ("seqpool.cli.embed", "embed",
+              "Embed every text of INPUT (a file, or - for stdin) into one vector per row."),
+    "evaluate": ("seqpool.cli.evaluate", "evaluate",
+                 "Compare pooling strategies on a labelled corpus, with honest statistics."),
+    "explain": ("seqpool.cli.explain", "explain",
+                "Colour each word of TEXTS by its contribution to the classifier's score."),
+}
 
 
 class SeqpoolGroup(click.Group):
     """A click group that turns user-caused errors into one-line messages.
 
-    ``SEQPOOL_DEBUG=1`` re-raises them with their traceback, for bug reports.
+    ``SEQPOOL_DEBUG=1`` re-raises them with their traceback, for bug reports. Commands in
+    :data:`LAZY_COMMANDS` are imported on first use (as click's documented ``LazyGroup``).
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:
+            module, attribute, _ = LAZY_COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the stored one-line helps, without importing any command."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names), default=0)
+        rows = [(name, self.commands[name].get_short_help_str(limit) if name in self.commands
+                 else click.Command(name, help=LAZY_COMMANDS[name][2]).get_short_help_str(limit)) for name in names]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -57,8 +93,3 @@ def strategies() -> None:
     for name in LEARNED_STRATEGIES:
         click.echo(f"{name}\t(learned; seqpool evaluate trains it)")
 
-
-# Sub-commands register themselves below, one import each.
-from seqpool.cli.embed import embed as _embed; main.add_command(_embed)  # noqa: E402
-from seqpool.cli.explain import explain as _explain; main.add_command(_explain)  # noqa: E402
-from seqpool.cli.evaluate import evaluate as _evaluate; main.add_command(_evaluate)  # noqa: E402
