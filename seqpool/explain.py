@@ -34,7 +34,8 @@ from torch import Tensor
 
 from seqpool.errors import SeqpoolError
 from seqpool.layers import Pooler
-from seqpool.pooling import first_token_index, last_token_index, normalize_mask
+from seqpool.pooling import normalize_mask
+from seqpool.registry import get_strategy
 from seqpool.serialization import atomic_write_text
 
 if TYPE_CHECKING:
@@ -45,42 +46,18 @@ if TYPE_CHECKING:
 # -- the exact decomposition ----------------------------------------------------------
 
 
-def _one_hot_tokens(index: Tensor, tokens: int) -> Tensor:
-    """(B, T) float one-hot of a (B,) token index."""
-    return torch.nn.functional.one_hot(index, tokens).float()
-
-
 def pooling_weights(pooler: Pooler, states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """(B, T, P) weights ``A`` with ``pooler(states)[:, k] == sum_t A[:, t, k] * states[:, t, k % D]``.
 
     ``P`` is the pooler's output width (``heads * D`` for attention). Padded positions get 0.
     """
     mask = normalize_mask(states, attention_mask)
-    batch, tokens, dim = states.shape
-    real = mask.float()
-    count = real.sum(dim=1, keepdim=True).clamp(min=1.0)
-    has_tokens = mask.any(dim=1).float()[:, None, None]
-    strategy = pooler.strategy
-    if strategy in ("mean", "mean_sqrt_len", "se_mean"):
-        per_token = real / (count if strategy != "mean_sqrt_len" else count.sqrt())
-        weights = per_token.unsqueeze(-1).expand(batch, tokens, dim)
-        if strategy == "se_mean":
-            weights = weights * pooler.module.channel_weights(states, mask).unsqueeze(1)
-        return weights
-    if strategy == "weighted_mean":
-        position = mask.cumsum(dim=1).float() * real
-        return (position / position.sum(dim=1, keepdim=True).clamp(min=1.0)).unsqueeze(-1).expand(-1, -1, dim)
-    if strategy in ("cls", "last"):
-        index = first_token_index(mask) if strategy == "cls" else last_token_index(mask)
-        return _one_hot_tokens(index, tokens).unsqueeze(-1).expand(-1, -1, dim) * has_tokens
-    if strategy == "max":
-        winners = states.float().masked_fill(~mask.unsqueeze(-1), float("-inf")).argmax(dim=1)  # (B, D)
-        weights = torch.zeros(batch, tokens, dim).scatter_(1, winners.unsqueeze(1), 1.0)
-        return weights * has_tokens
-    if strategy == "attention":
-        attention = pooler.module.attention_weights(states, mask)  # (B, heads, T)
-        return attention.transpose(1, 2).repeat_interleave(dim, dim=2)
-    raise SeqpoolError(f"no token decomposition for strategy {strategy!r}")  # pragma: no cover
+    weights_fn = get_strategy(pooler.strategy).weights_fn()
+    if weights_fn is None:
+        raise SeqpoolError(f"strategy {pooler.strategy!r} has no exact token decomposition, so explain cannot "
+                           f"attribute it to tokens; train the classifier with a built-in strategy")
+    weights = weights_fn(states, mask, pooler.module)
+    return weights.unsqueeze(-1).expand(*states.shape) if weights.dim() == 2 else weights
 
 
 @torch.no_grad()

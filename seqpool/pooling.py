@@ -1,4 +1,4 @@
-"""Masked global pooling over the token axis: pure functions and the strategy registry.
+"""Masked global pooling over the token axis: pure functions, looked up by name in seqpool.registry.
 
 Every function takes ``hidden_states`` (B, T, D) and a boolean-like ``attention_mask``
 (B, T; 1 = real token) and returns (B, D). The padding side is read from the mask,
@@ -16,12 +16,13 @@ Conventions (see ``shared/design.md``):
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from seqpool.errors import SeqpoolError
+from seqpool.registry import PARAMETER_FREE, builtin_names, get_strategy, strategy_names
 
 PoolFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -29,7 +30,8 @@ PoolFn = Callable[[Tensor, Tensor], Tensor]
 def normalize_mask(hidden_states: Tensor, attention_mask: Tensor | None) -> Tensor:
     """Validate shapes and return a (B, T) bool mask on the states' device.
 
-    ``None`` means every token is real. Any nonzero mask value counts as real.
+    ``None`` means every token is real. Any nonzero bool/integer value counts as real; a
+    float mask must hold only 0 and 1 (anything else would be a soft weight, refused).
     """
     if not isinstance(hidden_states, Tensor):
         raise SeqpoolError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
@@ -49,6 +51,11 @@ def normalize_mask(hidden_states: Tensor, attention_mask: Tensor | None) -> Tens
             f"attention_mask must have shape (batch, tokens) = {(batch, tokens)} to match "
             f"hidden_states {tuple(hidden_states.shape)}, got {tuple(attention_mask.shape)}"
         )
+    if attention_mask.is_complex() or (attention_mask.is_floating_point() and bool(
+            ((attention_mask != 0) & (attention_mask != 1)).any())):
+        # 0.5 or NaN is a soft weight, not "real or padding": binarising it would be a silent guess
+        raise SeqpoolError(f"attention_mask must hold 0 (padding) and 1 (real token); this {attention_mask.dtype} "
+                           f"mask has other values -- pass a bool or 0/1 mask")
     return attention_mask.to(device=hidden_states.device) != 0
 
 
@@ -156,40 +163,99 @@ def last_token(hidden_states: Tensor, attention_mask: Tensor | None = None) -> T
     return _gather_token(hidden_states, mask, last_token_index)
 
 
-POOLING_FUNCTIONS: Mapping[str, PoolFn] = {
-    "mean": masked_mean,
-    "max": masked_max,
-    "cls": first_token,
-    "last": last_token,
-    "mean_sqrt_len": masked_mean_sqrt_len,
-    "weighted_mean": masked_weighted_mean,
-}
-
-#: Names of the parameter-free strategies accepted by :func:`pool`.
-STRATEGIES: tuple[str, ...] = tuple(POOLING_FUNCTIONS)
+# -- exact token weights (what ``explain`` decomposes a pooled vector into) ----------------------
+# Each gives (B, T) weights w with pooled[:, k] == sum_t w[:, t] * states[:, t, k] (or (B, T, D)
+# weights, one per channel); padded positions get 0. ``module`` is unused here: the learned
+# strategies' weight functions in layers.py take their module.
 
 
-def check_strategy(strategy: str, valid: Sequence[str] = STRATEGIES) -> str:
-    """Return ``strategy`` if known, else raise a SeqpoolError listing the valid names."""
-    if strategy not in valid:
+def _real_and_count(mask: Tensor) -> tuple[Tensor, Tensor]:
+    real = mask.float()
+    return real, real.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def mean_token_weights(hidden_states: Tensor, attention_mask: Tensor | None = None, module: object = None) -> Tensor:
+    """(B, T): 1/n on each of the n real tokens."""
+    real, count = _real_and_count(normalize_mask(hidden_states, attention_mask))
+    return real / count
+
+
+def mean_sqrt_len_token_weights(hidden_states: Tensor, attention_mask: Tensor | None = None,
+                                module: object = None) -> Tensor:
+    """(B, T): 1/sqrt(n) on each of the n real tokens."""
+    real, count = _real_and_count(normalize_mask(hidden_states, attention_mask))
+    return real / count.sqrt()
+
+
+def weighted_mean_token_weights(hidden_states: Tensor, attention_mask: Tensor | None = None,
+                                module: object = None) -> Tensor:
+    """(B, T): k / sum(1..n) on the k-th real token."""
+    mask = normalize_mask(hidden_states, attention_mask)
+    position = mask.cumsum(dim=1).float() * mask.float()
+    return position / position.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def _one_token_weights(mask: Tensor, token_index: Callable[[Tensor], Tensor]) -> Tensor:
+    has_tokens = mask.any(dim=1, keepdim=True).float()
+    return torch.nn.functional.one_hot(token_index(mask), mask.shape[1]).float() * has_tokens
+
+
+def first_token_weights(hidden_states: Tensor, attention_mask: Tensor | None = None, module: object = None) -> Tensor:
+    """(B, T): 1 on the first real token."""
+    return _one_token_weights(normalize_mask(hidden_states, attention_mask), first_token_index)
+
+
+def last_token_weights(hidden_states: Tensor, attention_mask: Tensor | None = None, module: object = None) -> Tensor:
+    """(B, T): 1 on the last real token."""
+    return _one_token_weights(normalize_mask(hidden_states, attention_mask), last_token_index)
+
+
+def max_token_weights(hidden_states: Tensor, attention_mask: Tensor | None = None, module: object = None) -> Tensor:
+    """(B, T, D): 1 on the token that wins each channel's max."""
+    mask = normalize_mask(hidden_states, attention_mask)
+    batch, tokens, dim = hidden_states.shape
+    winners = hidden_states.float().masked_fill(~mask.unsqueeze(-1), float("-inf")).argmax(dim=1)  # (B, D)
+    weights = torch.zeros(batch, tokens, dim, device=hidden_states.device).scatter_(1, winners.unsqueeze(1), 1.0)
+    return weights * mask.any(dim=1).float()[:, None, None]
+
+
+# -- the strategies by name: views of seqpool.registry ------------------------------------------
+
+#: The built-in parameter-free strategies accepted by :func:`pool` (registered and plugin
+#: strategies come on top: ``seqpool.registry.strategy_names("parameter-free")``).
+STRATEGIES: tuple[str, ...] = builtin_names(PARAMETER_FREE)
+
+
+def __getattr__(name: str) -> object:
+    # POOLING_FUNCTIONS stays importable for old code: a name -> function snapshot of the registry.
+    if name == "POOLING_FUNCTIONS":
+        return {n: get_strategy(n).fn for n in strategy_names(PARAMETER_FREE, plugins=False)}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_strategy(strategy: str, valid: Sequence[str] | None = None) -> str:
+    """Return ``strategy`` if it is a parameter-free strategy (or in ``valid``, when given), else
+    raise a SeqpoolError listing the valid names."""
+    if valid is None:
+        get_strategy(strategy, PARAMETER_FREE)
+    elif strategy not in valid:
         raise SeqpoolError(f"unknown pooling strategy {strategy!r}; choose one of: {', '.join(valid)}")
     return strategy
 
 
 def pool(hidden_states: Tensor, attention_mask: Tensor | None = None, strategy: str = "mean") -> Tensor:
-    """Pool (B, T, D) token states into (B, D) with a parameter-free strategy.
+    """Pool (B, T, D) token states into (B, D') with a parameter-free strategy.
 
     >>> h = torch.randn(2, 5, 8); m = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]])
     >>> pool(h, m, "last").shape
     torch.Size([2, 8])
     """
-    return POOLING_FUNCTIONS[check_strategy(strategy)](hidden_states, attention_mask)
+    return get_strategy(strategy, PARAMETER_FREE).fn(hidden_states, attention_mask)
 
 
 def pool_many(
     hidden_states: Tensor, attention_mask: Tensor | None, strategies: Sequence[str]
 ) -> dict[str, Tensor]:
     """Several strategies from the same states (one encoder pass feeds them all)."""
-    for strategy in strategies:
-        check_strategy(strategy)
-    return {strategy: pool(hidden_states, attention_mask, strategy) for strategy in strategies}
+    functions = {strategy: get_strategy(strategy, PARAMETER_FREE).fn for strategy in strategies}
+    return {strategy: function(hidden_states, attention_mask) for strategy, function in functions.items()}

@@ -1,0 +1,411 @@
+"""One record per pooling strategy: the single place every consumer looks strategies up.
+
+``pool``, :class:`~seqpool.layers.Pooler`, ``explain``, the sentence-transformers export and
+reader, ``evaluate``, the pipeline and ``seqpool strategies`` all read this table, so adding a
+strategy is one record here (built-in) or one call to :func:`register_strategy` (yours), or one
+entry point in the ``seqpool.strategies`` group (a package's)::
+
+    [project.entry-points."seqpool.strategies"]
+    myname = "mypkg.module:function"   # function(hidden_states, attention_mask) -> (B, D)
+
+This module imports neither torch nor transformers: built-in records name their functions as
+``"module:attribute"`` strings resolved on first use, so listing strategies stays cheap.
+Plugins load lazily (on the first lookup of a name no record has, or when listing), one at
+a time and isolated: a broken plugin is one :class:`SeqpoolError` line naming it when it is
+used, and a warning when listing; it never affects the built-in strategies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
+
+from seqpool.errors import SeqpoolError
+
+#: The entry-point group third-party packages declare their strategies in.
+ENTRY_POINT_GROUP = "seqpool.strategies"
+PARAMETER_FREE = "parameter-free"
+LEARNED = "learned"
+Kind = Literal["parameter-free", "learned"]
+_KINDS = (PARAMETER_FREE, LEARNED)
+_FORBIDDEN_IN_NAMES = ",+@"
+
+#: sentence-transformers' own order of its boolean pooling flags (its first match wins).
+_ST_FLAG_ORDER = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+                  "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+
+
+def _resolve(ref: Any) -> Any:
+    """A callable given directly, or as a lazy ``"package.module:attribute"`` reference."""
+    if ref is None or not isinstance(ref, str):
+        return ref
+    module, _, attribute = ref.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def same_width(dim: int, **_: Any) -> int:
+    """Output width of strategies that return one ``dim``-wide vector per text."""
+    return dim
+
+
+def attention_width(dim: int, heads: int = 1, **_: Any) -> int:
+    """Attention pooling concatenates its heads: ``heads * dim``."""
+    return heads * dim
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """Everything seqpool knows about one pooling strategy.
+
+    ``function`` (parameter-free) is ``fn(hidden_states, attention_mask) -> (B, D')``;
+    ``factory`` (learned) is ``factory(dim, **kwargs) -> nn.Module`` whose forward has the same
+    signature. Either may be a lazy ``"module:attribute"`` string. ``width(dim, **kwargs)``
+    is ``D'``. ``st_mode``/``st_flag`` are its sentence-transformers ``pooling_mode`` string and
+    boolean flag, if sentence-transformers has it. ``token_weights(hidden_states, mask, module)``
+    gives the exact (B, T) or (B, T, D') token weights ``explain`` needs, or is None when no
+    exact decomposition exists. ``origin`` is ``"built-in"``, ``"user"`` or the plugin's entry point.
+    """
+
+    name: str
+    kind: Kind
+    description: str = ""
+    function: Any = None
+    factory: Any = None
+    width: Callable[..., int] = same_width
+    st_mode: str | None = None
+    st_flag: str | None = None
+    token_weights: Any = None
+    origin: str = "built-in"
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The pooling function (parameter-free strategies), outputs checked unless built in."""
+        if self.kind != PARAMETER_FREE:
+            raise SeqpoolError(f"strategy {self.name!r} is learned: build it with seqpool.Pooler({self.name!r}, dim=...)")
+        function = _resolve(self.function)
+        return function if self.is_builtin else _validated(function, self)
+
+    def build(self, dim: int, **kwargs: Any) -> Any:
+        """The nn.Module of a learned strategy for ``dim``-wide states."""
+        if self.kind != LEARNED:
+            raise SeqpoolError(f"strategy {self.name!r} has no parameters; call seqpool.pool(..., {self.name!r})")
+        return _resolve(self.factory)(dim, **kwargs)
+
+    def output_dim(self, dim: int, **kwargs: Any) -> int:
+        """Width of the pooled vector for ``dim``-wide token states."""
+        return int(self.width(dim, **kwargs))
+
+    def weights_fn(self) -> Callable[..., Any] | None:
+        """The exact token-weight function for ``explain`` (None: no exact decomposition)."""
+        return _resolve(self.token_weights)
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.origin == "built-in"
+
+
+def _builtin(name: str, kind: Kind, description: str, ref: str, weights: str | None = None,
+             st: tuple[str, str] | None = None, width: Callable[..., int] = same_width) -> StrategySpec:
+    module = "seqpool.pooling" if kind == PARAMETER_FREE else "seqpool.layers"
+    return StrategySpec(
+        name, kind, description, function=f"{module}:{ref}" if kind == PARAMETER_FREE else None,
+        factory=f"{module}:{ref}" if kind == LEARNED else None, width=width,
+        st_mode=st[0] if st else None, st_flag=st[1] if st else None,
+        token_weights=f"{module}:{weights}" if weights else None)
+
+
+_BUILTINS: dict[str, StrategySpec] = {spec.name: spec for spec in (
+    _builtin("mean", PARAMETER_FREE, "average of the real tokens", "masked_mean", "mean_token_weights",
+             ("mean", "pooling_mode_mean_tokens")),
+    _builtin("max", PARAMETER_FREE, "channel-wise maximum over the real tokens", "masked_max", "max_token_weights",
+             ("max", "pooling_mode_max_tokens")),
+    _builtin("cls", PARAMETER_FREE, "the first real token ([CLS] of BERT-style encoders)", "first_token",
+             "first_token_weights", ("cls", "pooling_mode_cls_token")),
+    _builtin("last", PARAMETER_FREE, "the last real token (the summary state of causal decoders)", "last_token",
+             "last_token_weights", ("lasttoken", "pooling_mode_lasttoken")),
+    _builtin("mean_sqrt_len", PARAMETER_FREE, "sum of the real tokens divided by sqrt(length)",
+             "masked_mean_sqrt_len", "mean_sqrt_len_token_weights",
+             ("mean_sqrt_len_tokens", "pooling_mode_mean_sqrt_len_tokens")),
+    _builtin("weighted_mean", PARAMETER_FREE, "position-weighted mean: the k-th real token weighs k (SGPT)",
+             "masked_weighted_mean", "weighted_mean_token_weights",
+             ("weightedmean", "pooling_mode_weightedmean_tokens")),
+    _builtin("attention", LEARNED, "learned softmax attention over the real tokens; width heads * dim",
+             "AttentionPooling", "attention_token_weights", width=attention_width),
+    _builtin("se_mean", LEARNED, "squeeze-and-excitation channel gates, then the mean", "SqueezeExcitationMean",
+             "se_mean_token_weights"),
+)}
+
+#: Strategies registered by :func:`register_strategy` (these win over built-ins they replace).
+_USER: dict[str, StrategySpec] = {}
+#: Plugins loaded so far: the spec, or the one-line error it gave.
+_PLUGINS: dict[str, StrategySpec | SeqpoolError] = {}
+_WARNED: set[str] = set()
+
+
+# -- lookups ----------------------------------------------------------------------------------
+
+
+def _plugin_entry_points() -> dict[str, Any]:
+    """Entry points of the ``seqpool.strategies`` group by name (nothing is imported)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _known() -> dict[str, StrategySpec]:
+    """Every strategy available without importing a plugin, in listing order."""
+    return {**_BUILTINS, **_USER}
+
+
+def find_strategy(name: str) -> StrategySpec | None:
+    """The record of ``name`` or None; loads the plugin of that name if no record has it.
+
+    A broken plugin of that name raises its one-line :class:`SeqpoolError`.
+    """
+    if not isinstance(name, str):
+        return None
+    known = _known()
+    if name in known:
+        return known[name]
+    if name not in _PLUGINS:
+        entry_point = _plugin_entry_points().get(name)
+        if entry_point is None:
+            return None
+        _PLUGINS[name] = _load_plugin(entry_point)
+    found = _PLUGINS[name]
+    if isinstance(found, SeqpoolError):
+        raise SeqpoolError(str(found))
+    return found
+
+
+def get_strategy(name: str, kind: Kind | None = None) -> StrategySpec:
+    """The record of strategy ``name`` (of ``kind``, if given); unknown names list the valid ones."""
+    if kind is not None and kind not in _KINDS:
+        raise SeqpoolError(f"kind must be one of {', '.join(_KINDS)} or None, got {kind!r}")
+    spec = find_strategy(name)
+    if spec is None or (kind is not None and spec.kind != kind):
+        valid = _valid_names(kind)
+        what = f"{kind} pooling strategy" if kind else "pooling strategy"
+        raise SeqpoolError(f"unknown {what} {name!r}; choose one of: {', '.join(valid)}")
+    return spec
+
+
+def _valid_names(kind: Kind | None) -> list[str]:
+    """Names for an error message: known records plus plugin names (not imported)."""
+    names = [spec.name for spec in _known().values() if kind is None or spec.kind == kind]
+    if kind in (None, PARAMETER_FREE):
+        try:
+            names += [name for name in _plugin_entry_points() if name not in names]
+        except Exception:  # broken metadata must not hide the built-in names
+            pass
+    return names
+
+
+def strategy_names(kind: Kind | None = None, *, plugins: bool = True) -> tuple[str, ...]:
+    """Names of the available strategies (of ``kind``), parameter-free first, then learned.
+
+    ``plugins=True`` loads every plugin of the ``seqpool.strategies`` group; one that fails is
+    left out with a warning. ``plugins=False`` gives the built-in and registered ones only.
+    """
+    if kind is not None and kind not in _KINDS:
+        raise SeqpoolError(f"kind must be one of {', '.join(_KINDS)} or None, got {kind!r}")
+    specs = list_strategies() if plugins else list(_known().values())
+    return tuple(s.name for s in specs if kind is None or s.kind == kind)
+
+
+def builtin_names(kind: Kind | None = None) -> tuple[str, ...]:
+    """The strategies seqpool ships, in their documented order (what the constants hold)."""
+    ordered = sorted(_BUILTINS.values(), key=lambda s: _KINDS.index(s.kind))
+    return tuple(s.name for s in ordered if kind is None or s.kind == kind)
+
+
+def list_strategies() -> list[StrategySpec]:
+    """Every usable record: built-ins, registered ones and working plugins; parameter-free first."""
+    specs = dict(_known())
+    for problem in load_plugins():
+        if problem not in _WARNED:
+            _WARNED.add(problem)
+            warnings.warn(problem, stacklevel=2)
+    for found in _PLUGINS.values():
+        if isinstance(found, StrategySpec) and found.name not in specs:
+            specs[found.name] = found
+    return sorted(specs.values(), key=lambda s: _KINDS.index(s.kind))
+
+
+def load_plugins() -> list[str]:
+    """Load every plugin not loaded yet; return the one-line problem of each broken one."""
+    try:
+        entry_points = _plugin_entry_points()
+    except Exception as error:  # pragma: no cover - broken installation metadata
+        return [f"cannot read the {ENTRY_POINT_GROUP!r} entry points: {error}"]
+    problems = []
+    for name, entry_point in entry_points.items():
+        if name in _known():
+            problems.append(f"{_describe(entry_point)} is ignored: {name!r} is already a strategy")
+            continue
+        if name not in _PLUGINS:
+            _PLUGINS[name] = _load_plugin(entry_point)
+        if isinstance(_PLUGINS[name], SeqpoolError):
+            problems.append(str(_PLUGINS[name]))
+    return problems
+
+
+# -- user and plugin strategies ---------------------------------------------------------------
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name or any(c.isspace() or c in _FORBIDDEN_IN_NAMES for c in name):
+        raise SeqpoolError(f"name must be a non-empty string without whitespace or any of {_FORBIDDEN_IN_NAMES!r} "
+                           f"(they separate strategies on the command line), got {name!r}")
+    return name
+
+
+def _width_function(output_dim: int | Callable[[int], int] | None) -> Callable[..., int]:
+    if output_dim is None:
+        return same_width
+    if callable(output_dim):
+        return lambda dim, **_: output_dim(dim)
+    if isinstance(output_dim, bool) or not isinstance(output_dim, int) or output_dim < 1:
+        raise SeqpoolError(f"output_dim must be None (the hidden size), a positive int or a function of the "
+                           f"hidden size, got {output_dim!r}")
+    return lambda dim, **_: output_dim
+
+
+def register_strategy(name: str, fn: Callable[..., Any], *, description: str = "",
+                      output_dim: int | Callable[[int], int] | None = None, replace: bool = False) -> StrategySpec:
+    """Make ``fn(hidden_states, attention_mask) -> (B, D')`` a parameter-free strategy called ``name``.
+
+    It then works wherever a strategy name does: ``seqpool.pool``, ``Pooler(name)``,
+    ``Encoder.encode``, ``evaluate`` and the pipeline. ``output_dim`` is ``D'``: None for the
+    hidden size, an int, or a function of the hidden size. Its outputs are checked on every call
+    (2-D, one row per text, ``D'`` wide, finite). Re-registering a name, or a built-in one,
+    needs ``replace=True``.
+    """
+    _check_name(name)
+    if not callable(fn):
+        raise SeqpoolError(f"fn must be callable as fn(hidden_states, attention_mask), got {type(fn).__name__}")
+    if not isinstance(description, str):
+        raise SeqpoolError(f"description must be a string, got {type(description).__name__}")
+    if not replace and name in _known():
+        where = "a built-in strategy" if name in _BUILTINS and name not in _USER else "already registered"
+        raise SeqpoolError(f"strategy {name!r} is {where}; pass replace=True to replace it, or choose another name")
+    spec = StrategySpec(name, PARAMETER_FREE, description or _first_doc_line(fn), function=fn,
+                        width=_width_function(output_dim), origin="user")
+    _USER[name] = spec
+    return spec
+
+
+def unregister_strategy(name: str) -> None:
+    """Forget a strategy added by :func:`register_strategy` (a replaced built-in comes back)."""
+    if name not in _USER:
+        raise SeqpoolError(f"strategy {name!r} was not added with register_strategy; registered: "
+                           f"{', '.join(_USER) or 'none'}")
+    del _USER[name]
+
+
+def _forget_plugins() -> None:
+    """Drop loaded plugins so the next lookup reads the entry points again (for tests)."""
+    _PLUGINS.clear()
+    _WARNED.clear()
+
+
+def _first_doc_line(fn: Any) -> str:
+    doc = (getattr(fn, "__doc__", None) or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
+
+
+def _describe(entry_point: Any) -> str:
+    dist = getattr(entry_point, "dist", None)
+    package = f" from {dist.name} {dist.version}" if dist is not None else ""
+    return f"plugin {entry_point.name!r} ({entry_point.name} = {entry_point.value}{package})"
+
+
+def _load_plugin(entry_point: Any) -> StrategySpec | SeqpoolError:
+    """Import one plugin and try it on a small batch; any failure becomes its one-line error."""
+    who = _describe(entry_point)
+    try:
+        _check_name(entry_point.name)
+    except SeqpoolError as error:
+        return SeqpoolError(f"{who} has an invalid name: {error}")
+    try:
+        loaded = entry_point.load()
+    except Exception as error:
+        return SeqpoolError(f"{who} failed to import: {type(error).__name__}: {_one_line(error)}")
+    if not callable(loaded):
+        return SeqpoolError(f"{who} is not callable (a {type(loaded).__name__}); it must point to "
+                            f"fn(hidden_states, attention_mask) -> (batch, dim)")
+    spec = StrategySpec(entry_point.name, PARAMETER_FREE, _first_doc_line(loaded), function=loaded,
+                        origin=f"plugin {entry_point.value}")
+    try:
+        _try_out(spec)
+    except SeqpoolError as error:
+        return SeqpoolError(_one_line(error))
+    except Exception as error:
+        return SeqpoolError(f"{who} failed on a test batch: {type(error).__name__}: {_one_line(error)}")
+    return spec
+
+
+def _try_out(spec: StrategySpec) -> None:
+    """Pool a small fixed batch (right padding, one empty row excluded) through the checked function."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 5, 8, generator=generator)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    spec.fn(hidden, mask)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _validated(function: Callable[..., Any], spec: StrategySpec) -> Callable[..., Any]:
+    """``function`` with its output checked: a (B, D') finite tensor, else a SeqpoolError naming it."""
+    who = f"strategy {spec.name!r} ({spec.origin})"
+
+    def checked(hidden_states: Any, attention_mask: Any = None) -> Any:
+        import torch
+
+        out = function(hidden_states, attention_mask)
+        batch, dim = hidden_states.shape[0], hidden_states.shape[-1]
+        expected = spec.output_dim(dim)
+        if not isinstance(out, torch.Tensor):
+            raise SeqpoolError(f"{who} returned a {type(out).__name__}, not a torch.Tensor of shape (batch, dim)")
+        if out.dim() != 2 or out.shape[0] != batch or out.shape[1] != expected:
+            raise SeqpoolError(f"{who} returned shape {tuple(out.shape)} for states of shape "
+                               f"{tuple(hidden_states.shape)}; it must return (batch, width) = {(batch, expected)}")
+        if not out.is_floating_point():
+            raise SeqpoolError(f"{who} returned {out.dtype} values; it must return floating point vectors")
+        if not bool(torch.isfinite(out).all()):
+            raise SeqpoolError(f"{who} returned NaN or infinity; it must return finite vectors "
+                               f"(an empty text should pool to zeros)")
+        return out
+
+    checked.__doc__ = function.__doc__
+    return checked
+
+
+# -- sentence-transformers -----------------------------------------------------------------------
+
+
+def st_pooling_flags() -> dict[str, str]:
+    """sentence-transformers boolean flag -> strategy, in sentence-transformers' order."""
+    specs = [s for s in _known().values() if s.st_flag]
+    return {s.st_flag: s.name for s in sorted(specs, key=lambda s: _ST_FLAG_ORDER.index(s.st_flag))}
+
+
+def st_pooling_modes() -> dict[str, str]:
+    """sentence-transformers ``pooling_mode`` string -> strategy."""
+    return {s.st_mode: s.name for s in _known().values() if s.st_mode}
+
+
+def strategy_for_st_mode(mode: str) -> str | None:
+    """The strategy of a sentence-transformers ``pooling_mode`` string, or None."""
+    return st_pooling_modes().get(mode)
+
+
+def st_names() -> Mapping[str, StrategySpec]:
+    """The strategies sentence-transformers can express, by name."""
+    return {s.name: s for s in _known().values() if s.st_flag}
