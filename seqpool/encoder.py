@@ -13,6 +13,7 @@ import json
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
@@ -21,8 +22,11 @@ import torch
 from torch import Tensor
 
 from seqpool.errors import SeqpoolError
+from seqpool.local import SEGMENT_REDUCTIONS, segment_pool, word_segment_ids
 from seqpool.pooling import check_strategy, pool_many
+from seqpool.registry import get_strategy, st_pooling_flags, st_pooling_modes
 from seqpool.states import Batch, TokenStates
+from seqpool.threads import available_cpus, limited_threads
 
 #: Longest texts first, at most this many texts per batch ...
 DEFAULT_BATCH_SIZE = 256
@@ -34,17 +38,10 @@ DEFAULT_TOKEN_BUDGET = 2048
 _DTYPES = {None: None, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, torch.float32: torch.float32, torch.bfloat16: torch.bfloat16}
 
-# sentence-transformers Pooling config -> seqpool strategy (first match wins, in ST's order).
-ST_POOLING_FLAGS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-    "pooling_mode_weightedmean_tokens": "weighted_mean",
-    "pooling_mode_lasttoken": "last",
-}
-ST_POOLING_MODES = {"cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len_tokens": "mean_sqrt_len",
-                     "weightedmean": "weighted_mean", "lasttoken": "last"}
+# sentence-transformers Pooling config -> seqpool strategy (first match wins, in ST's order):
+# views of the registry's records, kept under their old names.
+ST_POOLING_FLAGS = st_pooling_flags()
+ST_POOLING_MODES = st_pooling_modes()
 
 
 def default_model_path() -> str:
@@ -61,6 +58,46 @@ def resolve_dtype(dtype: Any) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
+#: Device types an Encoder can run on; anything else is refused before a model loads.
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device for ``device`` (``None``: CPU), refused with one clear line if this
+    machine cannot run it -- checked before any model is loaded, so a typo costs nothing.
+
+    ``cuda`` / ``cuda:N`` need a CUDA build with a GPU (``N < torch.cuda.device_count()``),
+    ``mps`` an Apple GPU; names torch does not know (``"gpu0"``) are refused too.
+    """
+    if device is None:
+        return torch.device("cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise SeqpoolError(f"device must be a string such as 'cpu', 'cuda', 'cuda:1' or 'mps', "
+                           f"got {type(device).__name__}")
+    try:
+        resolved = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, ValueError):
+        resolved = None
+    if resolved is None or resolved.type not in DEVICE_TYPES:
+        raise SeqpoolError(f"device={str(device)!r} is not a device seqpool can use; pass one of "
+                           f"'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise SeqpoolError(f"device={str(device)!r} needs a CUDA GPU, but this torch ({torch.__version__}, "
+                               f"{build}) sees none; use device='cpu'")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise SeqpoolError(f"device={str(device)!r} does not exist: this machine has {count} CUDA "
+                               f"device(s), cuda:0..cuda:{count - 1}")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise SeqpoolError(f"device={str(device)!r} needs an Apple GPU (MPS), which this machine or torch build "
+                           f"does not have; use device='cpu'")
+    if resolved.type == "cpu":
+        resolved = torch.device("cpu")  # "cpu:0" and "cpu" are the same device
+    return resolved
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -75,8 +112,8 @@ def strategy_from_st_pooling_config(config: Mapping[str, Any]) -> str | None:
     """
     mode = config.get("pooling_mode")
     if isinstance(mode, str):
-        return ST_POOLING_MODES.get(mode)
-    for flag, strategy in ST_POOLING_FLAGS.items():
+        return st_pooling_modes().get(mode)
+    for flag, strategy in st_pooling_flags().items():
         if config.get(flag):
             return strategy
     return None
@@ -144,15 +181,24 @@ class Encoder:
     tokens are then exactly those of the unpadded text, for encoders and decoders alike
     (a decoder's left-padding setting is therefore ignored); pooling reads the mask.
 
-    On CPU, ``workers`` batches (default: ``torch.get_num_threads()``) run at once, each
-    on one thread, instead of one batch split over every thread: no per-operation
-    thread synchronisation, which is faster on an idle machine and many times faster
-    on a busy one. torch's thread count is set to 1 while batches run, then restored.
+    On CPU, ``workers`` batches (default: ``OMP_NUM_THREADS`` if set, else the CPUs this
+    process may use; never torch's global thread setting) run at once, each on one
+    thread, instead of one batch split over every thread: no per-operation thread
+    synchronisation, which is faster on an idle machine and many times faster on a busy
+    one. torch's thread count is 1 while batches run and restored after
+    (:func:`seqpool.threads.limited_threads`). On a GPU one batch runs at a time.
+
+    ``device`` is checked (:func:`resolve_device`) before anything is loaded.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, device: str | torch.device | None = None,
                  dtype: Any = None, max_length: int | None = None, layer: int | Sequence[int] = -1,
                  trust_remote_code: bool = False, workers: int | None = None):
+        device = resolve_device(device)  # first: a bad device must not cost a model load
+        workers = None if workers is None else _positive(workers, 1, "workers")
+        torch_dtype = resolve_dtype(dtype)
+        if max_length is not None and max_length < 1:
+            raise SeqpoolError(f"max_length must be at least 1, got {max_length}")
         from transformers import AutoModel, AutoTokenizer
 
         name = default_model_path() if model is None else str(model)
@@ -162,7 +208,6 @@ class Encoder:
                 raise SeqpoolError(f"model path {name} is a file; pass the model's directory")
         elif model is not None and _looks_like_path(name):
             raise SeqpoolError(f"model directory {name} does not exist; pass an existing folder or a model id")
-        torch_dtype = resolve_dtype(dtype)
         try:
             with _quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -196,7 +241,7 @@ class Encoder:
                default_normalize: bool, workers: int | None = None) -> None:
         self.name_or_path = name
         self.workers = None if workers is None else _positive(workers, 1, "workers")
-        self.device = torch.device(device or "cpu")
+        self.device = resolve_device(device)
         self.dtype = dtype or torch.float32
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer
@@ -248,6 +293,28 @@ class Encoder:
                                  return_attention_mask=False, return_token_type_ids=False)
         return encoded["input_ids"]
 
+    def tokenize_with_offsets(self, texts: Sequence[str]) -> list["TokenizedText"]:
+        """Per text: exactly :meth:`tokenize`'s ids, plus token strings, character offsets and word ids.
+
+        Needs a fast tokenizer (the default of ``AutoTokenizer``): only it reports offsets.
+        """
+        texts = check_texts(texts)
+        self._require_fast_tokenizer("mapping tokens to characters and words")
+        if not texts:
+            return []
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length,
+                                 padding=False, return_attention_mask=False, return_token_type_ids=False,
+                                 return_offsets_mapping=True)
+        return [TokenizedText(ids=list(ids), tokens=self.tokenizer.convert_ids_to_tokens(ids),
+                              offsets=[(int(a), int(b)) for a, b in encoded["offset_mapping"][row]],
+                              word_ids=list(encoded.word_ids(row)))
+                for row, ids in enumerate(encoded["input_ids"])]
+
+    def _require_fast_tokenizer(self, purpose: str) -> None:
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise SeqpoolError(f"{purpose} needs a fast tokenizer; load the model's tokenizer with "
+                               f"AutoTokenizer.from_pretrained(..., use_fast=True) (a tokenizer.json)")
+
     def collate(self, token_ids: Sequence[Sequence[int]]) -> dict[str, Tensor]:
         """Right-pad token id lists into model inputs."""
         width = max((len(ids) for ids in token_ids), default=0)
@@ -274,6 +341,17 @@ class Encoder:
             chosen = [output.hidden_states[i].float() for i in self.layers]
             return chosen[0] if len(chosen) == 1 else torch.stack(chosen).mean(dim=0)
 
+    def forward_batch(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """CPU float32 (B, T, D) states and (B, T) bool mask of a collated, right-padded batch.
+
+        A batch whose texts have no tokens at all (``""`` for a decoder) cannot go through
+        the model; it gets one masked zero token per text, which pools to zeros.
+        """
+        rows, width = batch["input_ids"].shape
+        if width == 0:
+            return torch.zeros(rows, 1, self.hidden_size), torch.zeros(rows, 1, dtype=torch.bool)
+        return self.forward_tokens(batch).cpu(), batch["attention_mask"].bool()
+
     # -- texts -> states -> vectors ---------------------------------------------------
 
     def hidden_states(self, texts: Sequence[str], batch_size: int | None = None, progress: Any = False,
@@ -288,22 +366,66 @@ class Encoder:
                                _positive(token_budget, DEFAULT_TOKEN_BUDGET, "token_budget"))
 
         def run(rows: np.ndarray) -> Batch:
-            inputs = self.collate([token_ids[i] for i in rows])
-            if inputs["input_ids"].shape[1] == 0:  # only texts without tokens (decoders, "")
-                return rows, torch.zeros(len(rows), 1, self.hidden_size), torch.zeros(len(rows), 1, dtype=torch.bool)
-            return rows, self.forward_tokens(inputs).cpu(), inputs["attention_mask"].bool()
+            return (rows, *self.forward_batch(self.collate([token_ids[i] for i in rows])))
 
         workers = self._workers()
-        with _progress_bar(len(token_ids), progress) as bar, _torch_threads(1 if workers > 1 else None):
+        with _progress_bar(len(token_ids), progress) as bar, \
+                limited_threads(1 if workers > 1 else None, blas=False):
             for batch in ordered_map(run, batches, workers):
                 yield batch
                 bar.update(len(batch[0]))
 
+    def text_batches(self, texts: Sequence[str], batch_size: int = 32) -> Iterator["TextBatch"]:
+        """Texts in input order, ``batch_size`` at a time, with their tokens (offsets, word ids)
+        and token states: what token-level explanations need. Needs a fast tokenizer."""
+        texts = check_texts(texts)
+        batch_size = _positive(batch_size, 32, "batch_size")
+        self._require_fast_tokenizer("mapping tokens to characters and words")
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            tokenized = self.tokenize_with_offsets(chunk)
+            hidden, mask = self.forward_batch(self.collate([item.ids for item in tokenized]))
+            yield TextBatch(start=start, texts=chunk, tokens=tokenized, hidden_states=hidden, attention_mask=mask)
+
+    def word_embeddings(self, texts: Sequence[str], reduce: str = "mean",
+                        batch_size: int = 32) -> list[np.ndarray]:
+        """One float32 ``(n_words, D)`` array per text: its whitespace words, pooled from their subwords.
+
+        Tokenizes the words with ``is_split_into_words=True`` and maps subwords to words with
+        ``word_ids()`` (a fast tokenizer), then :func:`seqpool.local.segment_pool`. Special
+        tokens are ignored; a word the tokenizer drops entirely (e.g. only control
+        characters) gets zeros. A text longer than ``max_length`` tokens raises rather than
+        silently losing words.
+        """
+        if reduce not in SEGMENT_REDUCTIONS:
+            raise SeqpoolError(f"unknown reduce {reduce!r}; choose one of: {', '.join(SEGMENT_REDUCTIONS)}")
+        batch_size = _positive(batch_size, 32, "batch_size")
+        words = [text.split() for text in check_texts(texts)]
+        self._require_fast_tokenizer("word_embeddings (word_ids())")
+        out = [np.zeros((0, self.hidden_size), dtype=np.float32) for _ in words]
+        todo = [i for i, text_words in enumerate(words) if text_words]
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start:start + batch_size]
+            encoding = self.tokenizer([words[i] for i in rows], is_split_into_words=True, truncation=False,
+                                      padding=False, return_token_type_ids=False)
+            for row, ids in zip(rows, encoding["input_ids"]):
+                if len(ids) > self.max_length:
+                    raise SeqpoolError(f"texts[{row}] has {len(ids)} tokens, more than the model's max_length "
+                                       f"{self.max_length}; split it into shorter texts")
+            # right-padded, like every encoder pass
+            hidden, mask = self.forward_batch(self.collate(encoding["input_ids"]))
+            segment_ids = word_segment_ids([encoding.word_ids(k) for k in range(len(rows))], hidden.shape[1])
+            pooled, _ = segment_pool(hidden, segment_ids, reduce, mask,
+                                     num_segments=max(len(words[i]) for i in rows))
+            for k, row in enumerate(rows):
+                out[row] = pooled[k, :len(words[row])].float().numpy()
+        return out
+
     def _workers(self) -> int:
-        """Batches run at once: one per CPU thread, each single-threaded (see ``workers``)."""
+        """Batches run at once: one per usable CPU, each single-threaded (see ``workers``)."""
         if self.workers is not None:
             return self.workers
-        return torch.get_num_threads() if self.device.type == "cpu" else 1
+        return default_workers() if self.device.type == "cpu" else 1
 
     def token_states(self, texts: Sequence[str], batch_size: int | None = None, progress: bool = False,
                      dtype: torch.dtype | None = None) -> TokenStates:
@@ -326,7 +448,8 @@ class Encoder:
         strategies = tuple(dict.fromkeys(check_strategy(s) for s in strategies))
         normalize = self.default_normalize if normalize is None else normalize
         texts = check_texts(texts)
-        out = {s: np.zeros((len(texts), self.hidden_size), dtype=np.float32) for s in strategies}
+        out = {s: np.zeros((len(texts), get_strategy(s).output_dim(self.hidden_size)), dtype=np.float32)
+               for s in strategies}
         for rows, hidden, mask in self.hidden_states(texts, batch_size, progress):
             for strategy, vectors in pool_many(hidden, mask, strategies).items():
                 vectors = vectors.float()
@@ -362,16 +485,44 @@ def ordered_map(function: Callable[[_T], _R], items: Iterable[_T], workers: int)
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (``None``: leave it alone)."""
-    before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def default_workers() -> int:
+    """CPU batches run at once by default: ``OMP_NUM_THREADS`` where the user set it, else
+    the CPUs this process may use. Deliberately not ``torch.get_num_threads()``, which is
+    global state that any caller (or an earlier ``--threads``) may have changed."""
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return available_cpus()
+
+
+@dataclass
+class TokenizedText:
+    """One text's tokens: ids (as :meth:`Encoder.tokenize` gives them), their strings, the
+    character span of each in the text (``(0, 0)`` for special tokens) and word ids."""
+
+    ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+
+
+@dataclass
+class TextBatch:
+    """``texts[start:start + len(texts)]`` with their tokens and (B, T, D) states + (B, T) mask."""
+
+    start: int
+    texts: list[str]
+    tokens: list[TokenizedText]
+    hidden_states: Tensor
+    attention_mask: Tensor
+
+
+def word_embeddings(encoder: Encoder, texts: Sequence[str], reduce: str = "mean",
+                    batch_size: int = 32) -> list[np.ndarray]:
+    """:meth:`Encoder.word_embeddings` as a function (the public ``seqpool.word_embeddings``)."""
+    if not isinstance(encoder, Encoder):
+        raise SeqpoolError(f"encoder must be a seqpool.Encoder, got {type(encoder).__name__}")
+    return encoder.word_embeddings(texts, reduce=reduce, batch_size=batch_size)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -393,18 +544,35 @@ def native_bf16_cpu() -> bool | None:
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list of valid Unicode strings, or a :class:`SeqpoolError` naming the
+    first bad item.
+
+    Checked once at every entry that hands texts to the tokenizer, so a user mistake (a
+    single string, a ``None``, a lone surrogate from a JSON escape such as ``"\\ud800"``)
+    is one clear line instead of a tokenizer traceback deep inside a batch.
+    """
     if isinstance(texts, str):
         raise SeqpoolError("texts must be a list of strings, not a single string; wrap it: [text]")
     texts = list(texts)
-    bad = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
-    if bad is not None:
-        raise SeqpoolError(f"texts[{bad}] is {type(texts[bad]).__name__}, not str")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise SeqpoolError(f"texts[{index}] is {type(text).__name__}, not str")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                code = ord(text[error.start])
+                raise SeqpoolError(f"texts[{index}] holds a lone surrogate U+{code:04X} at character {error.start}, "
+                                   f"which is not valid Unicode; fix or drop that text (decoding with "
+                                   f"errors='replace' turns it into U+FFFD)") from None
     return texts
 
 
 def _positive(value: int | None, default: int, name: str) -> int:
     if value is None:
         return default
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise SeqpoolError(f"{name} must be a whole number, got {value!r}")
     if int(value) < 1:
         raise SeqpoolError(f"{name} must be at least 1, got {value}")
     return int(value)

@@ -205,23 +205,14 @@ def explain(texts: Sequence[str], classifier: "PooledClassifier | str | os.PathL
                            f"{encoder.hidden_size}; pass the encoder it was trained with")
     if batch_size < 1:
         raise SeqpoolError(f"batch_size must be at least 1, got {batch_size}")
-    if not getattr(encoder.tokenizer, "is_fast", False):
-        raise SeqpoolError("explain maps tokens to words with a fast tokenizer; load the model's tokenizer "
-                           "with AutoTokenizer.from_pretrained(..., use_fast=True)")
     bias = classifier.head.bias.detach().float().numpy()
     explanations: list[Explanation] = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        encoded = _tokenize_with_offsets(encoder, chunk)
-        batch = encoder.collate(encoded["input_ids"])
-        hidden, mask = batch_states(encoder, batch)
-        contributions, logits = token_contributions(classifier, hidden, mask)
-        for row, text in enumerate(chunk):
-            ids = encoded["input_ids"][row]
-            word_ids = encoded.word_ids(row)
-            offsets = [tuple(span) for span in encoded["offset_mapping"][row]]
-            explanations.append(_explanation(text, encoder.tokenizer.convert_ids_to_tokens(ids), offsets, word_ids,
-                                             contributions[row, :len(ids)].numpy(), logits[row].numpy(),
+    for batch in encoder.text_batches(texts, batch_size):  # input order; tokens with offsets and word ids
+        contributions, logits = token_contributions(classifier, batch.hidden_states, batch.attention_mask)
+        for row, (text, tokenized) in enumerate(zip(batch.texts, batch.tokens)):
+            offsets, word_ids = tokenized.offsets, tokenized.word_ids
+            explanations.append(_explanation(text, tokenized.tokens, offsets, word_ids,
+                                             contributions[row, :len(tokenized.ids)].numpy(), logits[row].numpy(),
                                              bias, list(classifier.labels), _was_truncated(text, offsets, word_ids)))
     return explanations
 
@@ -231,24 +222,6 @@ def _was_truncated(text: str, offsets: list[tuple[int, int]], word_ids: list[int
     ends = [end for (start, end), word in zip(offsets, word_ids) if word is not None and end > start]
     return bool(text.strip()) and (not ends or max(ends) < len(text.rstrip()))
 
-
-def batch_states(encoder: "Encoder", batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """CPU float32 (B, T, D) states and (B, T) bool mask of a collated batch.
-
-    A batch whose texts have no tokens at all (``""`` for a decoder) cannot go through the
-    model; like :meth:`Encoder.hidden_states` it gets one masked zero token per text.
-    """
-    if batch["input_ids"].shape[1] == 0:
-        rows = batch["input_ids"].shape[0]
-        return torch.zeros(rows, 1, encoder.hidden_size), torch.zeros(rows, 1, dtype=torch.bool)
-    return encoder.forward_tokens(batch).cpu(), batch["attention_mask"].bool()
-
-
-def _tokenize_with_offsets(encoder: "Encoder", texts: list[str]) -> Any:
-    """Exactly ``Encoder.tokenize``'s token ids, plus character offsets and word ids."""
-    return encoder.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=encoder.max_length,
-                             padding=False, return_attention_mask=False, return_token_type_ids=False,
-                             return_offsets_mapping=True)
 
 
 # -- rendering --------------------------------------------------------------------------

@@ -440,39 +440,3 @@ def word_segment_ids(word_ids: Sequence[Sequence[int | None]], tokens: int | Non
             raise SeqpoolError(f"row {row} has {len(words)} word ids, more than tokens={tokens}")
         ids[row, :len(words)] = torch.tensor([-1 if w is None else int(w) for w in words], dtype=torch.long)
     return ids
-
-
-def word_embeddings(encoder: Any, texts: Sequence[str], reduce: str = "mean",
-                    batch_size: int = 32) -> list[np.ndarray]:
-    """One float32 ``(n_words, D)`` array per text: its whitespace words, pooled from their subwords.
-
-    Uses the encoder's fast tokenizer with ``is_split_into_words=True`` and ``word_ids()``
-    to map subword tokens to words, then :func:`segment_pool`. Special tokens are ignored;
-    a word the tokenizer drops entirely (e.g. only control characters) gets zeros. A text
-    longer than ``encoder.max_length`` tokens raises rather than silently losing words.
-    """
-    from seqpool.encoder import check_texts
-
-    reduce = _choice(reduce, SEGMENT_REDUCTIONS, "reduce")
-    batch_size = _int_arg(batch_size, "batch_size", 1)
-    words = [text.split() for text in check_texts(texts)]
-    if not getattr(encoder.tokenizer, "is_fast", False):
-        raise SeqpoolError("word_embeddings needs a fast tokenizer (word_ids()); load the model's tokenizer.json")
-    out = [np.zeros((0, encoder.hidden_size), dtype=np.float32) for _ in words]
-    todo = [i for i, text_words in enumerate(words) if text_words]
-    for start in range(0, len(todo), batch_size):
-        rows = todo[start:start + batch_size]
-        encoding = encoder.tokenizer([words[i] for i in rows], is_split_into_words=True, truncation=False,
-                                     padding=False, return_token_type_ids=False)
-        for row, ids in zip(rows, encoding["input_ids"]):
-            if len(ids) > encoder.max_length:
-                raise SeqpoolError(f"texts[{row}] has {len(ids)} tokens, more than the model's max_length "
-                                   f"{encoder.max_length}; split it into shorter texts")
-        batch = encoder.collate(encoding["input_ids"])  # right-padded, like every encoder pass
-        segment_ids = word_segment_ids([encoding.word_ids(k) for k in range(len(rows))], batch["input_ids"].shape[1])
-        hidden = encoder.forward_tokens(batch).cpu()
-        pooled, _ = segment_pool(hidden, segment_ids, reduce, batch["attention_mask"],
-                                 num_segments=max(len(words[i]) for i in rows))
-        for k, row in enumerate(rows):
-            out[row] = pooled[k, :len(words[row])].float().numpy()
-    return out

@@ -27,7 +27,6 @@ from transformers import AutoModel, Pipeline
 
 from seqpool.encoder import Encoder, sentence_transformers_defaults
 from seqpool.errors import SeqpoolError
-from seqpool.explain import batch_states
 from seqpool.layers import Pooler
 from seqpool.pooling import STRATEGIES, pool
 from seqpool.serialization import read_config
@@ -142,13 +141,20 @@ class PoolingPipeline(Pipeline):
             postprocess["normalize"] = bool(normalize)
         return {}, {}, postprocess
 
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """Embed a string (one result) or a list of strings (a list of results; ``[]`` for ``[]``)."""
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            self._sanitize_parameters(**kwargs)  # a bad argument is still an error on an empty list
+            return []
+        return super().__call__(inputs, *args, **kwargs)
+
     def preprocess(self, text: str) -> dict[str, Tensor]:
         if not isinstance(text, str):
             raise SeqpoolError(f"the seqpool pipeline embeds strings, got {type(text).__name__}")
         return self.encoder.collate(self.encoder.tokenize([text]))
 
     def _forward(self, model_inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        hidden, mask = batch_states(self.encoder, model_inputs)
+        hidden, mask = self.encoder.forward_batch(model_inputs)
         return {"hidden_states": hidden, "attention_mask": mask}
 
     def postprocess(self, model_outputs: dict[str, Tensor], pooling: tuple[dict[str, PoolFn], bool] | None = None,

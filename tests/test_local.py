@@ -27,9 +27,9 @@ from seqpool.local import (
     max_pool_tokens,
     segment_pool,
     shift_consistency,
-    word_embeddings,
     word_segment_ids,
 )
+from seqpool.encoder import word_embeddings
 
 WINDOWED = {
     "avg k2": partial(avg_pool_tokens, kernel_size=2),
