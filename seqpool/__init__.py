@@ -46,7 +46,7 @@ _EXPORTS: dict[str, str] = {
     "shift_consistency": "seqpool.local",
     "ShiftConsistency": "seqpool.local",
     "segment_pool": "seqpool.local",
-    "word_embeddings": "seqpool.local",
+    "word_embeddings": "seqpool.encoder",
     "word_segment_ids": "seqpool.local",
     # evaluation, explanation, pipelines, sentence-transformers
     "evaluate": "seqpool.evaluation",
@@ -82,7 +82,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from seqpool import stats
     from seqpool.classifier import PooledClassifier
-    from seqpool.encoder import Encoder
+    from seqpool.encoder import Encoder, word_embeddings
     from seqpool.errors import SeqpoolError
     from seqpool.evaluation import EvaluationResult, evaluate, load_labelled
     from seqpool.explain import Explanation
@@ -95,7 +95,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         max_pool_tokens,
         segment_pool,
         shift_consistency,
-        word_embeddings,
         word_segment_ids,
     )
     from seqpool.pipeline import PoolingPipeline, register_pipeline
