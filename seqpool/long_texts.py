@@ -1,0 +1,220 @@
+"""Texts longer than the model takes: overlapping windows, and late chunking. Pure functions.
+
+A text's *content* tokens (no special tokens) are split into windows of at most ``size``
+tokens whose starts are ``stride`` apart (:func:`window_spans`); each window is encoded on
+its own with the model's special tokens around it (:func:`window_inputs`). The windows'
+token states then become one vector per text by one rule for every strategy
+(:func:`pool_windows`), the **merged sequence** (:func:`merge_windows`)::
+
+    for each window, in order: its prefix specials ([CLS], a prompt),
+                               the content tokens no earlier window covered,
+                               its suffix specials ([SEP], </s>)
+
+where each content token's state is the average of its states in every window that covers
+it. A strategy pools the merged sequence exactly as it pools one encoded text, so:
+
+* ``mean`` / ``mean_sqrt_len``: every content token counts once (overlaps are averaged, not
+  double counted); each window's own special tokens count as tokens. With non-overlapping
+  windows this is the token-count-weighted mean of the window means.
+* ``weighted_mean``: weights by position in the merged sequence.
+* ``cls``: the first window's first token ([CLS] of the text's start).
+* ``last``: the last window's last token.
+* ``max``: the maximum over every token state of every window, overlaps included (max does
+  not double count, so nothing is averaged first).
+* any other parameter-free strategy (registered or a plugin): the merged sequence.
+
+A text that fits one window gives exactly its one window's states: ``chunk`` equals
+``truncate`` for every text under the limit.
+
+Late chunking (Günther et al. 2024, "Late Chunking"): the text is encoded with the most
+context the model takes (windows of the model's full length, merged as above), and each
+chunk -- a span of content tokens -- is pooled from those contextual states
+(:func:`pool_spans`); :func:`char_spans` maps chunk token spans back to characters.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from seqpool.errors import SeqpoolError
+
+Span = tuple[int, int]
+#: Strategies pooled over every window's raw states instead of the merged sequence.
+ALL_WINDOW_STATES = frozenset({"max"})
+
+
+def special_tokens_around(with_special: Sequence[int], without_special: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The model's prefix and suffix special tokens, read off one text tokenized both ways.
+
+    ``[CLS] a [SEP]`` vs ``a`` gives ``([CLS], [SEP])``; GPT-2 gives ``([], [])``.
+    """
+    with_special, without_special = list(with_special), list(without_special)
+    width = len(without_special)
+    for start in range(len(with_special) - width + 1):
+        if with_special[start:start + width] == without_special:
+            return with_special[:start], with_special[start + width:]
+    raise SeqpoolError("cannot find the text's tokens between the special tokens; this tokenizer is not supported "
+                       "for long texts")
+
+
+def default_stride(size: int) -> int:
+    """A quarter of each window overlaps the next: context on both sides of every boundary."""
+    return max(1, size - size // 4)
+
+
+def window_spans(num_tokens: int, size: int, stride: int | None = None) -> list[Span]:
+    """``[start, end)`` spans of content tokens: ``size`` long, starts ``stride`` apart, ending at the text's end.
+
+    Windows stop at the first one that reaches the end, so only the last window reaches the
+    last token, and every token is covered. An empty text has one empty window.
+    """
+    if size < 1:
+        raise SeqpoolError(f"a window must hold at least one text token, got {size}")
+    stride = default_stride(size) if stride is None else stride
+    if not 1 <= stride <= size:
+        raise SeqpoolError(f"stride must be between 1 and the window's {size} text tokens (larger strides "
+                           f"would skip tokens), got {stride}")
+    spans: list[Span] = []
+    start = 0
+    while True:
+        end = min(start + size, num_tokens)
+        spans.append((start, end))
+        if end >= num_tokens:
+            return spans
+        start += stride
+
+
+def window_inputs(content_ids: Sequence[int], spans: Sequence[Span], prefix: Sequence[int],
+                  suffix: Sequence[int]) -> list[list[int]]:
+    """The token ids of each window: ``prefix + content[start:end] + suffix``."""
+    return [[*prefix, *content_ids[start:end], *suffix] for start, end in spans]
+
+
+def _check_windows(window_states: Sequence[Tensor], spans: Sequence[Span], n_prefix: int, n_suffix: int) -> None:
+    if not window_states or len(window_states) != len(spans):
+        raise SeqpoolError(f"got {len(window_states)} window states for {len(spans)} windows")
+    for index, (states, (start, end)) in enumerate(zip(window_states, spans)):
+        if states.dim() != 2 or states.shape[0] != n_prefix + end - start + n_suffix:
+            raise SeqpoolError(f"window {index} has states of shape {tuple(states.shape)}; expected "
+                               f"({n_prefix + end - start + n_suffix}, dim) for span {(start, end)}")
+
+
+def content_states(window_states: Sequence[Tensor], spans: Sequence[Span], n_prefix: int, n_suffix: int) -> Tensor:
+    """(num_content_tokens, D) float32: each content token's state averaged over the windows covering it."""
+    _check_windows(window_states, spans, n_prefix, n_suffix)
+    num_tokens = max(end for _, end in spans)
+    dim = window_states[0].shape[-1]
+    total = torch.zeros(num_tokens, dim, dtype=torch.float32, device=window_states[0].device)
+    count = torch.zeros(num_tokens, 1, dtype=torch.float32, device=total.device)
+    for states, (start, end) in zip(window_states, spans):
+        total[start:end] += states[n_prefix:n_prefix + end - start].float()
+        count[start:end] += 1
+    if bool((count == 0).any()):
+        raise SeqpoolError("the windows leave content tokens uncovered; spans must come from window_spans")
+    return total / count
+
+
+def merge_windows(window_states: Sequence[Tensor], spans: Sequence[Span], n_prefix: int, n_suffix: int) -> Tensor:
+    """The merged sequence (see the module docstring) as float32 (L, D)."""
+    content = content_states(window_states, spans, n_prefix, n_suffix)
+    pieces: list[Tensor] = []
+    covered = 0
+    for states, (start, end) in zip(window_states, spans):
+        states = states.float()
+        pieces.append(states[:n_prefix])
+        pieces.append(content[max(covered, start):end])
+        pieces.append(states[n_prefix + end - start:])
+        covered = max(covered, end)
+    return torch.cat(pieces)
+
+
+def pool_windows(window_states: Sequence[Tensor], spans: Sequence[Span], n_prefix: int, n_suffix: int,
+                 strategies: Sequence[str]) -> dict[str, Tensor]:
+    """One (D,) float32 vector per strategy from the states of one text's windows (rules above)."""
+    from seqpool.pooling import pool
+
+    merged = merge_windows(window_states, spans, n_prefix, n_suffix)
+    out: dict[str, Tensor] = {}
+    for strategy in strategies:
+        sequence = torch.cat([s.float() for s in window_states]) if strategy in ALL_WINDOW_STATES else merged
+        out[strategy] = pool(sequence.unsqueeze(0), None, strategy)[0]
+    return out
+
+
+def pool_spans(states: Tensor, spans: Sequence[Span], strategies: Sequence[str]) -> dict[str, Tensor]:
+    """Late chunking: (num_spans, D) per strategy, pooling each ``[start, end)`` row span of ``states``.
+
+    ``states`` are one text's contextual token states (e.g. :func:`content_states`); an empty
+    span pools to zeros. Within a chunk ``cls`` is its first token and ``last`` its last.
+    """
+    from seqpool.pooling import pool
+
+    if states.dim() != 2:
+        raise SeqpoolError(f"states must be (tokens, dim), got shape {tuple(states.shape)}")
+    for start, end in spans:
+        if not 0 <= start <= end <= states.shape[0]:
+            raise SeqpoolError(f"span {(start, end)} is outside the text's {states.shape[0]} tokens")
+    width = max((end - start for start, end in spans), default=0)
+    batch = states.new_zeros(len(spans), width, states.shape[-1])
+    mask = torch.zeros(len(spans), width, dtype=torch.bool, device=states.device)
+    for row, (start, end) in enumerate(spans):
+        batch[row, :end - start] = states[start:end]
+        mask[row, :end - start] = True
+    return {strategy: pool(batch, mask, strategy) for strategy in strategies}
+
+
+def char_spans(offsets: Sequence[tuple[int, int]], token_spans: Sequence[Span]) -> list[Span]:
+    """Character ``[start, end)`` of each token span, from the content tokens' offsets.
+
+    An empty token span maps to ``(0, 0)`` (an empty text has one empty chunk).
+    """
+    out: list[Span] = []
+    for start, end in token_spans:
+        if end <= start:
+            out.append((0, 0))
+            continue
+        out.append((int(offsets[start][0]), int(offsets[end - 1][1])))
+    return out
+
+
+def window_plan(num_tokens: int, max_length: int, n_special: int, window: int | None = None,
+                stride: int | None = None) -> list[Span]:
+    """Window spans for a text of ``num_tokens`` content tokens whose windows carry ``n_special`` tokens.
+
+    ``window`` counts a window's tokens *with* its special tokens (default and maximum: the
+    model's ``max_length``), so ``window=max_length`` uses the model's whole input.
+    """
+    window = check_window(window, stride, max_length, n_special)
+    return window_spans(num_tokens, window - n_special, stride)
+
+
+def check_window(window: int | None, stride: int | None, max_length: int, n_special: int) -> int:
+    """Validate ``window`` / ``stride`` (before any model runs) and return the window size."""
+    window = max_length if window is None else window
+    if isinstance(window, bool) or not isinstance(window, int) or not n_special < window <= max_length:
+        raise SeqpoolError(f"window must be an integer from {n_special + 1} to the model's max_length {max_length} "
+                           f"(tokens per window, {n_special} of them special), got {window!r}")
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int)
+                               or not 1 <= stride <= window - n_special):
+        raise SeqpoolError(f"stride must be an integer from 1 to {window - n_special} (the window's text tokens; "
+                           f"a larger stride would skip tokens), got {stride!r}")
+    return window
+
+
+def check_long_texts(long_texts: str) -> str:
+    if long_texts not in LONG_TEXT_MODES:
+        raise SeqpoolError(f"unknown long_texts {long_texts!r}; choose one of: {', '.join(LONG_TEXT_MODES)}")
+    return long_texts
+
+
+#: ``truncate``: cut at the model's limit (counted); ``chunk``: overlapping windows merged;
+#: ``late``: late chunking.
+LONG_TEXT_MODES = ("truncate", "chunk", "late")
+
+
+def stack_vectors(per_text: Sequence[Mapping[str, Tensor]], strategies: Sequence[str]) -> dict[str, Tensor]:
+    """Stack per-text ``{strategy: (D,)}`` dicts into ``{strategy: (N, D)}``."""
+    return {s: torch.stack([vectors[s] for vectors in per_text]) for s in strategies}
