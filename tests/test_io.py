@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seqpool.embed import embed_corpus
 from seqpool.errors import SeqpoolError
 from seqpool.io import (
     OUTPUT_FORMATS,
@@ -21,7 +22,6 @@ from seqpool.io import (
     chunked,
     default_output_path,
     detect_input_format,
-    embed_corpus,
     load_embeddings,
     output_paths,
     write_jsonl,

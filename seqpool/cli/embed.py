@@ -1,36 +1,38 @@
 """``seqpool embed``: embed a corpus from the shell, streaming, row-aligned, resumable.
 
-A thin layer over :func:`seqpool.io.embed_corpus`: it parses options, loads the encoder
-and reports. Every user mistake becomes a :class:`SeqpoolError` (one line on stderr).
+Parses options and calls :func:`seqpool.embed.embed_file`; library errors name Python
+parameters (``text_field=...``), which are shown here as the matching flags.
 """
 
 from __future__ import annotations
 
+import re
 import sys
-from pathlib import Path
 
 import click
 
 from seqpool.errors import SeqpoolError
-from seqpool.io import (
-    DEFAULT_CHUNK_SIZE,
-    INPUT_FORMATS,
-    OUTPUT_FORMATS,
-    TextSource,
-    check_output_writable,
-    default_output_path,
-    detect_output_format,
-    embed_corpus,
-)
-from seqpool.pooling import check_strategy
+from seqpool.io.readers import DEFAULT_CHUNK_SIZE, INPUT_FORMATS
+from seqpool.io.writers import OUTPUT_FORMATS
 
-_DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+#: Python parameter -> the flag that sets it, for messages raised by the library.
+FLAGS = {"output": "-o/--output", "output_format": "--format", "input_format": "--input-format",
+         "text_field": "--text-field", "label_field": "--label-field", "chunk_size": "--chunk-size",
+         "batch_size": "--batch-size", "max_length": "--max-length", "dtype": "--dtype", "threads": "--threads",
+         "layer": "--layer", "device": "--device", "resume": "--resume"}
+_NAMES = "|".join(sorted(FLAGS, key=len, reverse=True))
+_PARAMETER = re.compile(rf"`({_NAMES})`|\b({_NAMES})=(?:\.\.\.|True)?")
+
+
+def as_flags(error: SeqpoolError) -> SeqpoolError:
+    """``error`` with its parameter mentions (`` `name` `` or ``name=...``) shown as command-line flags."""
+    return SeqpoolError(_PARAMETER.sub(lambda m: FLAGS[m.group(1) or m.group(2)], str(error)))
 
 
 def parse_strategies(values: tuple[str, ...]) -> tuple[str, ...] | None:
     """``--strategy mean --strategy max`` or ``--strategy mean,max``; None = the model's default."""
     names = [name.strip() for value in values for name in value.split(",") if name.strip()]
-    return tuple(dict.fromkeys(check_strategy(name) for name in names)) or None
+    return tuple(dict.fromkeys(names)) or None
 
 
 def parse_layers(value: str) -> int | tuple[int, ...]:
@@ -43,12 +45,6 @@ def parse_layers(value: str) -> int | tuple[int, ...]:
     return layers[0] if len(layers) == 1 else layers
 
 
-def parse_dtype(value: str) -> str:
-    if value.lower() not in _DTYPE_NAMES:
-        raise SeqpoolError(f"unknown --dtype {value!r}; choose fp32 or bf16")
-    return _DTYPE_NAMES[value.lower()]
-
-
 @click.command()
 @click.argument("input_path", metavar="INPUT")
 @click.option("-o", "--output", help="Output file [default: INPUT with the format's extension].")
@@ -56,8 +52,8 @@ def parse_dtype(value: str) -> str:
               help="Output format [default: from the output's extension, else npy].")
 @click.option("--input-format", metavar="|".join(INPUT_FORMATS),
               help="Input format [default: from INPUT's extension, else txt (one text per line)].")
-@click.option("--text-field", default="text", show_default=True,
-              help="Field (jsonl) or column (csv/tsv/parquet) holding the text.")
+@click.option("--text-field", help="Field (jsonl/json) or column (csv/tsv/parquet) holding the text "
+                                   "[default: text]; an error for txt input.")
 @click.option("--model", help="HF model id or local directory [default: the packaged all-MiniLM-L6-v2].")
 @click.option("--strategy", "strategies", multiple=True, metavar="NAME[,NAME...]",
               help="Pooling strategy; repeat or comma-separate for several from one encoder pass "
@@ -80,14 +76,15 @@ def parse_dtype(value: str) -> str:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last complete chunk.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def embed(input_path: str, output: str | None, output_format: str | None, input_format: str | None,
-          text_field: str, model: str | None, strategies: tuple[str, ...], layer: str, batch_size: int | None,
+          text_field: str | None, model: str | None, strategies: tuple[str, ...], layer: str, batch_size: int | None,
           max_length: int | None, normalize: bool | None, dtype: str, device: str | None, threads: int | None,
           skip_empty: bool, chunk_size: int, resume: bool, quiet: bool) -> None:
     """Embed every text of INPUT (a file, or - for stdin) into one vector per row.
 
     \b
-    INPUT: .txt (one text per line; any other extension too), .jsonl, .csv, .tsv or
-    .parquet; - reads lines from stdin. Output row i is input row i, always: an empty
+    INPUT: .txt (one text per line; any other extension too), .jsonl, .json, .csv,
+    .tsv (quotes are literal unless a whole field is csv-quoted) or .parquet; - reads
+    lines from stdin; a pipe or FIFO is read once, as stdin is. Output row i is input row i, always: an empty
     line is embedded as the empty string (or a zero row with --skip-empty). An empty
     input gives a (0, D) output.
 
@@ -100,32 +97,22 @@ def embed(input_path: str, output: str | None, output_format: str | None, input_
     The output appears only when every row is written; until then rows are kept in
     OUTPUT.partial/, which --resume continues from.
     """
-    import torch
+    from seqpool.embed import EmbedInterrupted, embed_file
 
-    from seqpool.encoder import Encoder, native_bf16_cpu
+    def note(message: str) -> None:
+        if not quiet:
+            click.echo(f"note: {as_flags(SeqpoolError(message))}", err=True)
 
-    if threads is not None:
-        if threads < 1:
-            raise SeqpoolError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
-    chosen = parse_strategies(strategies)
-    layers = parse_layers(layer)
-    torch_dtype = parse_dtype(dtype)
-    source = TextSource.open(input_path, input_format, text_field)
-    fmt = detect_output_format(output or "", output_format)
-    target = Path(output) if output else default_output_path(input_path, fmt)
-    check_output_writable(target, source)
-    encoder = Encoder(model, device=device, dtype=torch_dtype, max_length=max_length, layer=layers)
-    if torch_dtype == "bfloat16" and encoder.device.type == "cpu" and native_bf16_cpu() is False and not quiet:
-        click.echo("note: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs slower than fp32 "
-                   "here; use --dtype fp32 for speed", err=True)
     try:
-        result = embed_corpus(encoder, source, target, output_format=fmt, strategies=chosen, normalize=normalize,
-                              batch_size=batch_size, chunk_size=chunk_size, skip_empty=skip_empty, resume=resume,
-                              progress=False if quiet else None)
-    except KeyboardInterrupt:
-        partial = target.with_name(target.name + ".partial")
-        hint = "; rerun with --resume to continue from the last complete chunk" if partial.exists() else ""
+        result = embed_file(input_path, output, model=model, input_format=input_format, output_format=output_format,
+                            text_field=text_field, strategies=parse_strategies(strategies), layer=parse_layers(layer),
+                            batch_size=batch_size, max_length=max_length, normalize=normalize, dtype=dtype,
+                            device=device, threads=threads, skip_empty=skip_empty, chunk_size=chunk_size,
+                            resume=resume, progress=False if quiet else None, note=note)
+    except SeqpoolError as error:
+        raise as_flags(error) from None
+    except EmbedInterrupted as interrupted:
+        hint = "; rerun with --resume to continue from the last complete chunk" if interrupted.resumable else ""
         click.echo(f"interrupted{hint}", err=True)
         sys.exit(130)
     if not quiet:

@@ -1,0 +1,244 @@
+"""Embed a corpus: reader -> :class:`~seqpool.encoder.Encoder` -> writer, streamed and resumable.
+
+:func:`embed_file` is what ``seqpool embed`` calls: it checks every argument and every
+output path first (before the model loads or the corpus is read), takes a lock on the
+output, builds the Encoder and runs :func:`embed_corpus`, which does the chunked,
+checkpointed loop. io only reads and writes; the Encoder only encodes; this module joins them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from seqpool.errors import SeqpoolError
+from seqpool.io import (
+    DEFAULT_CHUNK_SIZE,
+    EmbeddingSpool,
+    TextDigest,
+    TextSource,
+    check_output_writable,
+    chunked,
+    default_output_path,
+    detect_output_format,
+    output_paths,
+)
+from seqpool.progress import progress_bar
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """What :func:`embed_corpus` wrote."""
+
+    paths: list[Path]
+    rows: int
+    dim: int
+    strategies: tuple[str, ...]
+    resumed_from: int
+
+
+class EmbedInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`embed_file`; ``resumable`` says whether rows were kept for ``resume=True``."""
+
+    def __init__(self, resumable: bool):
+        super().__init__("interrupted")
+        self.resumable = resumable
+
+
+def partial_folder(output: str | os.PathLike) -> Path:
+    """Where an unfinished run of ``output`` keeps its rows (``OUTPUT.partial/``)."""
+    output = Path(output)
+    return output.with_name(output.name + ".partial")
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock file held while a run writes ``output`` (``OUTPUT.lock``, holding the pid)."""
+    output = Path(output)
+    return output.with_name(output.name + ".lock")
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``output`` for the block, so two runs never write it at once.
+
+    An ``fcntl`` lock on ``OUTPUT.lock``: the kernel drops it when its process dies, so a
+    lock left by a killed run is simply taken over. The file holds the pid for the message.
+    Where fcntl does not exist (Windows), runs are not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = lock_path(output)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise SeqpoolError(f"{output} is in use by another run (pid {holder}); wait for it to finish "
+                               f"or choose another output=...") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # before unlocking: a waiting run then makes a fresh file
+    finally:
+        os.close(fd)
+
+
+def embed_corpus(encoder: Any, source: TextSource, output: str | os.PathLike | None = None, *,
+                 output_format: str | None = None, strategies: Sequence[str] | None = None,
+                 normalize: bool | None = None, batch_size: int | None = None,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, skip_empty: bool = False, resume: bool = False,
+                 progress: bool | None = None) -> EmbedResult:
+    """Embed every row of ``source`` with ``encoder`` into ``output``, streaming and resumable.
+
+    ``encoder`` is a :class:`seqpool.Encoder`. ``skip_empty`` writes a zero row for each
+    empty (or whitespace-only) text instead of encoding it; rows never shift either way.
+    ``progress=None`` shows a bar on stderr only when it is a terminal. A regular file is
+    first counted (which validates every row before hours of work); a stream (stdin, a
+    pipe) is read exactly once, with no total in the bar.
+    """
+    from seqpool.pooling import check_strategy
+
+    strategies = tuple(dict.fromkeys(check_strategy(s) for s in (strategies or (encoder.default_strategy,))))
+    normalize = encoder.default_normalize if normalize is None else bool(normalize)
+    _check_sizes(chunk_size=chunk_size, batch_size=batch_size)
+    fmt = detect_output_format(output or "", output_format)
+    output = Path(output) if output is not None else default_output_path(source.path, fmt)
+    check_outputs(output, fmt, strategies, source)
+    with output_lock(output):
+        return _embed_locked(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
+                             skip_empty, resume, progress)
+
+
+def _embed_locked(encoder: Any, source: TextSource, output: Path, fmt: str, strategies: tuple[str, ...],
+                  normalize: bool, batch_size: int | None, chunk_size: int, skip_empty: bool, resume: bool,
+                  progress: bool | None) -> EmbedResult:
+    """The loop of :func:`embed_corpus`, with the output already locked and checked."""
+    total = None if source.is_stream else source.count()
+    settings = {"model": encoder.name_or_path, "layers": list(encoder.layers), "max_length": encoder.max_length,
+                "dtype": str(encoder.dtype), "normalize": normalize, "skip_empty": skip_empty,
+                "batch_size": batch_size, "chunk_size": chunk_size, "input_format": source.format,
+                "text_field": source.text_field}
+    spool = EmbeddingSpool(output, fmt, strategies, encoder.hidden_size, settings, resume=resume)
+    started_at = spool.rows_done
+    try:
+        texts = source.texts()
+        digest = TextDigest().update(islice(texts, spool.rows_done))
+        if digest.hexdigest() != spool.input_digest:
+            raise SeqpoolError(f"cannot resume {output}: the first {spool.rows_done} rows of {source.name} "
+                               f"differ from the interrupted run's; delete {spool.folder} to start over")
+        with progress_bar(total, progress, initial=spool.rows_done) as bar:
+            for chunk in chunked(texts, chunk_size):
+                vectors = _encode_chunk(encoder, chunk, strategies, normalize, batch_size, skip_empty, bar)
+                spool.append(vectors, digest.update(chunk).hexdigest())
+    except BaseException:
+        if spool.rows_done == 0:
+            spool.discard()
+        else:
+            spool.close()
+        raise
+    metadata = {"model": encoder.name_or_path, "strategies": ",".join(strategies), "normalize": str(normalize),
+                "layers": ",".join(map(str, encoder.layers)), "max_length": str(encoder.max_length),
+                "dtype": str(encoder.dtype).removeprefix("torch.")}
+    paths = spool.finish(metadata)
+    return EmbedResult(paths, spool.rows_done, encoder.hidden_size, strategies, started_at)
+
+
+def check_outputs(output: Path, output_format: str, strategies: Sequence[str], source: TextSource | None) -> None:
+    """Every file a run will write is writable and none is the input; the lock and the
+    ``.partial`` folder are not in the way of something else."""
+    for path in dict.fromkeys(output_paths(output, output_format, strategies).values()):
+        check_output_writable(path, source)
+    for path, what in ((partial_folder(output), "folder"), (lock_path(output), "file")):
+        if path.exists() and not (path.is_dir() if what == "folder" else path.is_file()):
+            raise SeqpoolError(f"{path} exists and is not a {what}; seqpool keeps a run's state there, "
+                               f"so move it or choose another output=...")
+
+
+def _check_sizes(**sizes: int | None) -> None:
+    for name, value in sizes.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SeqpoolError(f"`{name}` must be a whole number of at least 1, got {value!r}")
+
+
+def parse_dtype(dtype: str) -> str:
+    """``fp32``/``float32`` or ``bf16``/``bfloat16`` as the torch dtype name."""
+    if not isinstance(dtype, str) or dtype.lower() not in DTYPES:
+        raise SeqpoolError(f"unknown `dtype` {dtype!r}; choose fp32 or bf16")
+    return DTYPES[dtype.lower()]
+
+
+def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
+               model: str | os.PathLike | None = None, input_format: str | None = None,
+               output_format: str | None = None, text_field: str | None = None,
+               strategies: Sequence[str] | None = None, layer: int | Sequence[int] = -1,
+               batch_size: int | None = None, max_length: int | None = None, normalize: bool | None = None,
+               dtype: str = "fp32", device: str | None = None, threads: int | None = None,
+               skip_empty: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE, resume: bool = False,
+               progress: bool | None = None, note: Callable[[str], None] | None = None) -> EmbedResult:
+    """Embed the corpus at ``input_path`` (``-`` for stdin) into ``output``: the whole ``seqpool embed``.
+
+    Every argument, the input and every output path are checked before the model loads or
+    the corpus is read. ``threads`` caps torch's threads for this call only. ``note``
+    receives advice worth showing (e.g. bf16 on a CPU without native bf16).
+    """
+    from seqpool.pooling import check_strategy
+    from seqpool.threads import check_thread_count, limited_threads
+
+    chosen = tuple(dict.fromkeys(check_strategy(s) for s in strategies)) if strategies else None
+    torch_dtype = parse_dtype(dtype)
+    _check_sizes(chunk_size=chunk_size, batch_size=batch_size, max_length=max_length)
+    check_thread_count(threads, "`threads`")
+    source = TextSource.open(input_path, input_format, text_field)
+    fmt = detect_output_format(output or "", output_format)
+    target = Path(output) if output is not None else default_output_path(str(input_path), fmt)
+    # The model's default strategy is unknown until it loads; check the one-file case now
+    # and every per-strategy file again in embed_corpus, still before the corpus is read.
+    check_outputs(target, fmt, chosen or ("mean",), source)
+    from seqpool.encoder import Encoder, native_bf16_cpu
+
+    with output_lock(target), limited_threads(threads):
+        if not resume:  # after the lock: a running writer is "in use", not "interrupted"
+            EmbeddingSpool.check_unfinished(partial_folder(target), target)
+        encoder = Encoder(model, device=device, dtype=torch_dtype, max_length=max_length, layer=layer)
+        if torch_dtype == "bfloat16" and encoder.device.type == "cpu" and native_bf16_cpu() is False and note:
+            note("this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs slower than fp32 here; "
+                 "use dtype=fp32 for speed")
+        chosen = tuple(dict.fromkeys(check_strategy(s) for s in (chosen or (encoder.default_strategy,))))
+        check_outputs(target, fmt, chosen, source)
+        try:
+            return _embed_locked(encoder, source, target, fmt, chosen,
+                                 encoder.default_normalize if normalize is None else bool(normalize),
+                                 batch_size, chunk_size, skip_empty, resume, progress)
+        except KeyboardInterrupt as error:
+            raise EmbedInterrupted(partial_folder(target).is_dir()) from error
+
+
+def _encode_chunk(encoder: Any, texts: list[str], strategies: tuple[str, ...], normalize: bool,
+                  batch_size: int | None, skip_empty: bool, bar: Any) -> dict[str, np.ndarray]:
+    """Vectors of one chunk, in row order; with ``skip_empty``, empty texts get zero rows unencoded."""
+    keep = [i for i, text in enumerate(texts) if text.strip()] if skip_empty else None
+    if keep is None or len(keep) == len(texts):
+        return encoder.encode(texts, strategies, batch_size=batch_size, normalize=normalize, progress=bar)
+    encoded = encoder.encode([texts[i] for i in keep], strategies, batch_size=batch_size,
+                             normalize=normalize, progress=bar)
+    bar.update(len(texts) - len(keep))
+    out = {}
+    for strategy, vectors in encoded.items():
+        full = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+        full[keep] = vectors
+        out[strategy] = full
+    return out
