@@ -24,6 +24,7 @@ from torch import Tensor
 from seqpool.errors import SeqpoolError
 from seqpool.local import SEGMENT_REDUCTIONS, segment_pool, word_segment_ids
 from seqpool.pooling import check_strategy, pool_many
+from seqpool.progress import progress_bar
 from seqpool.registry import get_strategy, st_pooling_flags, st_pooling_modes
 from seqpool.states import Batch, TokenStates
 from seqpool.threads import available_cpus, limited_threads
@@ -369,7 +370,7 @@ class Encoder:
             return (rows, *self.forward_batch(self.collate([token_ids[i] for i in rows])))
 
         workers = self._workers()
-        with _progress_bar(len(token_ids), progress) as bar, \
+        with progress_bar(len(token_ids), progress) as bar, \
                 limited_threads(1 if workers > 1 else None, blas=False):
             for batch in ordered_map(run, batches, workers):
                 yield batch
@@ -593,17 +594,3 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars_were_on:
             hf_logging.enable_progress_bar()
-
-
-def _progress_bar(total: int, enabled: Any) -> Any:
-    """A tqdm bar on stderr with texts/s; silent unless enabled (and a TTY for ``None``).
-
-    A bar passed in (anything with ``update``) is advanced instead, so a caller can show
-    one bar across many calls, e.g. a whole corpus encoded chunk by chunk.
-    """
-    from tqdm.auto import tqdm
-
-    if hasattr(enabled, "update"):
-        return contextlib.nullcontext(enabled)
-    return tqdm(total=total, unit="text", disable=(None if enabled is None else not enabled),
-                dynamic_ncols=True, smoothing=0.1)
