@@ -8,37 +8,25 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from seqpool.errors import SeqpoolError
+from seqpool.io.atomic import atomic_path
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a synced temporary file in the same folder and rename.
-
-    Readers never see half a file, and after a crash the file is either the old or the new
-    one (the fsync matters for resume checkpoints).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` through :func:`seqpool.io.atomic_path` (temp file, fsync, rename; umask
+    permissions; symlinks written through; devices streamed to, never replaced)."""
+    with atomic_path(path) as handle:
+        handle.write(text)
 
 
 def save_module(module: torch.nn.Module, config: dict[str, Any], directory: str | os.PathLike) -> Path:
@@ -46,14 +34,8 @@ def save_module(module: torch.nn.Module, config: dict[str, Any], directory: str 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt", "library": "seqpool"})
-        os.replace(tmp, directory / WEIGHTS_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(directory / WEIGHTS_NAME, mode="wb") as handle:
+        handle.write(save(state, metadata={"format": "pt", "library": "seqpool"}))
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory
 

@@ -126,11 +126,17 @@ class TokenStates:
     @classmethod
     def from_batches(cls, batches: Iterable[Batch], num_texts: int | None = None,
                      dtype: torch.dtype | None = None) -> "TokenStates":
-        """Collect (indices, hidden, mask) batches, in any order, into input order."""
+        """Collect (indices, hidden, mask) batches, in any order, into input order.
+
+        Every row ``0 .. num_texts - 1`` must come exactly once: a missing or repeated row
+        means the batches do not belong to these texts, and is refused rather than guessed.
+        """
         pieces: dict[int, Tensor] = {}
         for rows, hidden, mask in batches:
             states = hidden if dtype is None else hidden.to(dtype)
             for row, row_states, row_mask in zip(np.asarray(rows).tolist(), states, mask):
+                if row in pieces:
+                    raise SeqpoolError(f"batches cover row {row} twice: some texts are missing or repeated")
                 pieces[row] = row_states[row_mask.bool()].clone()
         count = len(pieces) if num_texts is None else num_texts
         if sorted(pieces) != list(range(count)):
