@@ -5,12 +5,18 @@ parameter-free ones, and what ``seqpool explain`` explains. Token states are
 standardised per channel with statistics of the training texts' real tokens (stored as
 buffers) before pooling, so a linear head trains well whatever the encoder's scale; for
 mean pooling this is the same as standardising the pooled vectors.
+
+Training settings are constructor arguments (scikit-learn style: ``get_params`` /
+``set_params``) and are saved in ``config.json``, so a saved folder says how its weights
+were trained and ``PooledClassifier(**loaded.get_params()).fit(states, y)`` redoes it.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,8 +27,55 @@ from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
 from seqpool.layers import Pooler
 from seqpool.pooling import normalize_mask
-from seqpool.serialization import load_state, read_config, save_module
+from seqpool.serialization import CONFIG_NAME, REQUIRED, config_fields, load_state, read_config, save_module
 from seqpool.states import TokenStates
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How :meth:`PooledClassifier.fit` trains: AdamW, cross-entropy, early stopping.
+
+    ``seed`` fixes the inner validation split, the initialisation, the batch order and the
+    dropout masks; ``validation_fraction`` of the training rows (stratified) decide early
+    stopping, which ends training after ``patience`` epochs without a better validation
+    accuracy (ties broken by loss) and restores the best epoch's weights.
+    """
+
+    seed: int = 0
+    max_epochs: int = 40
+    patience: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    validation_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("seed", "max_epochs", "patience", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise SeqpoolError(f"{name} must be an integer, got {value!r}")
+        for name in ("lr", "weight_decay", "validation_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise SeqpoolError(f"{name} must be a number, got {value!r}")
+        lowest = {"max_epochs": 1, "patience": 1, "batch_size": 1, "seed": 0}
+        for name, low in lowest.items():
+            if getattr(self, name) < low:
+                raise SeqpoolError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise SeqpoolError(f"lr must be positive, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise SeqpoolError(f"weight_decay must be zero or positive, got {self.weight_decay}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise SeqpoolError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+
+    def as_config(self) -> dict[str, Any]:
+        """Plain JSON types (numpy scalars given by a caller become int / float)."""
+        return {name: (float(value) if isinstance(value, (float, np.floating)) else int(value))
+                for name, value in asdict(self).items()}
+
+
+TRAINING_FIELDS = tuple(field.name for field in fields(TrainingSettings))
 
 
 class PooledClassifier(nn.Module):
@@ -30,16 +83,25 @@ class PooledClassifier(nn.Module):
 
     ``labels`` names the classes in index order (ints or strings); ``encoder`` optionally
     records which encoder produced the training states (``{"model": ..., "layer": ...}``)
-    so an explanation can rebuild it.
+    so an explanation can rebuild it. ``seed`` ... ``validation_fraction`` are the
+    :class:`TrainingSettings`; other keywords go to the :class:`~seqpool.layers.Pooler`
+    (``heads``, ``dropout``, ``rd_ratio``, ...).
     """
 
     def __init__(self, strategy: str, dim: int, num_labels: int, labels: Sequence[Any] | None = None,
-                 encoder: dict[str, Any] | None = None, **pooler_kwargs: Any):
+                 encoder: dict[str, Any] | None = None, *, seed: int = 0, max_epochs: int = 40,
+                 patience: int = 5, lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 64,
+                 validation_fraction: float = 0.1, **pooler_kwargs: Any):
         super().__init__()
+        self.training_settings = TrainingSettings(
+            seed=seed, max_epochs=max_epochs, patience=patience, lr=lr, weight_decay=weight_decay,
+            batch_size=batch_size, validation_fraction=validation_fraction)
         if num_labels < 2:
             raise SeqpoolError(f"a classifier needs at least 2 classes, got {num_labels}")
-        self.pooler = Pooler(strategy, dim, **pooler_kwargs)
-        self.head = nn.Linear(self.pooler.output_dim or dim, num_labels)
+        with torch.random.fork_rng(devices=[]):  # initial weights from ``seed``, the global RNG untouched
+            torch.manual_seed(seed)
+            self.pooler = Pooler(strategy, dim, **pooler_kwargs)
+            self.head = nn.Linear(self.pooler.output_dim or dim, num_labels)
         self.register_buffer("shift", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
         self.dim, self.num_labels = dim, num_labels
@@ -52,6 +114,21 @@ class PooledClassifier(nn.Module):
     @property
     def strategy(self) -> str:
         return self.pooler.strategy
+
+    def get_params(self, deep: bool = False) -> dict[str, Any]:
+        """The constructor's arguments: ``PooledClassifier(**clf.get_params())`` is an untrained twin."""
+        return {"strategy": self.strategy, "dim": self.dim, "num_labels": self.num_labels,
+                "labels": list(self.labels), "encoder": dict(self.encoder_info),
+                **self.training_settings.as_config(), **self.pooler.kwargs}
+
+    def set_params(self, **params: Any) -> "PooledClassifier":
+        """Change training settings (the architecture is fixed: build a new classifier for that)."""
+        fixed = sorted(set(params) - set(TRAINING_FIELDS))
+        if fixed:
+            raise SeqpoolError(f"set_params changes only the training settings {', '.join(TRAINING_FIELDS)}; "
+                               f"{', '.join(fixed)} fix the architecture: build a new PooledClassifier")
+        self.training_settings = replace(self.training_settings, **params)
+        return self
 
     def standardize(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Float32 states after the stored per-channel standardisation (padding set to 0)."""
@@ -86,30 +163,45 @@ class PooledClassifier(nn.Module):
             if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def fit(self, states: TokenStates, y: Sequence[int] | np.ndarray, *, seed: int,
-            validation_fraction: float = 0.1, max_epochs: int = 40, patience: int = 5, lr: float = 1e-3,
-            weight_decay: float = 1e-4, batch_size: int = 64) -> "PooledClassifier":
+    def fit(self, states: TokenStates, y: Sequence[int] | np.ndarray, *, seed: int | None = None,
+            validation_fraction: float | None = None, max_epochs: int | None = None, patience: int | None = None,
+            lr: float | None = None, weight_decay: float | None = None,
+            batch_size: int | None = None) -> "PooledClassifier":
         """Train on ``states`` with early stopping on an inner stratified validation split.
 
-        Only ``states`` is ever looked at (never a test fold); ``seed`` fixes the split,
-        the initialisation and the batch order, without touching torch's global RNG.
+        Only ``states`` is ever looked at (never a test fold). Keywords override the
+        constructor's training settings for this call; the settings actually used are the
+        ones ``save_pretrained`` records. The seed fixes the split, the initialisation, the
+        batch order and the dropout masks; torch's global RNG (and numpy's and ``random``'s)
+        is left exactly as it was: the training runs on a forked, seeded RNG.
         """
+        overrides = {"seed": seed, "validation_fraction": validation_fraction, "max_epochs": max_epochs,
+                     "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size}
+        settings = replace(self.training_settings, **{k: v for k, v in overrides.items() if v is not None})
         y = _check_targets(y, len(states), self.num_labels)
-        train_rows, val_rows = _validation_split(y, validation_fraction, seed)
-        generator = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        train_rows, val_rows = _validation_split(y, settings.validation_fraction, settings.seed)
+        devices = sorted({p.device.index or 0 for p in self.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=devices):  # dropout draws from here, seeded
+            torch.manual_seed(settings.seed)
             self.reset_parameters()
+            self._train(states, y, train_rows, val_rows, settings)
+        self.fitted_settings_ = settings
+        return self.eval()
+
+    def _train(self, states: TokenStates, y: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
+               settings: TrainingSettings) -> None:
+        """The epochs of :meth:`fit`: AdamW steps, early stopping, best weights restored."""
+        generator = torch.Generator().manual_seed(settings.seed)
         self.fit_standardization(states.subset(train_rows))
-        optimizer = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+        optimizer = torch.optim.AdamW(self.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         targets = torch.as_tensor(y, dtype=torch.long)
         best = (-1.0, float("inf"))
         best_state, stale, self.history_ = copy.deepcopy(self.state_dict()), 0, []
-        for epoch in range(max_epochs):
+        for epoch in range(settings.max_epochs):
             self.train()
             order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
+            for start in range(0, len(order), settings.batch_size):
+                rows = order[start:start + settings.batch_size]
                 hidden, mask = states.padded(rows)
                 loss = nn.functional.cross_entropy(self(hidden, mask), targets[rows])
                 optimizer.zero_grad()
@@ -123,10 +215,9 @@ class PooledClassifier(nn.Module):
                 best, best_state, stale = (val_acc, val_loss), copy.deepcopy(self.state_dict()), 0
             else:
                 stale += 1
-                if stale >= patience:
+                if stale >= settings.patience:
                     break
         self.load_state_dict(best_state)
-        return self.eval()
 
     @torch.no_grad()
     def predict_logits(self, states: TokenStates, indices: Sequence[int] | np.ndarray | None = None,
@@ -150,9 +241,13 @@ class PooledClassifier(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
+        """What ``config.json`` holds; ``training`` is how the saved weights were trained
+        (the last :meth:`fit`'s settings, or the constructor's before any fit)."""
+        settings = getattr(self, "fitted_settings_", self.training_settings)
         return {"seqpool_type": "PooledClassifier", "seqpool_version": __version__,
                 "strategy": self.pooler.strategy, "dim": self.dim, "num_labels": self.num_labels,
-                "labels": self.labels, "encoder": self.encoder_info, "pooler_kwargs": self.pooler.kwargs}
+                "labels": self.labels, "encoder": self.encoder_info, "pooler_kwargs": self.pooler.kwargs,
+                "training": settings.as_config()}
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """``config.json`` + ``model.safetensors`` (pooler, head and standardisation)."""
@@ -160,12 +255,27 @@ class PooledClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "PooledClassifier":
+        """Rebuild a saved classifier; its config is checked key by key before anything is built."""
         config = read_config(directory)
         if config.get("seqpool_type") != "PooledClassifier":
             raise SeqpoolError(
                 f"{directory} holds a {config.get('seqpool_type', 'non-seqpool')!r} config, not a PooledClassifier")
-        model = cls(config["strategy"], config["dim"], config["num_labels"], labels=config.get("labels"),
-                    encoder=config.get("encoder"), **config.get("pooler_kwargs", {}))
+        values = config_fields(config, {"strategy": (str, REQUIRED), "dim": (int, REQUIRED),
+                                        "num_labels": (int, REQUIRED), "labels": (list, None),
+                                        "encoder": (dict, None), "pooler_kwargs": (dict, {}),
+                                        "training": (dict, {})}, directory)  # folders saved before 0.2 lack training
+        default = TrainingSettings()
+        training = config_fields(values["training"], {name: (type(getattr(default, name)), getattr(default, name))
+                                                      for name in TRAINING_FIELDS}, directory, "training.")
+        path = Path(directory) / CONFIG_NAME
+        unknown = sorted(set(values["training"]) - set(TRAINING_FIELDS))
+        if unknown:
+            raise SeqpoolError(f"{path}: unknown training setting(s) {', '.join(unknown)}; save the module again")
+        try:
+            model = cls(values["strategy"], values["dim"], values["num_labels"], labels=values["labels"],
+                        encoder=values["encoder"], **training, **values["pooler_kwargs"])
+        except (TypeError, SeqpoolError) as error:  # e.g. pooler_kwargs the strategy does not take
+            raise SeqpoolError(f"{path} does not describe a valid PooledClassifier: {error}") from None
         return load_state(model, directory).eval()
 
 

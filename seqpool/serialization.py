@@ -79,3 +79,34 @@ def load_state(module: torch.nn.Module, directory: str | os.PathLike) -> torch.n
         raise SeqpoolError(f"{path} does not match its config.json: {'; '.join(problems)}")
     module.load_state_dict(state)
     return module
+
+
+REQUIRED: Any = object()  # marks a config field that has no default
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true/false", list: "a list",
+               dict: "an object"}
+
+
+def config_fields(config: dict[str, Any], fields: dict[str, tuple[type, Any]],
+                  directory: str | os.PathLike, prefix: str = "") -> dict[str, Any]:
+    """The typed fields of a saved module's config, checked strictly before anything is built.
+
+    ``fields`` maps each key to ``(type, default)``; ``default`` is :data:`REQUIRED` when the
+    key must be present. A missing key or a value of the wrong type is one SeqpoolError naming
+    the key and the file (JSON numbers: an int is accepted as a float, a bool never as a number).
+    ``prefix`` names a nested object in messages (``"training."``).
+    """
+    path = Path(directory) / CONFIG_NAME
+    values = {}
+    for key, (kind, default) in fields.items():
+        if key not in config:
+            if default is REQUIRED:
+                raise SeqpoolError(f"{path} lacks the key {prefix + key!r}; save the module again")
+            values[key] = default
+            continue
+        value = config[key]
+        accepted = (int, float) if kind is float else (kind,)
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, accepted):
+            raise SeqpoolError(f"{path}: {prefix + key!r} must be {_TYPE_NAMES.get(kind, kind.__name__)}, "
+                               f"got {json.dumps(value)}; save the module again")
+        values[key] = float(value) if kind is float else value
+    return values
