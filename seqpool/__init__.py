@@ -18,6 +18,12 @@ from seqpool._version import __version__
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     "SeqpoolError": "seqpool.errors",
+    # the strategy registry (torch-free)
+    "StrategySpec": "seqpool.registry",
+    "get_strategy": "seqpool.registry",
+    "strategy_names": "seqpool.registry",
+    "register_strategy": "seqpool.registry",
+    "unregister_strategy": "seqpool.registry",
     # parameter-free pooling
     "STRATEGIES": "seqpool.pooling",
     "pool": "seqpool.pooling",
@@ -108,6 +114,13 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         masked_weighted_mean,
         pool,
         pool_many,
+    )
+    from seqpool.registry import (
+        StrategySpec,
+        get_strategy,
+        register_strategy,
+        strategy_names,
+        unregister_strategy,
     )
     from seqpool.st_export import export_sentence_transformers, read_sentence_transformers_layout
     from seqpool.states import TokenStates

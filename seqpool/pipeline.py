@@ -28,7 +28,7 @@ from transformers import AutoModel, Pipeline
 from seqpool.encoder import Encoder, sentence_transformers_defaults
 from seqpool.errors import SeqpoolError
 from seqpool.layers import Pooler
-from seqpool.pooling import STRATEGIES, pool
+from seqpool.registry import PARAMETER_FREE, find_strategy, strategy_names
 from seqpool.serialization import read_config
 from seqpool.st_export import padding_ready_tokenizer
 
@@ -70,18 +70,24 @@ def resolve_pooling(pooling: str | os.PathLike | Pooler | Sequence[Any]) -> tupl
     for item in items:
         if isinstance(item, Pooler):
             resolved[item.strategy] = _pooler_fn(item)
-        elif isinstance(item, str) and item in STRATEGIES:
+        elif isinstance(item, str) and _is_parameter_free(item):
             resolved[item] = _strategy_fn(item)
         elif isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
             resolved[str(item)] = saved_pooling(item)
         else:
-            raise SeqpoolError(f"pooling={item!r} is neither a strategy ({', '.join(STRATEGIES)}) nor a "
+            names = ", ".join(strategy_names(PARAMETER_FREE, plugins=False))
+            raise SeqpoolError(f"pooling={item!r} is neither a strategy ({names}) nor a "
                                f"folder saved by Pooler/PooledClassifier.save_pretrained")
     return resolved, several
 
 
+def _is_parameter_free(name: str) -> bool:
+    spec = find_strategy(name)
+    return spec is not None and spec.kind == PARAMETER_FREE
+
+
 def _strategy_fn(strategy: str) -> PoolFn:
-    return lambda hidden, mask: pool(hidden, mask, strategy)
+    return find_strategy(strategy).fn
 
 
 def _pooler_fn(pooler: Pooler) -> PoolFn:

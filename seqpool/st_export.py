@@ -21,16 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from seqpool.encoder import ST_POOLING_FLAGS, ST_POOLING_MODES
 from seqpool.errors import SeqpoolError
-from seqpool.pooling import STRATEGIES, check_strategy
+from seqpool.registry import st_names, st_pooling_flags, st_pooling_modes
 from seqpool.serialization import atomic_write_text
 
 if TYPE_CHECKING:
     from seqpool.encoder import Encoder
 
-#: seqpool strategy -> the sentence-transformers boolean flag that selects it.
-ST_POOLING_FLAG: dict[str, str] = {strategy: flag for flag, strategy in ST_POOLING_FLAGS.items()}
+#: seqpool strategy -> the sentence-transformers boolean flag that selects it (from the registry).
+ST_POOLING_FLAG: dict[str, str] = {strategy: flag for flag, strategy in st_pooling_flags().items()}
 POOLING_DIR = "1_Pooling"
 NORMALIZE_DIR = "2_Normalize"
 _ST_MODULE = "sentence_transformers.models."
@@ -47,12 +46,21 @@ class SentenceTransformersLayout:
 
 def pooling_config(strategy: str, dim: int) -> dict[str, Any]:
     """The ``1_Pooling/config.json`` that makes sentence-transformers pool like ``strategy``."""
-    check_strategy(strategy, STRATEGIES)
+    spec = check_exportable(strategy)
     if dim < 1:
         raise SeqpoolError(f"embedding dimension must be at least 1, got {dim}")
     config: dict[str, Any] = {"word_embedding_dimension": int(dim)}
-    config.update({flag: flag == ST_POOLING_FLAG[strategy] for flag in ST_POOLING_FLAGS})
+    config.update({flag: flag == spec.st_flag for flag in st_pooling_flags()})
     return config
+
+
+def check_exportable(strategy: str) -> Any:
+    """The registry record of ``strategy`` if sentence-transformers has a pooling mode for it."""
+    exportable = st_names()
+    if strategy not in exportable:
+        raise SeqpoolError(f"unknown pooling strategy {strategy!r} for sentence-transformers (it has no such "
+                           f"pooling mode); choose one of: {', '.join(exportable)}")
+    return exportable[strategy]
 
 
 def modules_config(normalize: bool) -> list[dict[str, Any]]:
@@ -113,7 +121,7 @@ def export_sentence_transformers(encoder: "Encoder", directory: str | os.PathLik
     """
     strategy = encoder.default_strategy if strategy is None else strategy
     normalize = encoder.default_normalize if normalize is None else bool(normalize)
-    check_strategy(strategy, STRATEGIES)
+    check_exportable(strategy)
     if tuple(encoder.layers) != (-1,):
         raise SeqpoolError(
             f"sentence-transformers pools the last layer only, but this encoder uses layer(s) "
@@ -148,12 +156,13 @@ def _pooling_strategies(config: dict[str, Any]) -> list[str]:
     mode = config.get("pooling_mode")
     if mode is not None:
         modes = [mode] if isinstance(mode, str) else list(mode)
-        unknown = [m for m in modes if m not in ST_POOLING_MODES]
+        known = st_pooling_modes()
+        unknown = [m for m in modes if m not in known]
         if unknown:
             raise SeqpoolError(f"unknown sentence-transformers pooling mode(s) {unknown}; "
-                               f"seqpool reads {sorted(ST_POOLING_MODES)}")
-        return [ST_POOLING_MODES[m] for m in modes]
-    return [strategy for flag, strategy in ST_POOLING_FLAGS.items() if config.get(flag)]
+                               f"seqpool reads {sorted(known)}")
+        return [known[m] for m in modes]
+    return [strategy for flag, strategy in st_pooling_flags().items() if config.get(flag)]
 
 
 def read_sentence_transformers_layout(directory: str | os.PathLike) -> SentenceTransformersLayout:

@@ -123,11 +123,10 @@ def tiny_gpt2_encoder(tiny_gpt2_dir: Path):
 @pytest.fixture(scope="session")
 def make_st_model_dir(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Factory for sentence-transformers style copies of the tiny BERT."""
-    flags = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
-             "max": "pooling_mode_max_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens",
-             "weighted_mean": "pooling_mode_weightedmean_tokens", "last": "pooling_mode_lasttoken"}
-    modes = {"cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len": "mean_sqrt_len_tokens",
-             "weighted_mean": "weightedmean", "last": "lasttoken"}
+    from seqpool.registry import st_names
+
+    flags = {name: spec.st_flag for name, spec in st_names().items()}
+    modes = {name: spec.st_mode for name, spec in st_names().items()}
 
     def make(pooling: str, normalize: bool = False, legacy: bool = False) -> Path:
         directory = tmp_path_factory.mktemp(f"st_{pooling}")

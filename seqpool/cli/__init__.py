@@ -84,12 +84,11 @@ def main() -> None:
 
 @main.command()
 def strategies() -> None:
-    """List the pooling strategies (parameter-free, then learned)."""
-    from seqpool.layers import LEARNED_STRATEGIES
-    from seqpool.pooling import STRATEGIES
+    """List the pooling strategies: name, kind and description; plugins included."""
+    from seqpool import registry
 
-    for name in STRATEGIES:
-        click.echo(name)
-    for name in LEARNED_STRATEGIES:
-        click.echo(f"{name}\t(learned; seqpool evaluate trains it)")
+    for problem in registry.load_plugins():  # a broken plugin is a warning here, never a crash
+        click.echo(f"warning: {problem}", err=True)
+    for spec in registry.list_strategies(warn=False):
+        click.echo(f"{spec.name}\t{spec.kind}\t{spec.description}")
 
