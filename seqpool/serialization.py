@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -20,6 +20,8 @@ from seqpool.io.atomic import atomic_path
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+_M = TypeVar("_M", bound=torch.nn.Module)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -79,6 +81,26 @@ def load_state(module: torch.nn.Module, directory: str | os.PathLike) -> torch.n
         raise SeqpoolError(f"{path} does not match its config.json: {'; '.join(problems)}")
     module.load_state_dict(state)
     return module
+
+
+def load_configured(cls: type[_M], directory: str | os.PathLike) -> _M:
+    """Rebuild a module saved with a config of ``{"seqpool_type": cls.__name__, **constructor kwargs}``.
+
+    For modules whose config *is* their constructor's keywords (GeMPooling, ScalarMix, ...):
+    checks the type, builds, loads the weights strictly and returns it in eval mode, like
+    Hugging Face's ``from_pretrained``.
+    """
+    config = read_config(directory)
+    if config.get("seqpool_type") != cls.__name__:
+        raise SeqpoolError(
+            f"{directory} holds a {config.get('seqpool_type', 'non-seqpool')!r} config, not a {cls.__name__}"
+        )
+    kwargs = {key: value for key, value in config.items() if key not in ("seqpool_type", "seqpool_version")}
+    try:
+        module = cls(**kwargs)
+    except TypeError as error:
+        raise SeqpoolError(f"{Path(directory) / CONFIG_NAME} does not fit {cls.__name__}: {error}") from None
+    return load_state(module, directory).eval()
 
 
 REQUIRED: Any = object()  # marks a config field that has no default
