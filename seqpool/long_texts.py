@@ -34,7 +34,7 @@ chunk -- a span of content tokens -- is pooled from those contextual states
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -132,15 +132,25 @@ def merge_windows(window_states: Sequence[Tensor], spans: Sequence[Span], n_pref
 
 
 def pool_windows(window_states: Sequence[Tensor], spans: Sequence[Span], n_prefix: int, n_suffix: int,
-                 strategies: Sequence[str]) -> dict[str, Tensor]:
-    """One (D,) float32 vector per strategy from the states of one text's windows (rules above)."""
-    from seqpool.pooling import pool
+                 strategies: Sequence[str], exclude: int = 0) -> dict[str, Tensor]:
+    """One (D,) float32 vector per strategy from the states of one text's windows (rules above).
 
-    merged = merge_windows(window_states, spans, n_prefix, n_suffix)
+    ``exclude`` leaves each window's first ``exclude`` prefix tokens (the [CLS] and a prompt,
+    sentence-transformers' ``include_prompt=False``) out of the pool; position-weighted
+    strategies keep the positions they had, as :func:`seqpool.prompts.pool_excluding_prompt`.
+    """
+    from seqpool.prompts import pool_excluding_prompt
+
+    if not 0 <= exclude <= n_prefix:
+        raise SeqpoolError(f"exclude={exclude} must be between 0 and the windows' {n_prefix} prefix tokens")
+    window_states = [states[exclude:].float() for states in window_states]
+    merged = merge_windows(window_states, spans, n_prefix - exclude, n_suffix)
     out: dict[str, Tensor] = {}
     for strategy in strategies:
-        sequence = torch.cat([s.float() for s in window_states]) if strategy in ALL_WINDOW_STATES else merged
-        out[strategy] = pool(sequence.unsqueeze(0), None, strategy)[0]
+        sequence = torch.cat(window_states) if strategy in ALL_WINDOW_STATES else merged
+        # ``exclude`` masked rows in front: the pool sees the positions the tokens really had
+        padded = torch.cat([sequence.new_zeros(exclude, sequence.shape[-1]), sequence]).unsqueeze(0)
+        out[strategy] = pool_excluding_prompt(padded, torch.ones(padded.shape[:2]), exclude, [strategy])[strategy][0]
     return out
 
 
@@ -214,7 +224,3 @@ def check_long_texts(long_texts: str) -> str:
 #: ``late``: late chunking.
 LONG_TEXT_MODES = ("truncate", "chunk", "late")
 
-
-def stack_vectors(per_text: Sequence[Mapping[str, Tensor]], strategies: Sequence[str]) -> dict[str, Tensor]:
-    """Stack per-text ``{strategy: (D,)}`` dicts into ``{strategy: (N, D)}``."""
-    return {s: torch.stack([vectors[s] for vectors in per_text]) for s in strategies}

@@ -127,3 +127,19 @@ def test_pool_spans_pools_each_chunk_alone(strategy):
 def test_char_spans_follow_the_offsets():
     offsets = [(0, 3), (4, 7), (7, 8), (9, 14)]
     assert char_spans(offsets, [(0, 2), (2, 4), (0, 0)]) == [(0, 7), (7, 14), (0, 0)]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_excluding_the_prompt_from_windows_matches_one_text_without_its_prompt(strategy):
+    from seqpool.prompts import pool_excluding_prompt
+
+    (states,) = _windows([(0, 5)], n_prefix=3)  # [CLS] p1 p2 t0..t4 [SEP]
+    pooled = pool_windows([states], [(0, 5)], 3, 1, [strategy], exclude=3)[strategy]
+    expected = pool_excluding_prompt(states[None], torch.ones(1, len(states)), 3, [strategy])[strategy][0]
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=0)
+    spans = [(0, 3), (3, 5)]  # two windows: every window's prompt is left out
+    two = _windows(spans, n_prefix=3, seed=1)
+    pooled = pool_windows(two, spans, 3, 1, ["mean"], exclude=3)["mean"]
+    torch.testing.assert_close(pooled, torch.cat([two[0][3:], two[1][3:]]).mean(0))
+    with pytest.raises(SeqpoolError, match="exclude"):
+        pool_windows(two, spans, 3, 1, ["mean"], exclude=4)
