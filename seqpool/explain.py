@@ -36,6 +36,7 @@ from seqpool.errors import SeqpoolError
 from seqpool.layers import Pooler
 from seqpool.pooling import normalize_mask
 from seqpool.registry import get_strategy
+from seqpool.io.atomic import atomic_path
 from seqpool.serialization import atomic_write_text
 
 if TYPE_CHECKING:
@@ -354,11 +355,9 @@ def write_png(explanations: Sequence[Explanation], path: str | os.PathLike, labe
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure = plot_token_map(explanations, label)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path, mode="wb") as handle:
+            figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(figure)
-        tmp.unlink(missing_ok=True)
     return path
