@@ -1,16 +1,42 @@
 """``seqpool evaluate``: which pooling strategy suits my task, and is the difference real?
 
-A thin layer over :func:`seqpool.evaluate.evaluate`: it parses options, prints the table
-on stdout (progress on stderr) and writes the JSON and the plot. Every user mistake is a
+A thin layer over :func:`seqpool.evaluation.evaluate`: it parses options into an
+:class:`~seqpool.evaluation.EvaluationSettings`, makes that one call (which checks the
+outputs first, then reads, encodes, evaluates and writes the JSON and the plot), and prints
+the table on stdout (progress and warnings on stderr). Library errors name Python parameters
+(``folds``); this module says them as flags (``--folds``). Every user mistake is a
 :class:`SeqpoolError`, which the CLI group prints as one line.
 """
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from seqpool.cli.embed import parse_layers
 from seqpool.errors import SeqpoolError
+
+#: The flag that sets each library parameter (or parameter spelling) a message may name.
+FLAGS = {
+    "folds": "--folds", "repeats": "--repeats", "seed": "--seed", "inner_folds": "--inner-folds",
+    "tune=False": "--no-tune", "c_grid": "--c-grid", "max_epochs": "--max-epochs",
+    "learning_curve": "--learning-curve",
+    "curve_experiments": "--curve-experiments", "text_field": "--text-field", "label_field": "--label-field",
+    "input_format": "--input-format", "split": "--split", "test_split": "--test-split", "strategies": "--strategies",
+    "max_length": "--max-length", "batch_size": "--batch-size", "threads": "--threads", "cache_dir": "--cache-dir",
+    "json_path": "--json", "plot_path": "--plot", "layer": "--layer", "device": "--device", "model": "--model",
+}
+
+
+def as_flags(error: SeqpoolError) -> SeqpoolError:
+    """``error`` with the parameters it names (its ``parameters`` attribute) said as flags."""
+    message = str(error)
+    for parameter in getattr(error, "parameters", ()):
+        flag = FLAGS.get(parameter)
+        if flag:
+            message = re.sub(rf"(?<![\w`'-]){re.escape(parameter)}(?![\w'])", flag, message)
+    return SeqpoolError(message)
 
 
 def parse_c_grid(value: str | None) -> tuple[float, ...] | None:
@@ -28,9 +54,12 @@ def parse_c_grid(value: str | None) -> tuple[float, ...] | None:
 
 @click.command()
 @click.option("--train", "train", required=True, metavar="FILE|NAME",
-              help="Labelled training data: .jsonl, .csv, .tsv or .parquet, or a Hub dataset name.")
+              help="Labelled training data: .jsonl, .json, .csv, .tsv or .parquet (- for stdin, with "
+                   "--input-format), or a Hub dataset name.")
 @click.option("--test", "test", metavar="FILE|NAME",
               help="Labelled test data: fit on --train, score here [default: k-fold CV on --train].")
+@click.option("--input-format", type=click.Choice(["jsonl", "json", "csv", "tsv", "parquet"]),
+              help="Format of local --train/--test files [default: from the extension]; needed for stdin.")
 @click.option("--text-field", default="text", show_default=True, help="Column holding the text.")
 @click.option("--label-field", default="label", show_default=True, help="Column holding the label (int or str).")
 @click.option("--split", help="Split of a Hub dataset given as --train [default: train].")
@@ -58,7 +87,8 @@ def parse_c_grid(value: str | None) -> tuple[float, ...] | None:
 @click.option("--curve-experiments", type=int, default=10, show_default=True,
               help="Subsamples per learning-curve size.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Where token states are cached [default: $SEQPOOL_CACHE or ~/.cache/seqpool].")
+              help="Where token states are cached [default: $SEQPOOL_CACHE or ~/.cache/seqpool]; "
+                   "if it cannot be written, a warning and the run continues without it.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the token-state cache.")
 @click.option("--batch-size", type=int, help="Most texts per encoder batch.")
 @click.option("--device", help="torch device for the encoder [default: cpu].")
@@ -66,14 +96,14 @@ def parse_c_grid(value: str | None) -> tuple[float, ...] | None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every number to this JSON file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write per-strategy score distributions with CIs to this image (.png/.pdf/.svg).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def evaluate(train: str, test: str | None, text_field: str, label_field: str, split: str | None,
-             test_split: str, strategies: str | None, folds: int, repeats: int, seed: int, model: str | None,
-             layer: str, max_length: int | None, no_tune: bool, c_grid: str | None, inner_folds: int,
-             max_epochs: int | None, all_pairs: bool, seed_variance: bool, learning_curve: str | None,
-             curve_experiments: int, cache_dir: str | None, no_cache: bool, batch_size: int | None,
-             device: str | None, threads: int | None, json_path: str | None, plot_path: str | None,
-             quiet: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr (warnings are still shown).")
+def evaluate(train: str, test: str | None, input_format: str | None, text_field: str, label_field: str,
+             split: str | None, test_split: str, strategies: str | None, folds: int, repeats: int, seed: int,
+             model: str | None, layer: str, max_length: int | None, no_tune: bool, c_grid: str | None,
+             inner_folds: int, max_epochs: int | None, all_pairs: bool, seed_variance: bool,
+             learning_curve: str | None, curve_experiments: int, cache_dir: str | None, no_cache: bool,
+             batch_size: int | None, device: str | None, threads: int | None, json_path: str | None,
+             plot_path: str | None, quiet: bool) -> None:
     """Compare pooling strategies on a labelled corpus, with honest statistics.
 
     \b
@@ -86,30 +116,27 @@ def evaluate(train: str, test: str | None, text_field: str, label_field: str, sp
     Token states are encoded once and cached; every strategy pools from them, so a
     second run on the same data skips the encoder.
     """
-    from seqpool.evaluation import DEFAULT_C_GRID, check_output_paths
+    from seqpool.evaluation import DEFAULT_C_GRID, EvaluationSettings
     from seqpool.evaluation import evaluate as run_evaluation
-
-    if max_epochs is not None and max_epochs < 1:
-        raise SeqpoolError(f"--max-epochs must be at least 1, got {max_epochs}")
-    check_output_paths(json_path, plot_path)
 
     def log(message: str) -> None:
         if not quiet:
             click.echo(message, err=True)
 
-    result = run_evaluation(
-        train, test, strategies, folds=folds, repeats=repeats, seed=seed, model=model, layer=parse_layers(layer),
-        max_length=max_length, tune=not no_tune, c_grid=parse_c_grid(c_grid) or DEFAULT_C_GRID,
-        inner_folds=inner_folds, learned_options={"max_epochs": max_epochs} if max_epochs else None,
-        seed_variance=seed_variance, all_pairs=all_pairs, learning_curve=learning_curve,
-        curve_experiments=curve_experiments, text_field=text_field, label_field=label_field, split=split,
-        test_split=test_split, cache=not no_cache, cache_dir=cache_dir, batch_size=batch_size, device=device,
-        threads=threads, progress=None if not quiet else False, log=log,
-    )
+    def warn(message: str) -> None:
+        click.echo(f"warning: {message}", err=True)
+
+    try:
+        settings = EvaluationSettings(
+            folds=folds, repeats=repeats, seed=seed, tune=not no_tune, c_grid=parse_c_grid(c_grid) or DEFAULT_C_GRID,
+            inner_folds=inner_folds, learned_options={"max_epochs": max_epochs} if max_epochs is not None else None,
+            seed_variance=seed_variance, all_pairs=all_pairs, learning_curve=learning_curve,
+            curve_experiments=curve_experiments, text_field=text_field, label_field=label_field,
+            input_format=input_format, split=split, test_split=test_split, model=model, layer=parse_layers(layer),
+            max_length=max_length, device=device, batch_size=batch_size, threads=threads, cache=not no_cache,
+            cache_dir=cache_dir)
+        result = run_evaluation(train, test, strategies, settings=settings, json_path=json_path,
+                                plot_path=plot_path, progress=None if not quiet else False, log=log, warn=warn)
+    except SeqpoolError as error:
+        raise as_flags(error) from None
     click.echo(result.table(), nl=False)
-    if json_path:
-        result.to_json(json_path)
-        log(f"wrote {json_path}")
-    if plot_path:
-        result.plot(plot_path)
-        log(f"wrote {plot_path}")

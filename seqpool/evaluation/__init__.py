@@ -1,0 +1,43 @@
+"""Which pooling strategy should I use for my task, and is the difference real?
+
+``seqpool evaluate`` is a thin CLI over :func:`evaluate`. The package follows scikit-learn's
+``model_selection``: one small module per concern, the settings in one dataclass.
+
+- :mod:`.settings`    :class:`EvaluationSettings` (every knob, validated once), strategy names, seeds
+- :mod:`.data`        reading labelled texts (the reader ``seqpool embed`` uses) and checking labels
+- :mod:`.cache`       token states encoded once, cached on disk by encoder fingerprint and texts
+- :mod:`.classifiers` the logistic regression (C by inner CV) and the learned :class:`PooledClassifier`
+- :mod:`.protocol`    repeated stratified k-fold CV or train/test, paired statistics, Holm
+- :mod:`.curve`       learning curves on balanced subsamples
+- :mod:`.result`      :class:`EvaluationResult` and strict JSON
+- :mod:`.report`      the table and the plot (presentation only), output-path checks
+- :mod:`.run`         :func:`evaluate`, which checks everything cheap before anything expensive
+"""
+
+from __future__ import annotations
+
+from seqpool.evaluation.cache import (EncodedStates, cache_write_problem, cached_states, default_cache_dir,
+                                      encode_states, encoder_fingerprint, states_cache_path)
+from seqpool.evaluation.classifiers import choose_c, fit_predict_learned, fit_predict_logistic
+from seqpool.evaluation.curve import learning_curve_samples
+from seqpool.evaluation.data import (LabelledTexts, check_cv_data, check_train_test, clean_label, labelled_texts,
+                                     load_labelled, read_hub)
+from seqpool.evaluation.protocol import cv_splits
+from seqpool.evaluation.report import check_output_paths, format_table, plot_result
+from seqpool.evaluation.result import Comparison, EvaluationResult, StrategyResult, versions
+from seqpool.evaluation.run import EvaluationWarning, TrainInput, evaluate, load_data
+from seqpool.evaluation.settings import (ALPHA, DEFAULT_C_GRID, DEFAULT_STRATEGIES, EvaluationSettings,
+                                         check_strategies, derive_seed)
+from seqpool.io import text_digest
+from seqpool.threads import limited_threads
+
+
+__all__ = [
+    "ALPHA", "Comparison", "DEFAULT_C_GRID", "DEFAULT_STRATEGIES", "EncodedStates", "EvaluationResult",
+    "EvaluationSettings", "EvaluationWarning", "LabelledTexts", "StrategyResult", "TrainInput",
+    "cache_write_problem", "cached_states", "check_cv_data", "check_output_paths", "check_strategies",
+    "check_train_test", "choose_c", "clean_label", "cv_splits", "default_cache_dir", "derive_seed",
+    "encode_states", "encoder_fingerprint", "evaluate", "fit_predict_learned", "fit_predict_logistic",
+    "format_table", "labelled_texts", "learning_curve_samples", "limited_threads", "load_data", "load_labelled",
+    "plot_result", "read_hub", "states_cache_path", "text_digest", "versions",
+]

@@ -1,0 +1,145 @@
+"""Encode once: token states cached on disk, keyed by the encoder's fingerprint and the texts.
+
+A cache is an optimisation, never a reason to fail: a damaged file is re-encoded, and a cache
+folder that cannot be written (read-only, a path under a regular file, a full disk) gives one
+warning and the run continues without it — before the encoder runs, not after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from seqpool._version import __version__
+from seqpool.io import text_digest
+from seqpool.states import TokenStates
+
+#: fp16 overflows at 65504; token states beyond this are cached in float32 instead.
+_FP16_SAFE = 6.0e4
+#: Values per weight tensor that the cache key hashes (all of them for smaller tensors).
+_FINGERPRINT_VALUES = 1 << 20
+
+Log = Callable[[str], None]
+
+
+def encoder_fingerprint(encoder: Any) -> dict[str, Any]:
+    """What determines the token states besides the texts: model, weights, tokenizer, layer.
+
+    Weights are fingerprinted by the bytes of every tensor, or of an evenly strided sample of
+    about a million values (plus both ends) for larger tensors: any fine-tune changes them,
+    and no gigabytes are hashed. Bytes, not float sums, so thread counts cannot change it.
+    """
+    weights = hashlib.sha256()
+    for name, tensor in sorted(encoder.model.state_dict().items()):
+        flat = tensor.detach().reshape(-1).cpu()
+        stride = max(1, flat.numel() // _FINGERPRINT_VALUES)
+        sample = torch.cat([flat[::stride], flat[-1024:]]) if stride > 1 else flat
+        weights.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        weights.update(sample.float().contiguous().numpy().tobytes())
+    tokenizer = encoder.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    config = encoder.model.config.to_json_string(use_diff=False) if hasattr(encoder.model, "config") else ""
+    return {"model": str(encoder.name_or_path), "layers": list(encoder.layers), "max_length": encoder.max_length,
+            "dtype": str(encoder.dtype), "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+            "weights_sha256": weights.hexdigest(),
+            "tokenizer_sha256": hashlib.sha256(f"{type(tokenizer).__name__}{vocabulary}".encode()).hexdigest()}
+
+
+def default_cache_dir() -> Path:
+    """``$SEQPOOL_CACHE`` or ``~/.cache/seqpool``."""
+    return Path(os.environ.get("SEQPOOL_CACHE") or Path.home() / ".cache" / "seqpool")
+
+
+def states_cache_path(cache_dir: str | os.PathLike, fingerprint: dict[str, Any], texts: Sequence[str]) -> Path:
+    key = hashlib.sha256(json.dumps({"encoder": fingerprint, "texts": text_digest(texts)},
+                                    sort_keys=True).encode()).hexdigest()
+    return Path(cache_dir) / "states" / f"{key[:40]}.safetensors"
+
+
+def cache_write_problem(cache_dir: str | os.PathLike) -> str | None:
+    """Why token states could not be stored under ``cache_dir`` (None if they can).
+
+    Probes by creating the folder and a throw-away file in it: ``os.access`` says yes to root
+    on a read-only mount and knows nothing of full disks or paths under regular files.
+    """
+    folder = Path(cache_dir).expanduser() / "states"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as error:
+        return f"{error.strerror or type(error).__name__}: {error.filename or folder}"
+    return None
+
+
+def _storage_dtype(batches: Iterable[Any], overflow: list[bool]) -> Iterable[Any]:
+    """Pass batches on as fp16 unless a value would overflow it (then keep float32)."""
+    for rows, hidden, mask in batches:
+        real = hidden[mask]
+        if real.numel() and float(real.abs().max()) >= _FP16_SAFE:
+            overflow.append(True)
+        else:
+            hidden = hidden.half()
+        yield rows, hidden, mask
+
+
+def encode_states(encoder: Any, texts: Sequence[str], batch_size: int | None = None,
+                  progress: bool = False) -> TokenStates:
+    """Token states of ``texts`` in input order, stored in fp16 (float32 if fp16 would overflow)."""
+    overflow: list[bool] = []
+    states = TokenStates.from_batches(_storage_dtype(encoder.hidden_states(texts, batch_size, progress), overflow),
+                                      num_texts=len(texts))
+    return states.to(torch.float32 if overflow else torch.float16)
+
+
+@dataclass
+class EncodedStates:
+    """Token states plus where they came from and what they cost."""
+
+    states: TokenStates
+    seconds: float
+    cache_hit: bool
+    cache_path: str | None
+
+
+def cached_states(encoder: Any, texts: Sequence[str], cache_dir: str | os.PathLike | None,
+                  batch_size: int | None = None, progress: bool = False, log: Log | None = None,
+                  warn: Log | None = None, writable: bool = True) -> EncodedStates:
+    """Load the token states of ``texts`` from the cache, or encode and store them.
+
+    ``cache_dir=None`` disables the cache; ``writable=False`` reads it but stores nothing. A
+    damaged or mismatching cache file is re-encoded and replaced; a failed store is a
+    ``warn``-ing, never an error (the states are in memory, the run goes on).
+    """
+    start = time.perf_counter()
+    path = states_cache_path(cache_dir, encoder_fingerprint(encoder), texts) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            states = TokenStates.load(path)
+            if len(states) == len(texts) and states.dim == encoder.hidden_size:
+                return EncodedStates(states, time.perf_counter() - start, True, str(path))
+        except Exception:  # a damaged cache file is not the user's problem: re-encode
+            pass
+        if log:
+            log(f"cache file {path} does not match; re-encoding")
+    states = encode_states(encoder, texts, batch_size, progress)
+    stored = None
+    if path is not None and writable:
+        try:
+            states.save(path, metadata={"seqpool_version": __version__, "model": str(encoder.name_or_path),
+                                        "texts": str(len(texts))})
+            stored = str(path)
+        except Exception as error:  # OSError, or safetensors' own error on a full disk
+            if warn:
+                warn(f"could not store token states in the cache ({' '.join(str(error).split())[:200]}); "
+                     f"continuing without it")
+    return EncodedStates(states, time.perf_counter() - start, False, stored)

@@ -1,0 +1,233 @@
+"""The resampling protocols (scikit-learn's ``model_selection`` is the model): repeated
+stratified k-fold on one file, or train/test, with the same splits for every strategy.
+
+1. **Parameter-free strategies**: standardised pooled vectors -> ``LogisticRegression``, C
+   chosen by an inner stratified CV on the training part only, refit, scored on the held-out part.
+2. **Learned strategies** (``attention``, ``se_mean``): :class:`PooledClassifier` on the frozen
+   token states of the training part, with a seed derived from ``(seed, repeat, fold)``.
+3. **Statistics** from :mod:`seqpool.stats`: Nadeau-Bengio corrected CIs and paired t-tests for
+   CV, McNemar / paired bootstrap for a fixed test split, Holm across comparisons. The best
+   strategy is picked on the same scores it is then compared with; the simulation in
+   ``tests/test_stats.py`` checks that this keeps the family-wise error near 5 %.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from seqpool import stats
+from seqpool.evaluation.classifiers import accuracy_and_f1, fit_predict_learned, fit_predict_logistic
+from seqpool.evaluation.result import Comparison, StrategyResult, clip_interval
+from seqpool.evaluation.settings import ALPHA, EvaluationSettings, derive_seed
+from seqpool.layers import LEARNED_STRATEGIES
+from seqpool.states import TokenStates
+
+Log = Callable[[str], None]
+Splits = list[list[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclass
+class Corpus:
+    """One side of an experiment: token states, pooled vectors and class indices."""
+
+    states: TokenStates
+    pooled: dict[str, np.ndarray]
+    labels: np.ndarray
+
+    def rows(self) -> np.ndarray:
+        return np.arange(len(self.labels))
+
+
+@dataclass
+class Runs:
+    """Raw outcomes of one strategy: accuracy/macro-F1 per run and, on a fixed test set,
+    per-example correctness (runs, examples)."""
+
+    accuracy: list[float] = field(default_factory=list)
+    macro_f1: list[float] = field(default_factory=list)
+    correct: list[np.ndarray] = field(default_factory=list)
+    chosen_c: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, y_true: np.ndarray, y_pred: np.ndarray, chosen_c: float | None, seconds: float) -> None:
+        correct, f1 = accuracy_and_f1(y_true, y_pred)
+        self.accuracy.append(float(correct.mean()))
+        self.macro_f1.append(f1)
+        self.correct.append(correct)
+        if chosen_c is not None:
+            self.chosen_c.append(chosen_c)
+        self.seconds += seconds
+
+    def correct_matrix(self) -> np.ndarray:
+        return np.vstack(self.correct).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Fitter:
+    """Fits one strategy on some training rows and scores it on some test rows."""
+
+    settings: EvaluationSettings
+    num_labels: int
+
+    def run(self, runs: Runs, strategy: str, train: Corpus, train_rows: np.ndarray, test: Corpus,
+            test_rows: np.ndarray, seed: int) -> None:
+        start = time.perf_counter()
+        chosen_c = None
+        if strategy in LEARNED_STRATEGIES:
+            predicted = fit_predict_learned(strategy, train.states.subset(train_rows), train.labels[train_rows],
+                                            test.states, test_rows, self.num_labels, seed,
+                                            self.settings.learned_options)
+        else:
+            s = self.settings
+            predicted, chosen_c = fit_predict_logistic(
+                train.pooled[strategy][train_rows], train.labels[train_rows], test.pooled[strategy][test_rows],
+                c_grid=s.c_grid, tune=s.tune, inner_folds=s.inner_folds, seed=seed)
+        runs.add(test.labels[test_rows], predicted, chosen_c, time.perf_counter() - start)
+
+
+def cv_splits(labels: np.ndarray, folds: int, repeats: int, seed: int) -> Splits:
+    """``splits[repeat][fold] = (train_rows, test_rows)``: stratified, reshuffled per repeat."""
+    from sklearn.model_selection import StratifiedKFold
+
+    placeholder = np.zeros((len(labels), 1))
+    return [list(StratifiedKFold(folds, shuffle=True, random_state=derive_seed(seed, "split", r))
+                 .split(placeholder, labels)) for r in range(repeats)]
+
+
+Outcome = tuple[dict[str, Runs], dict[str, StrategyResult], list[Comparison], dict[str, Any]]
+
+
+def cross_validate(names: Sequence[str], fitter: Fitter, corpus: Corpus, log: Log) -> Outcome:
+    """Repeated stratified k-fold on one file, the same splits for every strategy."""
+    s = fitter.settings
+    splits = cv_splits(corpus.labels, s.folds, s.repeats, s.seed)
+    n_train = float(np.mean([len(train) for partition in splits for train, _ in partition]))
+    n_test = float(np.mean([len(test) for partition in splits for _, test in partition]))
+    runs = {name: Runs() for name in names}
+    seed_tables: dict[str, np.ndarray] = {}
+    for name in names:
+        for repeat, partition in enumerate(splits):
+            for fold, (train_rows, test_rows) in enumerate(partition):
+                fitter.run(runs[name], name, corpus, train_rows, corpus, test_rows,
+                           derive_seed(s.seed, "fit", repeat, fold))
+        if name in LEARNED_STRATEGIES and s.seed_variance and len(splits) > 1:
+            seed_tables[name] = _seed_table(name, fitter, corpus, splits, runs[name])
+        log(f"{name}: {np.mean(runs[name].accuracy):.4f} ({runs[name].seconds:.1f} s)")
+    results = {n: summarize_cv(n, runs[n], n_train, n_test, s.repeats, seed_tables.get(n)) for n in names}
+    best = rank(results)
+    comparisons = compare(names, best, s.all_pairs, lambda a, b: (
+        stats.corrected_paired_ttest(runs[a].accuracy, runs[b].accuracy, n_train, n_test), {}))
+    protocol = {"mode": "cross-validation", "folds": s.folds, "repeats": s.repeats, "n_train": n_train,
+                "n_test": n_test, "split_seeds": [derive_seed(s.seed, "split", r) for r in range(s.repeats)]}
+    return runs, results, comparisons, protocol
+
+
+def _seed_table(strategy: str, fitter: Fitter, corpus: Corpus, splits: Splits, done: Runs) -> np.ndarray:
+    """(folds, repeats) accuracies on repeat 0's splits with every repeat's fit seed."""
+    folds, repeats = len(splits[0]), len(splits)
+    table = np.empty((folds, repeats))
+    table[:, 0] = done.accuracy[:folds]  # repeat 0 ran first: its seed on its own splits
+    extra = Runs()
+    for seed_index in range(1, repeats):
+        for fold, (train_rows, test_rows) in enumerate(splits[0]):
+            fitter.run(extra, strategy, corpus, train_rows, corpus, test_rows,
+                       derive_seed(fitter.settings.seed, "fit", seed_index, fold))
+            table[fold, seed_index] = extra.accuracy[-1]
+    done.seconds += extra.seconds
+    return table
+
+
+def train_test(names: Sequence[str], fitter: Fitter, train: Corpus, test: Corpus, log: Log) -> Outcome:
+    """Fit on the whole training file, score on the test file; learned strategies once per seed;
+    bootstrap (over examples, and seeds) for the uncertainty."""
+    s = fitter.settings
+    runs = {name: Runs() for name in names}
+    for name in names:
+        for repeat in range(s.repeats if name in LEARNED_STRATEGIES else 1):
+            fitter.run(runs[name], name, train, train.rows(), test, test.rows(), derive_seed(s.seed, "fit", repeat, 0))
+        log(f"{name}: {np.mean(runs[name].accuracy):.4f} ({runs[name].seconds:.1f} s)")
+    results = {name: summarize_test(name, runs[name], s.n_resamples, s.seed) for name in names}
+    best = rank(results)
+    comparisons = compare(names, best, s.all_pairs, lambda a, b: _compare_test(
+        runs[a], runs[b], s.n_resamples, derive_seed(s.seed, "bootstrap", names.index(a), names.index(b))))
+    protocol = {"mode": "train-test", "repeats": s.repeats, "n_train": len(train.labels),
+                "n_test": len(test.labels)}
+    return runs, results, comparisons, protocol
+
+
+def summarize_cv(name: str, runs: Runs, n_train: float, n_test: float, repeats: int,
+                 seed_table: np.ndarray | None) -> StrategyResult:
+    """Mean, std and the corrected CI of the CV scores (the CI clipped to [0, 1])."""
+    accuracy = stats.corrected_ci(runs.accuracy, n_train, n_test)
+    f1 = stats.corrected_ci(runs.macro_f1, n_train, n_test)
+    variance = None
+    if seed_table is not None:
+        components = stats.variance_components(seed_table)
+        variance = {"split": components.split, "seed": components.seed, "seed_share": components.seed_share,
+                    "design": f"{seed_table.shape[0]} splits of repeat 0 x {seed_table.shape[1]} seeds "
+                              f"(a seed sets initialisation, batch order and early-stopping split)"}
+    elif repeats > 1 and name not in LEARNED_STRATEGIES:
+        variance = {"split": accuracy.std ** 2, "seed": 0.0, "seed_share": 0.0,
+                    "design": "parameter-free: no seed, all variance comes from the split"}
+    factor = stats.corrected_variance_factor(len(runs.accuracy), n_train, n_test)
+    return StrategyResult(name, name in LEARNED_STRATEGIES, runs.accuracy, runs.macro_f1, accuracy.mean,
+                          accuracy.std, accuracy.std * float(np.sqrt(factor)), clip_interval(accuracy.ci),
+                          accuracy.method, f1.mean, clip_interval(f1.ci),
+                          chosen_c=runs.chosen_c, variance=variance)
+
+
+def summarize_test(name: str, runs: Runs, n_resamples: int, seed: int) -> StrategyResult:
+    """The bootstrap mean and CI over test examples (and seeds) of one strategy."""
+    correct = runs.correct_matrix()
+    boot = stats.bootstrap_mean(correct if correct.shape[0] > 1 else correct[0], n_resamples=n_resamples,
+                                seed=derive_seed(seed, "bootstrap", 0))
+    per_run = np.asarray(runs.accuracy)
+    std = float(per_run.std(ddof=1)) if per_run.size > 1 else 0.0
+    sampling = float(np.mean(per_run * (1 - per_run)) / correct.shape[1])
+    method = ("bootstrap over seeds and test examples" if correct.shape[0] > 1
+              else "bootstrap over test examples")
+    return StrategyResult(name, name in LEARNED_STRATEGIES, runs.accuracy, runs.macro_f1, boot.estimate, std,
+                          boot.standard_error, clip_interval(boot.ci), method, float(np.mean(runs.macro_f1)),
+                          (float("nan"), float("nan")), chosen_c=runs.chosen_c,
+                          variance={"seed": std ** 2, "test_sample": sampling})
+
+
+def _compare_test(a: Runs, b: Runs, n_resamples: int, seed: int) -> tuple[stats.PairedTest, dict[str, float]]:
+    """One run each: McNemar's p with a paired-bootstrap CI; several seeds: the bootstrap over
+    seeds and examples for both."""
+    correct_a, correct_b = a.correct_matrix(), b.correct_matrix()
+    boot = stats.paired_bootstrap(correct_a, correct_b, n_resamples=n_resamples, seed=seed)
+    if correct_a.shape[0] == correct_b.shape[0] == 1:
+        exact = stats.mcnemar(correct_a[0], correct_b[0])
+        return (stats.PairedTest(exact.test, boot.diff, boot.ci, exact.p_value, exact.statistic),
+                {"p_value_bootstrap": boot.p_value})
+    # a bootstrap p-value cannot go below 2 / (resamples + 1): say so rather than print it as exact
+    return boot, {"p_value_floor": 2.0 / (n_resamples + 1)}
+
+
+def pairs(names: Sequence[str], best: str, all_pairs: bool) -> list[tuple[str, str]]:
+    if all_pairs:
+        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    return [(best, other) for other in names if other != best]
+
+
+def compare(names: Sequence[str], best: str, all_pairs: bool,
+            test: Callable[[str, str], tuple[stats.PairedTest, dict[str, float]]]) -> list[Comparison]:
+    """The paired tests of the chosen pairs, Holm-adjusted together."""
+    chosen = pairs(names, best, all_pairs)
+    tests = [test(a, b) for a, b in chosen]
+    adjusted = stats.holm([t.p_value for t, _ in tests])
+    return [Comparison(a, b, t.diff, t.ci, t.p_value, float(p_adj), t.test, bool(p_adj < ALPHA), extra)
+            for (a, b), (t, extra), p_adj in zip(chosen, tests, adjusted)]
+
+
+def rank(results: dict[str, StrategyResult]) -> str:
+    """Set every result's rank by mean accuracy; returns the best name."""
+    order = sorted(results, key=lambda name: -results[name].mean)
+    for position, name in enumerate(order, start=1):
+        results[name].rank = position
+    return order[0]

@@ -1,0 +1,223 @@
+"""``evaluate``: which pooling strategy should I use for my task, and is the difference real?
+
+The orchestration, in the order that makes mistakes cheap: settings and output paths are
+checked first, then the data is read and checked (labels, classes, folds, learning-curve
+sizes), and only then is a model loaded and anything encoded.
+
+1. **Encode once** (:mod:`.cache`): token states are computed once per (model, layer,
+   max_length, texts) and cached on disk; every strategy pools from the same states.
+2. **Resample** (:mod:`.protocol`): repeated stratified k-fold on one file, or train/test,
+   the same splits for every strategy (paired); optionally a learning curve (:mod:`.curve`).
+3. **Record** (:mod:`.result`): every number, the settings and the versions, as one result;
+   :mod:`.report` formats it as a table and a plot.
+
+Every random choice takes a seed derived from ``settings.seed``, so the same call gives the
+same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from seqpool.errors import SeqpoolError
+from seqpool.evaluation.cache import (EncodedStates, cache_write_problem, cached_states, default_cache_dir,
+                                      encoder_fingerprint)
+from seqpool.evaluation.curve import plan_curve, run_learning_curve
+from seqpool.evaluation.data import LabelledTexts, check_cv_data, check_train_test, labelled_texts, load_labelled
+from seqpool.evaluation.protocol import Corpus, Fitter, cross_validate, train_test
+from seqpool.evaluation.report import check_output_paths
+from seqpool.evaluation.result import EvaluationResult, versions
+from seqpool.evaluation.settings import ALPHA, EvaluationSettings, check_strategies
+from seqpool.io import text_digest
+from seqpool.layers import LEARNED_STRATEGIES
+from seqpool.threads import limited_threads
+
+Log = Callable[[str], None]
+TrainInput = str | os.PathLike | LabelledTexts | tuple[Sequence[str], Sequence[Any]]
+
+
+class EvaluationWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. an unwritable cache)."""
+
+
+def evaluate(
+    train: TrainInput,
+    test: TrainInput | None = None,
+    strategies: Sequence[str] | str | None = None,
+    *,
+    settings: EvaluationSettings | None = None,
+    encoder: Any = None,
+    json_path: str | os.PathLike | None = None,
+    plot_path: str | os.PathLike | None = None,
+    progress: bool = False,
+    log: Log | None = None,
+    warn: Log | None = None,
+    **overrides: Any,
+) -> EvaluationResult:
+    """Compare pooling strategies on a labelled corpus; see the module docstring for the protocol.
+
+    ``train`` (and ``test``) is a local jsonl/json/csv/tsv/parquet file (``-``: stdin), a Hub
+    dataset name, a :class:`LabelledTexts` or a ``(texts, labels)`` tuple. How to evaluate is
+    an :class:`EvaluationSettings` (``settings=``), or its fields as keyword arguments
+    (``folds=5, seed=1``), which override ``settings``. ``encoder`` (an
+    :class:`~seqpool.encoder.Encoder`) overrides ``model``/``layer``/``max_length``.
+    ``json_path`` / ``plot_path`` are checked before anything is read and written at the end.
+    ``log`` gets progress lines; ``warn`` gets warnings (default: :class:`EvaluationWarning`
+    through :mod:`warnings`), which the result also records.
+    """
+    settings = EvaluationSettings.build(settings, overrides)
+    names = check_strategies(strategies)
+    check_output_paths(json_path, plot_path)
+    with limited_threads(settings.threads):
+        result = _evaluate(train, test, names, settings, encoder, progress, log or (lambda message: None),
+                           warn or _warn)
+    if json_path is not None:
+        result.to_json(json_path)
+        (log or (lambda message: None))(f"wrote {os.fspath(json_path)}")
+    if plot_path is not None:
+        result.plot(plot_path)
+        (log or (lambda message: None))(f"wrote {os.fspath(plot_path)}")
+    return result
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, EvaluationWarning, stacklevel=4)
+
+
+def load_data(train: TrainInput, test: TrainInput | None,
+              settings: EvaluationSettings) -> tuple[LabelledTexts, LabelledTexts | None]:
+    """Both sides read, labelled in one class order and checked against the protocol."""
+    s = settings
+    train_data = _as_labelled(train, s, s.split)
+    test_data = None
+    if test is not None:
+        test_data = _as_labelled(test, s, s.test_split, label_names=train_data.label_names)
+        check_train_test(train_data, test_data)
+    else:
+        check_cv_data(train_data, s.folds)
+    return train_data, test_data
+
+
+def _as_labelled(data: TrainInput, settings: EvaluationSettings, split: str | None,
+                 label_names: Sequence[Any] | None = None) -> LabelledTexts:
+    if isinstance(data, LabelledTexts):
+        if label_names is None:
+            return data
+        raw = [data.label_names[i] for i in data.labels]
+        return labelled_texts(data.texts, raw, data.source, label_names, data.lines)
+    if isinstance(data, tuple):
+        texts, labels = (list(part) for part in data)
+        if len(texts) != len(labels):
+            raise SeqpoolError(f"{len(texts)} texts but {len(labels)} labels")
+        try:
+            return labelled_texts(texts, labels, "in-memory data", label_names)
+        except SeqpoolError as error:
+            raise SeqpoolError(f"cannot use these texts and labels: {error}") from None
+    return load_labelled(data, settings.text_field, settings.label_field, split, label_names, settings.input_format)
+
+
+def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...], settings: EvaluationSettings,
+              encoder: Any, progress: bool, log: Log, warn: Log) -> EvaluationResult:
+    told: list[str] = []
+
+    def warn_and_record(message: str) -> None:
+        told.append(message)
+        warn(message)
+
+    start = time.perf_counter()
+    train_data, test_data = load_data(train, test, settings)
+    curve_rows = plan_curve(train_data, test_data, settings.learning_curve, settings.folds, settings.seed)
+    load_seconds = time.perf_counter() - start
+
+    if encoder is None:
+        from seqpool.encoder import Encoder
+
+        encoder = Encoder(settings.model, device=settings.device, dtype=settings.dtype,
+                          max_length=settings.max_length, layer=settings.layer)
+    directory, writable = _cache_folder(settings, warn_and_record)
+    sides = [data for data in (train_data, test_data) if data is not None]
+    log(f"encoding {' + '.join(str(len(d)) for d in sides)} texts with {encoder.name_or_path}")
+    encoded = [cached_states(encoder, data.texts, directory, settings.batch_size, progress, log,
+                             warn_and_record, writable) for data in sides]
+    pooling_start = time.perf_counter()
+    parameter_free = [s for s in names if s not in LEARNED_STRATEGIES]
+    corpora = [Corpus(e.states, e.states.pool(parameter_free) if parameter_free else {}, data.labels)
+               for e, data in zip(encoded, sides)]
+    pool_seconds = time.perf_counter() - pooling_start
+
+    fitter = Fitter(settings, len(train_data.label_names))
+    fit_start = time.perf_counter()
+    if test_data is None:
+        runs, results, comparisons, protocol = cross_validate(names, fitter, corpora[0], log)
+    else:
+        runs, results, comparisons, protocol = train_test(names, fitter, corpora[0], corpora[1], log)
+    fit_seconds = time.perf_counter() - fit_start
+
+    curve_start = time.perf_counter()
+    curve = None
+    if curve_rows is not None:
+        pool_rows, test_rows, description = curve_rows
+        curve = run_learning_curve(names, fitter, corpora[0], pool_rows, corpora[-1], test_rows, log)
+        curve["test"] = description
+    curve_seconds = time.perf_counter() - curve_start if curve is not None else 0.0
+
+    protocol.update(_protocol(names, settings, encoder, train_data, test_data, encoded))
+    timings = {
+        "load_data_seconds": load_seconds,
+        "encode_seconds": sum(e.seconds for e in encoded if not e.cache_hit),
+        "cache_load_seconds": sum(e.seconds for e in encoded if e.cache_hit),
+        "pool_seconds": pool_seconds,
+        "fit_seconds": fit_seconds,
+        "fit_seconds_parameter_free": sum(runs[s].seconds for s in names if s not in LEARNED_STRATEGIES),
+        "fit_seconds_learned": sum(runs[s].seconds for s in names if s in LEARNED_STRATEGIES),
+        "fit_seconds_by_strategy": {s: runs[s].seconds for s in names},
+        "learning_curve_seconds": curve_seconds,
+        "evaluation_seconds": pool_seconds + fit_seconds + curve_seconds,
+        "total_seconds": time.perf_counter() - start,
+    }
+    best = next(name for name, res in results.items() if res.rank == 1)
+    return EvaluationResult(results, comparisons, best, protocol, timings, versions(), curve, told)
+
+
+def _cache_folder(settings: EvaluationSettings, warn: Log) -> tuple[Path | None, bool]:
+    """(cache folder or None, whether it can be written); an unwritable folder is a warning,
+    given now (before encoding), and the run continues reading what is there."""
+    if not settings.cache:
+        return None, False
+    directory = Path(settings.cache_dir).expanduser() if settings.cache_dir is not None else default_cache_dir()
+    problem = cache_write_problem(directory)
+    if problem is not None:
+        warn(f"cannot write the token-state cache in {directory} ({problem}); continuing without caching")
+        return directory, False
+    return directory, True
+
+
+def _protocol(names: Sequence[str], settings: EvaluationSettings, encoder: Any, train: LabelledTexts,
+              test: LabelledTexts | None, encoded: list[EncodedStates]) -> dict[str, Any]:
+    """Everything needed to reproduce the numbers."""
+    s = settings
+    return {
+        "seed": s.seed, "strategies": list(names), "metric": "accuracy", "secondary_metric": "macro_f1",
+        "classifier": {"parameter_free": "StandardScaler + LogisticRegression (lbfgs, L2)", "tune_c": s.tune,
+                       "c_grid": list(s.c_grid), "inner_folds": s.inner_folds,
+                       "learned": "PooledClassifier on frozen token states, early stopping on an inner split",
+                       "learned_options": dict(s.learned_options)},
+        "comparisons": "all pairs" if s.all_pairs else "best against each other", "alpha": ALPHA,
+        "multiple_comparisons": "holm", "bootstrap_resamples": s.n_resamples,
+        "model": str(encoder.name_or_path), "layer": list(encoder.layers), "max_length": encoder.max_length,
+        "encoder": encoder_fingerprint(encoder),
+        "data": {"train": _describe(train), "test": _describe(test) if test is not None else None},
+        "cache": [e.cache_path for e in encoded], "cache_hit": [e.cache_hit for e in encoded],
+        "settings": s.to_dict(),
+    }
+
+
+def _describe(data: LabelledTexts) -> dict[str, Any]:
+    counts = data.class_counts()
+    return {"source": data.source, "examples": len(data), "sha256": text_digest(data.texts, data.labels),
+            "labels": [str(name) for name in data.label_names],
+            "class_counts": {str(name): int(count) for name, count in zip(data.label_names, counts)}}
