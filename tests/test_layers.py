@@ -274,9 +274,20 @@ def test_se_rejects_bad_arguments(kwargs, message):
 # ---------------------------------------------------------------- Pooler
 
 
-def test_strategy_registries_are_consistent():
-    assert POOLER_STRATEGIES == STRATEGIES + LEARNED_STRATEGIES
-    assert set(STRATEGIES).isdisjoint(LEARNED_STRATEGIES)
+@pytest.mark.parametrize("strategy", POOLER_STRATEGIES)
+def test_every_strategy_pools_to_the_width_its_record_declares(strategy):
+    """The registry's width function is what Pooler, Encoder.encode and the writers allocate."""
+    from seqpool.registry import get_strategy
+
+    spec = get_strategy(strategy)
+    kwargs = {"heads": 3} if strategy == "attention" else {}
+    pooler = Pooler(strategy, dim=12, **kwargs)
+    hidden, mask = torch.randn(4, 7, 12), torch.tensor([[1] * 7, [1] * 3 + [0] * 4, [0] * 7, [0, 1, 1, 0, 1, 0, 0]])
+    out = pooler(hidden, mask)
+    assert out.shape == (4, spec.output_dim(12, **kwargs)) == (4, pooler.output_dim)
+    assert bool(torch.isfinite(out).all())
+    assert pooler.is_learned == (spec.kind == "learned") == (strategy in LEARNED_STRATEGIES)
+    assert (strategy in STRATEGIES) != (strategy in LEARNED_STRATEGIES)
 
 
 @pytest.mark.parametrize("strategy", LEARNED_STRATEGIES)
