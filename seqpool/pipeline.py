@@ -147,12 +147,14 @@ class PoolingPipeline(Pipeline):
             postprocess["normalize"] = bool(normalize)
         return {}, {}, postprocess
 
-    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        """Embed a string (one result) or a list of strings (a list of results; ``[]`` for ``[]``)."""
+    def __call__(self, inputs: Any, *args: Any, num_workers: int | None = None, batch_size: int | None = None,
+                 **kwargs: Any) -> Any:
+        """Embed a string (one result) or a list of strings (a list of results; ``[]`` for ``[]``,
+        where transformers' own batching would fail)."""
         if isinstance(inputs, (list, tuple)) and not inputs:
             self._sanitize_parameters(**kwargs)  # a bad argument is still an error on an empty list
             return []
-        return super().__call__(inputs, *args, **kwargs)
+        return super().__call__(inputs, *args, num_workers=num_workers, batch_size=batch_size, **kwargs)
 
     def preprocess(self, text: str) -> dict[str, Tensor]:
         if not isinstance(text, str):

@@ -256,3 +256,91 @@ def test_default_model_matches_sentence_transformers(minilm_path, senteval_dir):
     ours = encoder.encode(texts)["mean"]
     theirs = SentenceTransformer(str(minilm_path), device="cpu").encode(texts, batch_size=32)
     assert float(np.abs(ours - theirs).max()) <= 1e-5
+
+
+# -- the Encoder methods explain, word_embeddings and the pipeline use ----------------------------------
+
+
+def test_tokenize_with_offsets_matches_tokenize(tiny_bert_encoder):
+    texts = ["the cat sat", "", "hello   world", "dog " * 100]
+    detailed = tiny_bert_encoder.tokenize_with_offsets(texts)
+    assert [item.ids for item in detailed] == tiny_bert_encoder.tokenize(texts)
+    for text, item in zip(texts, detailed):
+        assert len(item.tokens) == len(item.offsets) == len(item.word_ids) == len(item.ids)
+        assert item.tokens[0] == "[CLS]" and item.tokens[-1] == "[SEP]"
+        assert item.word_ids[0] is None and item.offsets[0] == (0, 0)
+        for token, (start, end), word in zip(item.tokens, item.offsets, item.word_ids):
+            if word is not None:
+                assert text[start:end] == token.removeprefix("##")
+    assert max(len(item.ids) for item in detailed) == tiny_bert_encoder.max_length  # truncated like tokenize
+    assert tiny_bert_encoder.tokenize_with_offsets([]) == []
+
+
+def test_forward_batch_gives_cpu_float_states_and_bool_mask(tiny_bert_encoder, tiny_gpt2_encoder):
+    ids = tiny_bert_encoder.tokenize(["a b c", "a"])
+    hidden, mask = tiny_bert_encoder.forward_batch(tiny_bert_encoder.collate(ids))
+    assert hidden.dtype == torch.float32 and hidden.device.type == "cpu" and mask.dtype == torch.bool
+    assert mask.sum(dim=1).tolist() == [len(row) for row in ids]
+    hidden, mask = tiny_gpt2_encoder.forward_batch(tiny_gpt2_encoder.collate([[], []]))  # no tokens at all
+    assert hidden.shape == (2, 1, tiny_gpt2_encoder.hidden_size) and not bool(mask.any())
+
+
+def test_text_batches_come_in_input_order_with_their_tokens(tiny_bert_encoder):
+    batches = list(tiny_bert_encoder.text_batches(TEXTS, batch_size=3))
+    assert [b.start for b in batches] == [0, 3, 6]
+    assert [text for b in batches for text in b.texts] == TEXTS
+    reference = tiny_bert_encoder.token_states(TEXTS)
+    for batch in batches:
+        assert len(batch.tokens) == len(batch.texts) == batch.hidden_states.shape[0]
+        for row, tokenized in enumerate(batch.tokens):
+            index = batch.start + row
+            assert batch.attention_mask[row].sum() == len(tokenized.ids)
+            got = batch.hidden_states[row, :len(tokenized.ids)]
+            expected = reference.subset([index]).states
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_text_batches_need_a_fast_tokenizer(tiny_bert_encoder):
+    import copy
+    from types import SimpleNamespace
+
+    encoder = copy.copy(tiny_bert_encoder)
+    encoder.tokenizer = SimpleNamespace(is_fast=False)
+    with pytest.raises(SeqpoolError, match="fast tokenizer"):
+        list(encoder.text_batches(["cat"]))
+    with pytest.raises(SeqpoolError, match="fast tokenizer"):
+        encoder.word_embeddings(["cat"])
+
+
+def test_word_embeddings_method_and_function_agree(tiny_bert_encoder):
+    from seqpool.encoder import word_embeddings
+
+    texts = ["the cats sat", "hello"]
+    for got, expected in zip(word_embeddings(tiny_bert_encoder, texts), tiny_bert_encoder.word_embeddings(texts)):
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(SeqpoolError, match="must be a seqpool.Encoder"):
+        word_embeddings(object(), texts)
+
+
+def test_encode_leaves_torch_threads_as_they_were(tiny_bert_dir):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        Encoder(tiny_bert_dir, workers=2).encode(TEXTS, batch_size=2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_only_the_encoder_calls_the_tokenizer_or_model():
+    import re
+    from pathlib import Path
+
+    import seqpool
+
+    root = Path(seqpool.__file__).parent
+    offenders = [f"{path.relative_to(root)}:{number}" for path in sorted(root.rglob("*.py"))
+                 if path.name != "encoder.py"
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if re.search(r"\.(tokenizer|model)\(", line)]
+    assert offenders == []  # explain, pipeline, local, embed... go through Encoder methods
