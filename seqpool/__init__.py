@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "Pooler": "seqpool.layers",
     # encoder, token states, classifier
     "Encoder": "seqpool.encoder",
+    "Embedder": "seqpool.distributed",
     "TokenStates": "seqpool.states",
     "PooledClassifier": "seqpool.classifier",
     # pooling along the token axis
