@@ -1,0 +1,167 @@
+"""Ray Data: one ``Embedder`` per actor, mapped over a ``ray.data.Dataset``.
+
+Ray is an optional extra; everything that needs it imports it through :func:`import_ray`,
+so a user without it gets one line naming the extra, and ``import seqpool`` never loads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Any, Iterator
+
+from seqpool.distributed.embedder import Embedder
+from seqpool.errors import SeqpoolError
+
+RAY_EXTRA = 'the Ray engine needs Ray, which is not installed; install it with: pip install "seqpool[ray]"'
+#: Rows per ``map_batches`` call: enough for the Encoder to sort by length and fill its
+#: token budget, few enough that a restarted actor redoes seconds of work, not minutes.
+DEFAULT_RAY_BATCH_SIZE = 1024
+
+
+def import_ray() -> Any:
+    """The ``ray`` module with ``ray.data`` loaded, or one SeqpoolError naming the extra."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise SeqpoolError(RAY_EXTRA) from None
+    return ray
+
+
+def embed_dataset(ds: Any, text_column: str = "text", *, workers: int | None = None,
+                  batch_size: int = DEFAULT_RAY_BATCH_SIZE, num_cpus: float = 1, num_gpus: float = 0,
+                  **embedder_kwargs: Any) -> Any:
+    """``ds`` plus one float32 vector column per strategy, embedded by a pool of actors.
+
+    Every column of ``ds`` (e.g. a row id) is carried through unchanged. ``workers`` actors
+    (default: as many as the cluster's CPUs, or GPUs, allow) each hold one model and
+    reserve ``num_cpus`` CPUs and ``num_gpus`` GPUs; with ``num_gpus > 0`` the model runs on
+    the actor's GPU. ``embedder_kwargs`` are :class:`Embedder`'s (model, strategies,
+    normalize, layer, dtype, max_length, device, ...). Lazy, like any Ray Dataset: nothing
+    runs until the result is consumed (``write_parquet``, ``iter_batches``, ...).
+    """
+    ray = import_ray()
+    embedder = Embedder(text_column=text_column, **embedder_kwargs)
+    return map_embedder(ds, type(embedder), workers=workers, batch_size=batch_size, num_cpus=num_cpus,
+                        num_gpus=num_gpus, constructor_kwargs=embedder.settings, ray=ray)
+
+
+def map_embedder(ds: Any, worker_class: type, *, workers: int | None, batch_size: int, num_cpus: float,
+                 num_gpus: float, ray: Any, constructor_args: tuple = (),
+                 constructor_kwargs: dict[str, Any] | None = None) -> Any:
+    """``ds.map_batches(worker_class, compute=ActorPoolStrategy(...))`` with checked resources."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SeqpoolError(f"batch_size must be a whole number of rows, at least 1, got {batch_size!r}")
+    num_cpus, num_gpus = check_resources(ray, num_cpus, num_gpus)
+    size = default_workers(ray, num_cpus, num_gpus) if workers is None else check_workers(workers)
+    return ds.map_batches(worker_class, fn_constructor_args=constructor_args,
+                          fn_constructor_kwargs=constructor_kwargs or {}, batch_size=batch_size,
+                          compute=ray.data.ActorPoolStrategy(size=size), num_cpus=num_cpus,
+                          num_gpus=num_gpus or None, udf_modifying_row_count=False)
+
+
+def check_workers(workers: Any) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SeqpoolError(f"workers must be a whole number of actors, at least 1, got {workers!r}")
+    return workers
+
+
+def check_resources(ray: Any, num_cpus: Any, num_gpus: Any) -> tuple[float, float]:
+    """Per-actor CPUs and GPUs as numbers the cluster can grant; a GPU request on a
+    cluster without GPUs fails now, in one line, instead of waiting forever for one."""
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise SeqpoolError(f"{name} per actor must be a number >= 0, got {value!r}")
+    if num_cpus == 0 and num_gpus == 0:
+        raise SeqpoolError("each actor needs num_cpus > 0 or num_gpus > 0")
+    available = ray.cluster_resources()
+    if num_gpus > 0 and available.get("GPU", 0) < num_gpus:
+        raise SeqpoolError(f"num_gpus={num_gpus} per actor, but the Ray cluster has "
+                           f"{available.get('GPU', 0):g} GPUs (CUDA absent); use num_gpus=0 to run on CPUs")
+    if num_cpus > available.get("CPU", 0):
+        raise SeqpoolError(f"num_cpus={num_cpus} per actor, but the Ray cluster has {available.get('CPU', 0):g} CPUs")
+    return float(num_cpus), float(num_gpus)
+
+
+def default_workers(ray: Any, num_cpus: float, num_gpus: float) -> int:
+    """As many actors as the cluster's CPUs (or GPUs, when actors take GPUs) allow."""
+    available = ray.cluster_resources()
+    if num_gpus > 0:
+        return max(1, int(available.get("GPU", 0) // num_gpus))
+    return max(1, int(available.get("CPU", 1) // num_cpus))
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: bool = False) -> Iterator[Any]:
+    """Ray for one run: the caller's if it already called ``ray.init``; else a cluster joined
+    at ``address`` (``auto``, ``host:port``, ``ray://host:port``); else a local instance sized
+    to this machine. Whatever this starts or joins, it leaves again at the end.
+
+    Ray's own INFO logs and progress bars stay off: seqpool reports progress itself.
+    ``quiet`` also silences what Ray's C++ core prints straight to file descriptor 2
+    (notes such as "actor ... has constructor arguments in the object store").
+    """
+    ray = import_ray()
+    with _stderr_to_devnull(quiet), _quiet_ray_data(ray):
+        if ray.is_initialized():
+            yield ray
+        else:
+            with _started_ray(ray, address, num_cpus):
+                yield ray
+
+
+@contextlib.contextmanager
+def _started_ray(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[None]:
+    from seqpool.threads import available_cpus
+
+    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
+    try:
+        if address is None:
+            ray.init(num_cpus=num_cpus or available_cpus(), **options)
+        else:
+            ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        detail = " ".join(str(error).split())[:200]
+        raise SeqpoolError(f"cannot {'start Ray' if address is None else f'join the Ray cluster at {address!r}'}: "
+                           f"{detail}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull(enabled: bool) -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the block (Python's own writes included)."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _quiet_ray_data(ray: Any) -> Iterator[None]:
+    """No Ray Data progress bars or INFO lines on stderr during the run; restored after."""
+    context = ray.data.DataContext.get_current()
+    logger = logging.getLogger("ray.data")
+    saved = context.enable_progress_bars, logger.level
+    context.enable_progress_bars = False
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, _ = saved
+        logger.setLevel(saved[1])

@@ -1,0 +1,448 @@
+"""``seqpool embed INPUT... --engine ray``: files in, a folder of row-exact parquet shards out.
+
+The driver reads every input once with the shared reader (so rows are numbered exactly as
+the local engine numbers them, empty lines included), records row counts and digests, and
+cuts each input into fixed row ranges (:mod:`seqpool.distributed.layout`). Ray Data then
+streams the missing ranges: read tasks re-read their file and check each range's digest,
+an actor pool of :class:`Embedder` embeds, and the driver reassembles rows into their
+ranges and writes each finished range as one atomic parquet file. Which rows a file holds
+is fixed by the plan, never by Ray's blocks or scheduling, so:
+
+* a killed actor is restarted by Ray and its batch retried; rows land in their range by
+  row number, so a retried batch can neither lose nor duplicate one;
+* ``resume=True`` after the driver died embeds exactly the ranges whose file is missing;
+* a range whose batch raises is retried in a fresh run, and after ``max_attempts`` the run
+  ends with one line naming it; the ranges already written are kept for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from seqpool.distributed.dataset import (
+    DEFAULT_RAY_BATCH_SIZE,
+    check_workers,
+    import_ray,
+    map_embedder,
+    ray_session,
+)
+from seqpool.distributed.embedder import Embedder
+from seqpool.distributed.layout import (
+    DEFAULT_SHARD_ROWS,
+    MANIFEST,
+    MANIFEST_VERSION,
+    Shard,
+    finished_shards,
+    plan_shards,
+    read_manifest,
+    shard_of,
+    write_manifest,
+    write_shard,
+)
+from seqpool.errors import SeqpoolError
+
+_MANIFEST_EVERY_S = 2.0  # the shard files are the truth; the manifest's list may lag a little
+
+
+@dataclass(frozen=True)
+class FilesResult:
+    """What :func:`embed_files` wrote."""
+
+    folder: Path
+    rows: int
+    dim: int
+    strategies: tuple[str, ...]
+    shards: int
+    resumed_shards: int
+
+
+@dataclass(frozen=True)
+class _Input:
+    path: str  # absolute: read tasks run in other processes, maybe on other machines
+    format: str
+    text_field: str | None
+    rows: int
+    digest: str
+    shard_digests: tuple[str, ...]
+
+    def record(self) -> dict[str, Any]:
+        return {"path": self.path, "format": self.format, "text_field": self.text_field, "rows": self.rows,
+                "digest": self.digest}
+
+
+class ShardFailed(SeqpoolError):
+    """Embedding the rows of some shards raised; carries which, so the driver can retry them."""
+
+    def __init__(self, shards: Sequence[tuple[int, int, int]], message: str):
+        super().__init__(shards, message)
+        self.shards = [Shard(*shard) for shard in shards]
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{', '.join(shard.name for shard in self.shards)}: {self.message}"
+
+
+def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
+                model: str | None = None, strategies: Sequence[str] | str | None = None,
+                normalize: bool | None = None, layer: int | Sequence[int] = -1, dtype: str | None = None,
+                max_length: int | None = None, batch_size: int | None = None, input_format: str | None = None,
+                text_field: str | None = None, ray_address: str | None = None, workers: int | None = None,
+                num_cpus: float = 1, num_gpus: float = 0, shard_rows: int = DEFAULT_SHARD_ROWS,
+                rows_per_call: int = DEFAULT_RAY_BATCH_SIZE, resume: bool = False, progress: bool | None = None,
+                max_attempts: int = 3, embedder: Embedder | None = None) -> FilesResult:
+    """Embed every row of ``inputs`` on a Ray cluster into parquet shards under ``output_dir``.
+
+    ``inputs``: files, globs (``data/*.jsonl``, ``**`` too) or folders (every file inside,
+    recursively, except names starting with ``.`` or ``_``), on a path every Ray node can
+    read (a local disk for a local run, a shared mount on a cluster). Without
+    ``ray_address`` a local Ray instance sized to this machine runs the job and is shut down
+    after; ``"auto"`` or ``"ray://host:port"`` joins a cluster; a caller that already ran
+    ``ray.init`` is used as is. ``workers`` actors (default: one per CPU, or per GPU with
+    ``num_gpus``) each hold one model. The model settings are :class:`Embedder`'s; pass
+    ``embedder`` instead to use a configured (or subclassed) one.
+
+    ``rows_per_call`` rows go to an actor at a time (the Encoder batches them further by
+    ``batch_size`` and its token budget): what a restarted actor redoes.
+
+    ``load_embeddings(output_dir)`` reads the result back in input order. ``resume=True``
+    continues an interrupted run with the same inputs and settings; anything else is an error.
+    """
+    shard_rows = _whole(shard_rows, "shard_rows")
+    max_attempts = _whole(max_attempts, "max_attempts")
+    workers = None if workers is None else check_workers(workers)
+    rows_per_call = _whole(rows_per_call, "rows_per_call")
+    import_ray()  # a missing extra is one line, before any input is read
+    folder = Path(output_dir)
+    previous = _check_output_folder(folder, resume)
+    paths = expand_inputs(inputs, folder)
+    sources = [_scan(path, input_format, text_field, shard_rows) for path in paths]
+    if embedder is None:
+        embedder = Embedder(model=model, strategies=strategies, normalize=normalize, layer=layer, dtype=dtype,
+                            max_length=max_length, batch_size=batch_size)
+    settings = {**embedder.describe(), "batch_size": batch_size, "shard_rows": shard_rows}
+    manifest = {"version": MANIFEST_VERSION, "complete": False, "inputs": [source.record() for source in sources],
+                "settings": settings, "shards": []}
+    plan = plan_shards([source.rows for source in sources], shard_rows)
+    done: set[Shard] = set()
+    if previous is not None:
+        _check_same_run(folder, previous, manifest)
+        done = finished_shards(folder, plan)
+        for stale in folder.glob(".part-*.tmp"):  # a temporary file of a write the kill interrupted
+            stale.unlink(missing_ok=True)
+    created = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    recorder = _ManifestRecorder(folder, manifest, done)
+    try:
+        missing = [shard for shard in plan if shard not in done]
+        if missing:
+            _embed_missing(missing, sources, embedder, recorder, shard_rows=shard_rows, ray_address=ray_address,
+                           workers=workers, batch_size=rows_per_call, num_cpus=num_cpus, num_gpus=num_gpus,
+                           progress=progress, max_attempts=max_attempts)
+    except BaseException:
+        if created and not recorder.done:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing was embedded: leave nothing behind
+        else:
+            recorder.flush()
+        raise
+    recorder.finish()
+    return FilesResult(folder, sum(source.rows for source in sources), settings["dim"],
+                       tuple(settings["strategies"]), len(plan), len(done))
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir: Path | None = None) -> list[str]:
+    """Absolute paths of the files named by ``inputs`` (files, globs, folders), in the order
+    given (sorted within a glob or folder), each once, never one inside ``output_dir``."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = [str(item) for item in inputs]
+    if not inputs:
+        raise SeqpoolError("inputs is empty; pass at least one file, glob or folder")
+    found: list[str] = []
+    for item in inputs:
+        if item == "-":
+            raise SeqpoolError("the Ray engine reads files, not stdin (workers re-read their rows); "
+                               "save the input to a file first")
+        if "://" in item:
+            raise SeqpoolError(f"input {item}: URLs are not read directly; mount the storage so every Ray node "
+                               f"sees it as a path (e.g. s3fs, gcsfuse, NFS)")
+        if glob.has_magic(item):
+            matches = sorted(path for path in glob.glob(item, recursive=True) if os.path.isfile(path))
+            if not matches:
+                raise SeqpoolError(f"no input file matches {item}")
+        elif os.path.isdir(item):
+            matches = _folder_files(item)
+            if not matches:
+                raise SeqpoolError(f"input folder {item} holds no files (names starting with . or _ are skipped)")
+        elif not os.path.exists(item):
+            raise SeqpoolError(f"input file not found: {item}")
+        else:
+            matches = [item]
+        found.extend(os.path.abspath(path) for path in matches)
+    inside = os.path.realpath(output_dir) + os.sep if output_dir is not None else None
+    unique = list(dict.fromkeys(found))
+    if inside is not None:
+        unique = [path for path in unique if not os.path.realpath(path).startswith(inside)]
+        if not unique:
+            raise SeqpoolError(f"every input lies inside the output folder {output_dir}")
+    return unique
+
+
+def _folder_files(folder: str) -> list[str]:
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(name for name in dirs if not name.startswith((".", "_")))
+        files.extend(os.path.join(root, name) for name in sorted(names) if not name.startswith((".", "_")))
+    return files
+
+
+def _scan(path: str, input_format: str | None, text_field: str | None, shard_rows: int) -> _Input:
+    """Read one input once: validate every row, count them, digest the whole and each shard."""
+    from seqpool.io import TextDigest, TextSource, text_digest
+
+    source = TextSource.open(path, input_format, text_field)
+    if source.is_stream:
+        raise SeqpoolError(f"input {path} is a stream (a pipe or device); the Ray engine needs files it can re-read")
+    digest, shard_digests, rows = TextDigest(), [], 0
+    for texts in source.chunks(shard_rows):
+        digest.update(texts)
+        shard_digests.append(text_digest(texts))
+        rows += len(texts)
+    return _Input(os.path.abspath(path), source.format, None if source.format == "txt" else source.text_field,
+                  rows, digest.hexdigest(), tuple(shard_digests))
+
+
+# -- the output folder -------------------------------------------------------------------------------
+
+
+def _check_output_folder(folder: Path, resume: bool) -> dict[str, Any] | None:
+    """The previous run's manifest when resuming one; errors for folders that must not be touched."""
+    if folder.exists() and not folder.is_dir():
+        raise SeqpoolError(f"output {folder} is a file; the Ray engine writes a folder of shards, name a folder")
+    if not folder.exists():
+        parent = folder.parent
+        if not parent.is_dir():
+            raise SeqpoolError(f"the folder {parent} (holding output {folder}) does not exist; create it first")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise SeqpoolError(f"cannot create {folder}: {parent} is not writable (permission denied)")
+        return None
+    manifest = read_manifest(folder)
+    if manifest is None:
+        if any(folder.iterdir()):
+            raise SeqpoolError(f"output folder {folder} is not empty and holds no {MANIFEST}; "
+                               f"choose a new or empty folder")
+        return None
+    if not resume:
+        state = "a finished" if manifest.get("complete") else "an unfinished"
+        raise SeqpoolError(f"output folder {folder} holds {state} run; pass --resume to continue it, "
+                           f"or choose another folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SeqpoolError(f"cannot write to {folder} (permission denied)")
+    return manifest
+
+
+def _check_same_run(folder: Path, previous: dict[str, Any], current: dict[str, Any]) -> None:
+    """A resume must see the same inputs (paths, rows, digests) and settings; say what differs."""
+    before = [(item["path"], item["rows"], item["digest"]) for item in previous.get("inputs", [])]
+    now = [(item["path"], item["rows"], item["digest"]) for item in current["inputs"]]
+    if before != now:
+        old, new = {p for p, _, _ in before}, {p for p, _, _ in now}
+        if old != new or [p for p, _, _ in before] != [p for p, _, _ in now]:
+            what = f"the inputs differ (added: {', '.join(sorted(new - old)) or 'none'}; removed: " \
+                   f"{', '.join(sorted(old - new)) or 'none'}; or their order changed)"
+        else:
+            changed = [p for (p, r, d), (_, r2, d2) in zip(before, now) if (r, d) != (r2, d2)]
+            what = f"the content of {', '.join(changed)} changed"
+        raise SeqpoolError(f"cannot resume {folder}: {what}; rerun without --resume into a new folder")
+    old_settings, new_settings = previous.get("settings", {}), current["settings"]
+    changed = [key for key in sorted(set(old_settings) | set(new_settings))
+               if old_settings.get(key) != new_settings.get(key)]
+    if changed:
+        detail = "; ".join(f"{key} was {old_settings.get(key)!r}, now {new_settings.get(key)!r}" for key in changed)
+        raise SeqpoolError(f"cannot resume {folder}: the settings changed ({detail}); rerun with the same "
+                           f"options, or without --resume into a new folder")
+
+
+class _ManifestRecorder:
+    """Keeps the manifest's list of finished shards, rewritten atomically now and then."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], done: set[Shard]):
+        self.folder, self.manifest, self.done = folder, manifest, set(done)
+        self._written_at = 0.0
+        self.flush()
+
+    def add(self, shard: Shard) -> None:
+        self.done.add(shard)
+        if time.monotonic() - self._written_at >= _MANIFEST_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self.manifest["shards"] = sorted(shard.name for shard in self.done)
+        write_manifest(self.folder, self.manifest)
+        self._written_at = time.monotonic()
+
+    def finish(self) -> None:
+        self.manifest["complete"] = True
+        self.flush()
+
+
+# -- the Ray run -----------------------------------------------------------------------------------
+
+
+def _embed_missing(missing: list[Shard], sources: list[_Input], embedder: Embedder, recorder: _ManifestRecorder, *,
+                   shard_rows: int, ray_address: str | None, workers: int | None, batch_size: int, num_cpus: float,
+                   num_gpus: float, progress: bool | None, max_attempts: int) -> None:
+    from seqpool.progress import progress_bar
+
+    total = sum(source.rows for source in sources)
+    failures: Counter[Shard] = Counter()
+    paths = [source.path for source in sources]
+    with ray_session(ray_address, quiet=progress is False) as ray, \
+            progress_bar(total, progress, initial=sum(s.rows for s in recorder.done), unit="row") as bar:
+        while missing:
+            try:
+                for shard, vectors in _stream(ray, missing, sources, embedder, shard_rows=shard_rows,
+                                              workers=workers, batch_size=batch_size, num_cpus=num_cpus,
+                                              num_gpus=num_gpus):
+                    write_shard(recorder.folder, shard, paths[shard.source], vectors)
+                    recorder.add(shard)
+                    bar.update(shard.rows)
+            except Exception as error:
+                failed = _find(error, ShardFailed)
+                if failed is None:
+                    raise _find(error, SeqpoolError) or error
+                failures.update(failed.shards)
+                worst = max(failed.shards, key=lambda shard: failures[shard])
+                if failures[worst] >= max_attempts:
+                    raise SeqpoolError(f"{worst.describe(paths)} failed {failures[worst]} times: {failed.message}; "
+                                       f"the {len(recorder.done)} shards done are kept: fix the cause and rerun "
+                                       f"with --resume") from None
+            lost = [shard for shard in missing if shard not in recorder.done and failures[shard] == 0]
+            if lost:  # Ray finished without returning these rows: never report success over them
+                raise SeqpoolError(f"{lost[0].describe(paths)} came back incomplete from Ray; rerun with --resume")
+            missing = [shard for shard in missing if shard not in recorder.done]
+
+
+def _stream(ray: Any, missing: list[Shard], sources: list[_Input], embedder: Embedder, *, shard_rows: int,
+            workers: int | None, batch_size: int, num_cpus: float, num_gpus: float) -> Iterator[tuple[Shard, dict[str, np.ndarray]]]:
+    """Finished shards with their vectors, as the actors return rows."""
+    wanted: dict[int, dict[int, str]] = {}
+    for shard in missing:
+        wanted.setdefault(shard.source, {})[shard.first_row] = sources[shard.source].shard_digests[
+            shard.first_row // shard_rows]
+    read_plan = {index: (sources[index].path, sources[index].format, sources[index].text_field, starts)
+                 for index, starts in wanted.items()}
+    column = embedder.text_column
+    ds = ray.data.from_items([{"source": index} for index in wanted])
+    ds = ds.map_batches(_read_shards, batch_size=1, num_cpus=0,
+                        fn_kwargs={"plan": read_plan, "shard_rows": shard_rows, "column": column})
+    row_counts = [source.rows for source in sources]
+    ds = map_embedder(ds, _ShardWorker, workers=workers, batch_size=batch_size, num_cpus=num_cpus,
+                      num_gpus=num_gpus, ray=ray, constructor_args=(embedder, shard_rows, row_counts))
+    assembler = _Assembler(set(missing), shard_rows, row_counts)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        yield from assembler.add(batch)
+
+
+def _read_shards(batch: dict[str, np.ndarray], plan: dict[int, tuple], shard_rows: int,
+                 column: str) -> Iterator[dict[str, np.ndarray]]:
+    """A Ray task: re-read an input with the shared reader, yield the wanted row ranges."""
+    from seqpool.io import TextSource, text_digest
+
+    for index in batch["source"]:
+        path, fmt, field, starts = plan[int(index)]
+        remaining = dict(starts)
+        for number, texts in enumerate(TextSource.open(path, fmt, field).chunks(shard_rows)):
+            start = number * shard_rows
+            if start not in remaining:
+                continue
+            if text_digest(texts) != remaining.pop(start):
+                raise SeqpoolError(f"{path} changed while it was being embedded (rows {start}-"
+                                   f"{start + len(texts) - 1} differ from the first read); rerun")
+            yield {"source": np.full(len(texts), int(index), dtype=np.int64),
+                   "row": np.arange(start, start + len(texts), dtype=np.int64),
+                   column: np.array(texts, dtype=object)}
+            if not remaining:
+                break
+
+
+class _ShardWorker:
+    """The actor: an :class:`Embedder` whose failures name the shards of the batch, without the texts."""
+
+    def __init__(self, embedder: Embedder, shard_rows: int, row_counts: list[int]):
+        self.embedder, self.shard_rows, self.row_counts = embedder, shard_rows, row_counts
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            out = self.embedder(batch)
+        except Exception as error:
+            shards = {shard_of(int(source), int(row), self.shard_rows, self.row_counts)
+                      for source, row in zip(batch["source"], batch["row"])}
+            detail = " ".join(str(error).split())[:300] or type(error).__name__
+            raise ShardFailed(sorted((s.source, s.first_row, s.rows) for s in shards), detail) from None
+        del out[self.embedder.text_column]
+        return out
+
+
+class _Assembler:
+    """Collects returned rows into their planned shards; yields each shard once it is full.
+
+    Rows are placed by row number, so a batch Ray retried after an actor died overwrites
+    identical values instead of adding rows, and blocks may arrive in any order.
+    """
+
+    def __init__(self, wanted: set[Shard], shard_rows: int, row_counts: list[int]):
+        self.wanted, self.shard_rows, self.row_counts = wanted, shard_rows, row_counts
+        self.pending: dict[Shard, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+
+    def add(self, batch: dict[str, np.ndarray]) -> list[tuple[Shard, dict[str, np.ndarray]]]:
+        sources, rows = batch["source"].astype(np.int64), batch["row"].astype(np.int64)
+        names = [name for name in batch if name not in ("source", "row")]
+        finished = []
+        starts = rows - rows % self.shard_rows
+        for source, start in {(int(s), int(r)) for s, r in zip(sources, starts)}:
+            shard = shard_of(source, start, self.shard_rows, self.row_counts)
+            if shard not in self.wanted:
+                continue
+            if shard not in self.pending:
+                self.pending[shard] = ({name: np.empty((shard.rows, batch[name].shape[1]), dtype=np.float32)
+                                        for name in names}, np.zeros(shard.rows, dtype=bool))
+            vectors, filled = self.pending[shard]
+            mask = (sources == source) & (starts == start)
+            local = rows[mask] - start
+            for name in names:
+                vectors[name][local] = batch[name][mask]
+            filled[local] = True
+            if filled.all():
+                finished.append((shard, vectors))
+                del self.pending[shard]
+                self.wanted.discard(shard)
+        return finished
+
+
+def _find(error: BaseException, kind: type) -> Any:
+    """The first exception of ``kind`` in ``error``'s chain (Ray wraps worker exceptions)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__ or getattr(error, "cause", None)
+    return None
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SeqpoolError(f"{name} must be a whole number, at least 1, got {value!r}")
+    return value

@@ -1,0 +1,161 @@
+"""The output folder of a distributed run: parquet shards named by row range, and a manifest.
+
+::
+
+    OUT/_manifest.json                               inputs (+digests), settings, shards done
+    OUT/part-00000-000000000000-000000008192.parquet  source 0, rows [0, 8192)
+    OUT/part-00000-000000008192-000000009000.parquet  source 0, rows [8192, 9000)
+    OUT/part-00001-000000000000-000000000017.parquet  source 1, ...
+
+A shard is a fixed row range of one input, planned by the driver from row counts alone,
+so what a shard holds never depends on how the engine batched or scheduled the work.
+Each shard file is written atomically, so a shard file that exists is complete: resuming
+is "embed the ranges whose file is missing". Shards sort by name into input order.
+
+Nothing here imports Ray or torch: :func:`load_folder` reads a finished folder anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from seqpool.errors import SeqpoolError
+
+MANIFEST = "_manifest.json"
+MANIFEST_VERSION = 1
+#: Rows per shard: the local engine's chunk size, so a shard is what one local chunk is.
+DEFAULT_SHARD_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``[first_row, first_row + rows)`` of input number ``source``."""
+
+    source: int
+    first_row: int
+    rows: int
+
+    @property
+    def end(self) -> int:
+        return self.first_row + self.rows
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.source:05d}-{self.first_row:012d}-{self.end:012d}.parquet"
+
+    def describe(self, paths: Sequence[str]) -> str:
+        """``shard part-...parquet (corpus.txt rows 8192-16383)`` for messages."""
+        return f"shard {self.name} ({paths[self.source]} rows {self.first_row}-{self.end - 1})"
+
+
+def plan_shards(row_counts: Sequence[int], shard_rows: int) -> list[Shard]:
+    """Every input cut into consecutive ranges of ``shard_rows`` rows (the last may be shorter)."""
+    return [Shard(source, start, min(shard_rows, rows - start))
+            for source, rows in enumerate(row_counts) for start in range(0, rows, shard_rows)]
+
+
+def shard_of(source: int, row: int, shard_rows: int, row_counts: Sequence[int]) -> Shard:
+    """The planned shard holding ``row`` of input ``source``."""
+    start = row - row % shard_rows
+    return Shard(source, start, min(shard_rows, row_counts[source] - start))
+
+
+# -- manifest ----------------------------------------------------------------------------------
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The folder's manifest, ``None`` if it has none; a damaged one is a user error."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SeqpoolError(f"{path} is not a readable seqpool manifest ({error}); delete the folder to "
+                           f"start over") from None
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+        raise SeqpoolError(f"{path} is not a seqpool manifest of version {MANIFEST_VERSION}")
+    return manifest
+
+
+def write_manifest(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
+    from seqpool.io import atomic_path
+
+    with atomic_path(Path(folder) / MANIFEST) as handle:
+        json.dump(manifest, handle, indent=1)
+        handle.write("\n")
+
+
+# -- shards -------------------------------------------------------------------------------------
+
+
+def write_shard(folder: str | os.PathLike, shard: Shard, source_path: str, vectors: Mapping[str, np.ndarray]) -> Path:
+    """Write one shard's rows atomically: ``source``, ``row`` and a fixed-size float32 list
+    column per strategy (the layout ``seqpool embed -o x.parquet`` writes too)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from seqpool.io import atomic_path
+
+    columns = {"source": pa.array([source_path] * shard.rows, type=pa.string()),
+               "row": pa.array(np.arange(shard.first_row, shard.end, dtype=np.int64))}
+    for name, array in vectors.items():
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1])
+    path = Path(folder) / shard.name
+    with atomic_path(path, mode="wb") as handle:
+        pq.write_table(pa.table(columns), handle)
+    return path
+
+
+def finished_shards(folder: str | os.PathLike, shards: Iterable[Shard]) -> set[Shard]:
+    """The shards whose file exists with the planned number of rows (atomic writes: then complete)."""
+    import pyarrow.parquet as pq
+
+    done = set()
+    for shard in shards:
+        path = Path(folder) / shard.name
+        if path.is_file():
+            try:
+                if pq.ParquetFile(path).metadata.num_rows == shard.rows:
+                    done.add(shard)
+            except Exception:  # unreadable: embed it again
+                pass
+    return done
+
+
+def load_folder(folder: str | os.PathLike, strategy: str | None = None) -> np.ndarray:
+    """One strategy's ``(N, D)`` vectors from a finished run's folder, in input order
+    (inputs as listed in the manifest, rows in order within each)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise SeqpoolError(f"{folder} is a folder without {MANIFEST}: not the output of `seqpool embed --engine ray`")
+    if not manifest.get("complete"):
+        raise SeqpoolError(f"{folder} holds an unfinished run; rerun the same command with --resume to finish it")
+    strategies = manifest["settings"]["strategies"]
+    if strategy is None:
+        if len(strategies) != 1:
+            raise SeqpoolError(f"{folder} holds {', '.join(strategies)}; name the strategy to load")
+        strategy = strategies[0]
+    if strategy not in strategies:
+        raise SeqpoolError(f"{folder} has no {strategy!r} embeddings (it holds {', '.join(strategies)})")
+    shards = plan_shards([source["rows"] for source in manifest["inputs"]], manifest["settings"]["shard_rows"])
+    out = np.empty((sum(shard.rows for shard in shards), manifest["settings"]["dim"]), dtype=np.float32)
+    start = 0
+    for shard in shards:
+        path = folder / shard.name
+        if not path.is_file():
+            raise SeqpoolError(f"{path} is missing; rerun the command with --resume to embed it again")
+        column = pq.read_table(path, columns=[strategy]).column(strategy).combine_chunks()
+        out[start:start + shard.rows] = np.asarray(column.flatten(), dtype=np.float32).reshape(shard.rows, -1)
+        start += shard.rows
+    return out
