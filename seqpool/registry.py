@@ -65,7 +65,7 @@ class StrategySpec:
     is ``D'``. ``st_mode``/``st_flag`` are its sentence-transformers ``pooling_mode`` string and
     boolean flag, if sentence-transformers has it. ``token_weights(hidden_states, mask, module)``
     gives the exact (B, T) or (B, T, D') token weights ``explain`` needs, or is None when no
-    exact decomposition exists. ``origin`` is ``"built-in"``, ``"user"`` or the plugin's entry point.
+    exact decomposition exists. ``origin`` is ``"built-in"``, ``"user"`` or the plugin and its entry point.
     """
 
     name: str
@@ -186,9 +186,8 @@ def get_strategy(name: str, kind: Kind | None = None) -> StrategySpec:
         raise SeqpoolError(f"kind must be one of {', '.join(_KINDS)} or None, got {kind!r}")
     spec = find_strategy(name)
     if spec is None or (kind is not None and spec.kind != kind):
-        valid = _valid_names(kind)
-        what = f"{kind} pooling strategy" if kind else "pooling strategy"
-        raise SeqpoolError(f"unknown {what} {name!r}; choose one of: {', '.join(valid)}")
+        why = f" here: it is {spec.kind}, this needs a {kind} one" if spec is not None else ""
+        raise SeqpoolError(f"unknown pooling strategy {name!r}{why}; choose one of: {', '.join(_valid_names(kind))}")
     return spec
 
 
@@ -211,27 +210,34 @@ def strategy_names(kind: Kind | None = None, *, plugins: bool = True) -> tuple[s
     """
     if kind is not None and kind not in _KINDS:
         raise SeqpoolError(f"kind must be one of {', '.join(_KINDS)} or None, got {kind!r}")
-    specs = list_strategies() if plugins else list(_known().values())
+    specs = list_strategies() if plugins else _by_kind(_known().values())
     return tuple(s.name for s in specs if kind is None or s.kind == kind)
+
+
+def _by_kind(specs: Any) -> list[StrategySpec]:
+    return sorted(specs, key=lambda s: _KINDS.index(s.kind))
 
 
 def builtin_names(kind: Kind | None = None) -> tuple[str, ...]:
     """The strategies seqpool ships, in their documented order (what the constants hold)."""
-    ordered = sorted(_BUILTINS.values(), key=lambda s: _KINDS.index(s.kind))
-    return tuple(s.name for s in ordered if kind is None or s.kind == kind)
+    return tuple(s.name for s in _by_kind(_BUILTINS.values()) if kind is None or s.kind == kind)
 
 
-def list_strategies() -> list[StrategySpec]:
-    """Every usable record: built-ins, registered ones and working plugins; parameter-free first."""
+def list_strategies(*, warn: bool = True) -> list[StrategySpec]:
+    """Every usable record: built-ins, registered ones and working plugins; parameter-free first.
+
+    Each broken plugin is left out with one warning (``warn=False``: silently; the caller
+    reports :func:`load_plugins`' problems itself).
+    """
     specs = dict(_known())
     for problem in load_plugins():
-        if problem not in _WARNED:
+        if warn and problem not in _WARNED:
             _WARNED.add(problem)
             warnings.warn(problem, stacklevel=2)
     for found in _PLUGINS.values():
         if isinstance(found, StrategySpec) and found.name not in specs:
             specs[found.name] = found
-    return sorted(specs.values(), key=lambda s: _KINDS.index(s.kind))
+    return _by_kind(specs.values())
 
 
 def load_plugins() -> list[str]:
@@ -337,7 +343,7 @@ def _load_plugin(entry_point: Any) -> StrategySpec | SeqpoolError:
         return SeqpoolError(f"{who} is not callable (a {type(loaded).__name__}); it must point to "
                             f"fn(hidden_states, attention_mask) -> (batch, dim)")
     spec = StrategySpec(entry_point.name, PARAMETER_FREE, _first_doc_line(loaded), function=loaded,
-                        origin=f"plugin {entry_point.value}")
+                        origin=who)
     try:
         _try_out(spec)
     except SeqpoolError as error:
@@ -363,7 +369,7 @@ def _one_line(error: BaseException) -> str:
 
 def _validated(function: Callable[..., Any], spec: StrategySpec) -> Callable[..., Any]:
     """``function`` with its output checked: a (B, D') finite tensor, else a SeqpoolError naming it."""
-    who = f"strategy {spec.name!r} ({spec.origin})"
+    who = spec.origin if spec.origin.startswith("plugin ") else f"strategy {spec.name!r} ({spec.origin})"
 
     def checked(hidden_states: Any, attention_mask: Any = None) -> Any:
         import torch
