@@ -137,7 +137,7 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
         from seqpool.encoder import Encoder
 
         encoder = Encoder(settings.model, device=settings.device, dtype=settings.dtype,
-                          max_length=settings.max_length, layer=settings.layer)
+                          max_length=settings.max_length, layer=settings.layer, workers=settings.threads)
     directory, writable = _cache_folder(settings, warn_and_record)
     sides = [data for data in (train_data, test_data) if data is not None]
     log(f"encoding {' + '.join(str(len(d)) for d in sides)} texts with {encoder.name_or_path}")
