@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -28,6 +29,7 @@ from seqpool.io import (
     default_output_path,
     detect_output_format,
     output_paths,
+    resolve_output,
 )
 from seqpool.progress import progress_bar
 
@@ -76,6 +78,9 @@ def output_lock(output: str | os.PathLike) -> Iterator[None]:
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    if resolve_output(output)[1] == "stream":  # /dev/null, a FIFO: nothing on disk to protect
         yield
         return
     path = lock_path(output)
@@ -128,11 +133,24 @@ def _embed_locked(encoder: Any, source: TextSource, output: Path, fmt: str, stra
                   progress: bool | None) -> EmbedResult:
     """The loop of :func:`embed_corpus`, with the output already locked and checked."""
     total = None if source.is_stream else source.count()
+    if resolve_output(output)[1] == "stream":  # rows are spooled in a temporary folder, never in /dev
+        if resume:
+            raise SeqpoolError(f"cannot resume into {output}: it is a device or FIFO, which keeps no rows")
+        with tempfile.TemporaryDirectory(prefix="seqpool-embed-") as scratch:
+            return _embed_spooled(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
+                                  skip_empty, False, progress, total, Path(scratch) / "partial")
+    return _embed_spooled(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
+                          skip_empty, resume, progress, total, None)
+
+
+def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, strategies: tuple[str, ...],
+                   normalize: bool, batch_size: int | None, chunk_size: int, skip_empty: bool, resume: bool,
+                   progress: bool | None, total: int | None, folder: Path | None) -> EmbedResult:
     settings = {"model": encoder.name_or_path, "layers": list(encoder.layers), "max_length": encoder.max_length,
                 "dtype": str(encoder.dtype), "normalize": normalize, "skip_empty": skip_empty,
                 "batch_size": batch_size, "chunk_size": chunk_size, "input_format": source.format,
                 "text_field": source.text_field}
-    spool = EmbeddingSpool(output, fmt, strategies, encoder.hidden_size, settings, resume=resume)
+    spool = EmbeddingSpool(output, fmt, strategies, encoder.hidden_size, settings, resume=resume, folder=folder)
     started_at = spool.rows_done
     try:
         texts = source.texts()
@@ -160,6 +178,11 @@ def _embed_locked(encoder: Any, source: TextSource, output: Path, fmt: str, stra
 def check_outputs(output: Path, output_format: str, strategies: Sequence[str], source: TextSource | None) -> None:
     """Every file a run will write is writable and none is the input; the lock and the
     ``.partial`` folder are not in the way of something else."""
+    if resolve_output(output)[1] == "stream":  # /dev/null, /dev/stdout, a FIFO: streamed into, no state beside it
+        if output_format == "npy" and len(strategies) > 1:
+            raise SeqpoolError(f"{output} is a device or FIFO and can take one npy array, not {len(strategies)} "
+                               f"strategies; choose output_format=... parquet, jsonl or safetensors")
+        return
     for path in dict.fromkeys(output_paths(output, output_format, strategies).values()):
         check_output_writable(path, source)
     for path, what in ((partial_folder(output), "folder"), (lock_path(output), "file")):
@@ -213,7 +236,8 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
     with output_lock(target), limited_threads(threads):
         if not resume:  # after the lock: a running writer is "in use", not "interrupted"
             EmbeddingSpool.check_unfinished(partial_folder(target), target)
-        encoder = Encoder(model, device=device, dtype=torch_dtype, max_length=max_length, layer=layer)
+        encoder = Encoder(model, device=device, dtype=torch_dtype, max_length=max_length, layer=layer,
+                          workers=threads)
         if torch_dtype == "bfloat16" and encoder.device.type == "cpu" and native_bf16_cpu() is False and note:
             note("this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs slower than fp32 here; "
                  "use dtype=fp32 for speed")

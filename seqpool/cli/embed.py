@@ -21,12 +21,18 @@ FLAGS = {"output": "-o/--output", "output_format": "--format", "input_format": "
          "batch_size": "--batch-size", "max_length": "--max-length", "dtype": "--dtype", "threads": "--threads",
          "layer": "--layer", "device": "--device", "resume": "--resume"}
 _NAMES = "|".join(sorted(FLAGS, key=len, reverse=True))
-_PARAMETER = re.compile(rf"`({_NAMES})`|\b({_NAMES})=(?:\.\.\.|True)?")
+_PARAMETER = re.compile(rf"`({_NAMES})`|\b({_NAMES})=(\.\.\.|True)?")
 
 
 def as_flags(error: SeqpoolError) -> SeqpoolError:
-    """``error`` with its parameter mentions (`` `name` `` or ``name=...``) shown as command-line flags."""
-    return SeqpoolError(_PARAMETER.sub(lambda m: FLAGS[m.group(1) or m.group(2)], str(error)))
+    """``error`` with its parameter mentions (`` `name` ``, ``name=...``, ``name='x'``) shown as flags."""
+
+    def flag(match: re.Match[str]) -> str:
+        if match.group(1):
+            return FLAGS[match.group(1)]
+        return FLAGS[match.group(2)] + ("" if match.group(3) else " ")
+
+    return SeqpoolError(_PARAMETER.sub(flag, str(error)))
 
 
 def parse_strategies(values: tuple[str, ...]) -> tuple[str, ...] | None:

@@ -114,7 +114,7 @@ class TextSource:
                 if value is not None:
                     raise SeqpoolError(f"{name}={value!r} needs a structured input ({', '.join(_FIELD_FORMATS)}); "
                                        f"{'stdin' if path == STDIN else path} is read as txt, one text per line "
-                                       f"(set input_format if it is not)")
+                                       f"(set `input_format` if it is not)")
         if path == STDIN:
             if fmt == "parquet":
                 raise SeqpoolError("parquet cannot be read from stdin (it needs seeking); pass the file path")

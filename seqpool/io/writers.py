@@ -131,14 +131,15 @@ class EmbeddingSpool:
     """
 
     def __init__(self, output: Path, output_format: str, strategies: Sequence[str], dim: int,
-                 settings: Mapping[str, Any], resume: bool = False):
+                 settings: Mapping[str, Any], resume: bool = False, folder: Path | None = None):
         self.output = Path(output)
         self.output_format = output_format
         self.strategies = tuple(strategies)
         self.dim = int(dim)
         self.settings = {**settings, "strategies": list(self.strategies), "dim": self.dim,
                          "output_format": output_format}
-        self.folder = self.output.with_name(self.output.name + ".partial")
+        # ``folder``: elsewhere than ``<output>.partial`` (an output that is a device or FIFO)
+        self.folder = Path(folder) if folder is not None else self.output.with_name(self.output.name + ".partial")
         self.rows_done = 0
         self.input_digest = TextDigest().hexdigest()
         self.resumed = False
