@@ -4,6 +4,8 @@ encoded; a cache that cannot be written is a warning, and the run goes on withou
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 from click.testing import CliRunner
@@ -54,6 +56,8 @@ def test_unwritable_outputs_fail_before_reading_or_encoding(tmp_path):
         evaluate(missing, strategies="mean", plot_path=blocker / "r.png")
     with pytest.raises(SeqpoolError, match="cannot write a plot as 'r.xyz'"):
         evaluate(missing, strategies="mean", plot_path=tmp_path / "r.xyz")
+    with pytest.raises(SeqpoolError, match="json_path: cannot write .* it is a directory"):
+        evaluate(missing, strategies="mean", json_path=tmp_path)
     with pytest.raises(SeqpoolError, match="same file"):
         evaluate(missing, strategies="mean", json_path=tmp_path / "r.png", plot_path=tmp_path / "r.png")
 
@@ -63,6 +67,13 @@ def test_evaluate_writes_its_outputs(tiny_bert_encoder, tmp_path):
                       json_path=tmp_path / "out" / "r.json", plot_path=tmp_path / "out" / "r.png", **FAST)
     assert json.loads((tmp_path / "out" / "r.json").read_text())["best"] == result.best
     assert (tmp_path / "out" / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_outputs_to_a_device_stream_into_it_and_never_replace_it(tiny_bert_encoder, tmp_path):
+    evaluate(data(), strategies="mean", encoder=tiny_bert_encoder, cache_dir=tmp_path, json_path=os.devnull,
+             **FAST)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
 
 def test_cli_names_flags_for_outputs_and_shows_cache_warnings_even_when_quiet(tmp_path, tiny_bert_dir):

@@ -8,15 +8,16 @@ report clips again so a result built by hand cannot print 101 %), and the method
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from seqpool.errors import SeqpoolError
 from seqpool.evaluation.result import EvaluationResult, clip_interval
 from seqpool.evaluation.settings import ALPHA, parameter_error
+from seqpool.io import atomic_path, resolve_output
 
 
 def _percent(value: float | None, digits: int = 2) -> str:
@@ -175,8 +176,10 @@ def check_output_paths(json_path: str | os.PathLike | None = None, plot_path: st
         if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
             raise parameter_error(f"cannot write {parameter} {os.fspath(path)}: {existing or folder} is not a "
                                   f"writable folder", parameter)
-        if Path(path).expanduser().is_dir():
-            raise parameter_error(f"cannot write {parameter} {os.fspath(path)}: it is a folder", parameter)
+        try:  # the one atomic writer's rules: a folder or socket is refused, a device or FIFO streamed to
+            resolve_output(Path(path).expanduser())
+        except SeqpoolError as error:
+            raise parameter_error(f"{parameter}: {error}", parameter) from None
     if json_path is not None and plot_path is not None and \
             Path(json_path).expanduser().resolve() == Path(plot_path).expanduser().resolve():
         raise parameter_error(f"json_path and plot_path are the same file ({os.fspath(json_path)})",
@@ -211,13 +214,10 @@ def plot_result(result: EvaluationResult, path: str | os.PathLike) -> Path:
     figure.tight_layout()
     suffix = path.suffix.lstrip(".").lower()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{suffix}")
-    os.close(fd)
     try:
-        figure.savefig(tmp, format=suffix, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path, mode="wb") as handle:
+            figure.savefig(handle, format=suffix, dpi=120)
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(figure)
     return path
 
