@@ -152,3 +152,18 @@ def test_clean_label_keeps_strings_from_typed_formats():
     assert clean_label("N/A", "w", from_text=True) == "N/A"
     with pytest.raises(SeqpoolError, match="w: the label is nan"):
         clean_label("nan", "w", from_text=True)
+
+
+def test_hub_class_labels_outside_the_names_are_refused():
+    """GLUE-style test splits carry -1 ('no label'); int2str would fail with a traceback."""
+    import datasets
+
+    from seqpool.evaluation.data import _hub_columns
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    table = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [1, 0, -1]}, features=features)
+    with pytest.raises(SeqpoolError, match="glue row 3: label -1 is not one of its 2 classes"):
+        _hub_columns(table, "text", "label", "glue")
+    texts, labels = _hub_columns(table.select([0, 1]), "text", "label", "glue")
+    assert labels == ["pos", "neg"] and texts == ["a", "b"]

@@ -133,6 +133,11 @@ def _hub_columns(table: Any, text_field: str, label_field: str, source: str) -> 
     raw = list(table[label_field])
     feature = table.features.get(label_field)
     if hasattr(feature, "names") and hasattr(feature, "int2str"):  # a Hub ClassLabel: use the names
+        for row, label in enumerate(raw):
+            if label is not None and not 0 <= int(label) < len(feature.names):
+                raise SeqpoolError(f"{source} row {row + 1}: label {label} is not one of its {len(feature.names)} "
+                                   f"classes (-1 marks an unlabelled row, as in the test split of GLUE tasks); "
+                                   f"choose a labelled split")
         raw = [feature.int2str(int(label)) if label is not None else None for label in raw]
     return list(table[text_field]), raw
 

@@ -53,7 +53,7 @@ def evaluate(
     encoder: Any = None,
     json_path: str | os.PathLike | None = None,
     plot_path: str | os.PathLike | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     log: Log | None = None,
     warn: Log | None = None,
     **overrides: Any,
@@ -72,15 +72,15 @@ def evaluate(
     settings = EvaluationSettings.build(settings, overrides)
     names = check_strategies(strategies)
     check_output_paths(json_path, plot_path)
+    log = log or (lambda message: None)
     with limited_threads(settings.threads):
-        result = _evaluate(train, test, names, settings, encoder, progress, log or (lambda message: None),
-                           warn or _warn)
+        result = _evaluate(train, test, names, settings, encoder, progress, log, warn or _warn)
     if json_path is not None:
         result.to_json(json_path)
-        (log or (lambda message: None))(f"wrote {os.fspath(json_path)}")
+        log(f"wrote {os.fspath(json_path)}")
     if plot_path is not None:
         result.plot(plot_path)
-        (log or (lambda message: None))(f"wrote {os.fspath(plot_path)}")
+        log(f"wrote {os.fspath(plot_path)}")
     return result
 
 
@@ -121,7 +121,7 @@ def _as_labelled(data: TrainInput, settings: EvaluationSettings, split: str | No
 
 
 def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...], settings: EvaluationSettings,
-              encoder: Any, progress: bool, log: Log, warn: Log) -> EvaluationResult:
+              encoder: Any, progress: bool | None, log: Log, warn: Log) -> EvaluationResult:
     told: list[str] = []
 
     def warn_and_record(message: str) -> None:
