@@ -87,8 +87,8 @@ def test_json_array_errors_name_the_line(tmp_path):
         records(path)
     path.write_text('[]', encoding="utf-8")
     assert records(path) == []
-    path.write_text('{"text": "a"}\n{"text": "b"}\n', encoding="utf-8")  # JSON lines in a .json file
-    assert [r.text for r in records(path)] == ["a", "b"]
+    path.write_text('{"text": "a\u2028b"}\n\n{"text": "c"}\n', encoding="utf-8")  # JSON lines in a .json file
+    assert [(r.line, r.text) for r in records(path)] == [(1, "a\u2028b"), (3, "c")]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])

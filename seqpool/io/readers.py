@@ -219,11 +219,14 @@ class TextSource:
         return Record(number, as_text(record[self.text_field], where, self.text_field), label)
 
     def _json_array_records(self, lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
-        """A JSON array of objects, each numbered by the line it starts on; JSON lines also work."""
+        """A JSON array of objects, each numbered by the line it starts on; JSON lines also work.
+
+        A JSON array cannot be parsed in pieces, so this one format holds its text in memory.
+        """
         text = "".join(line for _, line in lines)
         start = len(text) - len(text.lstrip())
         if not text[start:start + 1] == "[":
-            for number, line in enumerate(text.splitlines(keepends=True), start=1):
+            for number, line in enumerate(text.split("\n"), start=1):  # "\n" only: U+2028 is text
                 if line.strip():
                     yield self._json_record(number, line)
             return
