@@ -59,6 +59,9 @@ def resolve_dtype(dtype: Any) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
+#: Weights larger than this many values are fingerprinted by an evenly strided sample.
+_FINGERPRINT_VALUES = 1 << 20
+
 #: Device types an Encoder can run on; anything else is refused before a model loads.
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
@@ -277,6 +280,38 @@ class Encoder:
         if max_length < 1:
             raise SeqpoolError(f"max_length must be at least 1, got {max_length}")
         return min(int(max_length), limit)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines the token states besides the texts: model, weights, tokenizer, layer.
+
+        Weights are fingerprinted by the bytes of every tensor, or of an evenly strided sample
+        of about a million values (plus both ends) for larger tensors: any fine-tune changes
+        them, and no gigabytes are hashed. Bytes, not float sums, so thread counts cannot
+        change it. The tokenizer's truncation/padding settings are left out: a fast tokenizer
+        stores the last call's settings, so they change after the first encode.
+        """
+        import hashlib
+
+        weights = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            flat = tensor.detach().reshape(-1).cpu()
+            stride = max(1, flat.numel() // _FINGERPRINT_VALUES)
+            sample = torch.cat([flat[::stride], flat[-1024:]]) if stride > 1 else flat
+            weights.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            weights.update(sample.float().contiguous().numpy().tobytes())
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            layout = json.loads(backend.to_str())
+            layout.pop("truncation", None)
+            layout.pop("padding", None)
+            vocabulary = json.dumps(layout, sort_keys=True)
+        else:
+            vocabulary = json.dumps(sorted(self.tokenizer.get_vocab().items()))
+        config = self.model.config.to_json_string(use_diff=False) if hasattr(self.model, "config") else ""
+        return {"model": str(self.name_or_path), "layers": list(self.layers), "max_length": self.max_length,
+                "dtype": str(self.dtype), "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+                "weights_sha256": weights.hexdigest(),
+                "tokenizer_sha256": hashlib.sha256(f"{type(self.tokenizer).__name__}{vocabulary}".encode()).hexdigest()}
 
     def __repr__(self) -> str:
         return (f"Encoder({self.name_or_path!r}, layer={self.layers if len(self.layers) > 1 else self.layers[0]}, "

@@ -107,16 +107,26 @@ class TokenStates:
         return TokenStates(self.states.to(dtype), self.offsets)
 
     def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-        """One safetensors file, written atomically (a cache must never be half-written)."""
+        """One safetensors file, written atomically (a cache must never be half-written).
+
+        Written next to ``path`` and published by :func:`seqpool.io.atomic.atomic_replace`
+        (fsync, umask permissions, never over a device or FIFO), like every seqpool output.
+        """
+        import tempfile
+
+        from seqpool.io.atomic import atomic_replace  # the one atomic write; lazy: io sits above states
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         try:
             save_file({"states": self.states.contiguous(), "offsets": self.offsets.contiguous()},
-                      str(tmp), metadata=metadata or {})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+                      tmp, metadata=metadata or {})
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        atomic_replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TokenStates":

@@ -344,3 +344,13 @@ def test_only_the_encoder_calls_the_tokenizer_or_model():
                  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                  if re.search(r"\.(tokenizer|model)\(", line)]
     assert offenders == []  # explain, pipeline, local, embed... go through Encoder methods
+
+
+def test_fingerprint_is_stable_across_encodes_and_sees_the_layer(tiny_bert_dir):
+    encoder = Encoder(tiny_bert_dir)
+    before = encoder.fingerprint()  # the tokenizer has not been called yet
+    encoder.encode(TEXTS)  # a fast tokenizer stores this call's truncation settings
+    list(encoder.text_batches(TEXTS[:2]))
+    assert encoder.fingerprint() == before
+    assert Encoder(tiny_bert_dir, layer=1).fingerprint()["layers"] == [1]
+    assert Encoder(tiny_bert_dir, max_length=5).fingerprint() != before

@@ -225,3 +225,20 @@ def test_from_batches_refuses_a_repeated_row():
 def test_from_no_batches_is_empty():
     empty = TokenStates.from_batches([], num_texts=0)
     assert len(empty) == 0 and empty.offsets.tolist() == [0]
+
+
+def test_save_gives_umask_permissions_and_keeps_symlinks(tmp_path):
+    import os
+    import stat
+
+    old_umask = os.umask(0o022)
+    try:
+        target = tmp_path / "real.safetensors"
+        make_states().save(target)
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644  # not mkstemp's 0600
+        link = tmp_path / "link.safetensors"
+        link.symlink_to(target)
+        make_states([2], seed=5).save(link)
+        assert link.is_symlink() and TokenStates.load(target).lengths().tolist() == [2]
+    finally:
+        os.umask(old_umask)

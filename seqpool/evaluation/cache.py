@@ -24,34 +24,13 @@ from seqpool.states import TokenStates
 
 #: fp16 overflows at 65504; token states beyond this are cached in float32 instead.
 _FP16_SAFE = 6.0e4
-#: Values per weight tensor that the cache key hashes (all of them for smaller tensors).
-_FINGERPRINT_VALUES = 1 << 20
 
 Log = Callable[[str], None]
 
 
 def encoder_fingerprint(encoder: Any) -> dict[str, Any]:
-    """What determines the token states besides the texts: model, weights, tokenizer, layer.
-
-    Weights are fingerprinted by the bytes of every tensor, or of an evenly strided sample of
-    about a million values (plus both ends) for larger tensors: any fine-tune changes them,
-    and no gigabytes are hashed. Bytes, not float sums, so thread counts cannot change it.
-    """
-    weights = hashlib.sha256()
-    for name, tensor in sorted(encoder.model.state_dict().items()):
-        flat = tensor.detach().reshape(-1).cpu()
-        stride = max(1, flat.numel() // _FINGERPRINT_VALUES)
-        sample = torch.cat([flat[::stride], flat[-1024:]]) if stride > 1 else flat
-        weights.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        weights.update(sample.float().contiguous().numpy().tobytes())
-    tokenizer = encoder.tokenizer
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    config = encoder.model.config.to_json_string(use_diff=False) if hasattr(encoder.model, "config") else ""
-    return {"model": str(encoder.name_or_path), "layers": list(encoder.layers), "max_length": encoder.max_length,
-            "dtype": str(encoder.dtype), "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
-            "weights_sha256": weights.hexdigest(),
-            "tokenizer_sha256": hashlib.sha256(f"{type(tokenizer).__name__}{vocabulary}".encode()).hexdigest()}
+    """What determines the token states besides the texts (:meth:`seqpool.Encoder.fingerprint`)."""
+    return encoder.fingerprint()
 
 
 def default_cache_dir() -> Path:
