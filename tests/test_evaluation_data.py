@@ -15,7 +15,8 @@ from hypothesis import given, settings, strategies as st
 
 from seqpool.cli import main
 from seqpool.errors import SeqpoolError
-from seqpool.evaluation import LabelledTexts, check_cv_data, check_train_test, clean_label, labelled_texts, load_labelled
+from seqpool.evaluation import (LabelledTexts, check_cv_data, check_train_test, clean_label, labelled_texts,
+                                load_labelled)
 
 
 def jsonl(path: Path, lines: list[str]) -> Path:
