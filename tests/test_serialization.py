@@ -156,3 +156,19 @@ def test_configs_that_are_not_a_pooler_are_refused(tmp_path, config, message):
     (tmp_path / CONFIG_NAME).write_text(config, encoding="utf-8")
     with pytest.raises(SeqpoolError, match=message):
         Pooler.from_pretrained(tmp_path)
+
+
+def test_config_fields_checks_presence_and_type_naming_the_key(tmp_path):
+    from seqpool.serialization import REQUIRED, config_fields
+
+    fields = {"dim": (int, REQUIRED), "lr": (float, 0.1), "name": (str, "x")}
+    assert config_fields({"dim": 3, "lr": 1}, fields, tmp_path) == {"dim": 3, "lr": 1.0, "name": "x"}
+    assert isinstance(config_fields({"dim": 3, "lr": 1}, fields, tmp_path)["lr"], float)
+    for config, message in [({}, "lacks the key 'dim'"), ({"dim": "3"}, "'dim' must be an integer"),
+                            ({"dim": True}, "'dim' must be an integer"), ({"dim": 3, "lr": False}, "'lr' must be a"),
+                            ({"dim": 3, "name": None}, "'name' must be a string")]:
+        with pytest.raises(SeqpoolError, match=message) as error:
+            config_fields(config, fields, tmp_path)
+        assert str(tmp_path / CONFIG_NAME) in str(error.value)
+    with pytest.raises(SeqpoolError, match="'training.dim'"):
+        config_fields({}, fields, tmp_path, prefix="training.")
