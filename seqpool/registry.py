@@ -137,6 +137,48 @@ _BUILTINS: dict[str, StrategySpec] = {spec.name: spec for spec in (
              "se_mean_token_weights"),
 )}
 
+def double_width(dim: int, **_: Any) -> int:
+    """Mean ⊕ standard deviation: ``2 * dim``."""
+    return 2 * dim
+
+
+def latent_attention_width(dim: int, num_queries: int = 4, mode: str = "mean", **_: Any) -> int:
+    """Latent attention averages its queries (``dim``) or concatenates them (``num_queries * dim``)."""
+    return dim if mode == "mean" else num_queries * dim
+
+
+def scalar_mix_width(dim: int, num_layers: int = 1, **_: Any) -> int:
+    """``scalar_mix`` pools states that hold every layer side by side (``num_layers * D`` wide) to ``D``."""
+    return dim // num_layers
+
+
+def _operator(name: str, kind: Kind, description: str, ref: str, weights: str | None = None,
+              width: Callable[..., int] = same_width) -> StrategySpec:
+    return StrategySpec(name, kind, description, function=ref if kind == PARAMETER_FREE else None,
+                        factory=ref if kind == LEARNED else None, width=width, token_weights=weights)
+
+
+#: Built-in operators beyond the classic sentence-transformers set: listed, usable by name
+#: everywhere, but not in the ``STRATEGIES`` / ``LEARNED_STRATEGIES`` constants, which keep
+#: meaning "the classic ones" (all ``dim`` wide, exportable to sentence-transformers).
+#: Exact explain weights exist for latent_attention only: power means (p != 1), standard
+#: deviations and GeM are not linear in the tokens, and scalar_mix mixes layers explain never sees.
+_OPERATORS: dict[str, StrategySpec] = {spec.name: spec for spec in (
+    _operator("mean_std", PARAMETER_FREE, "statistics pooling: mean ⊕ standard deviation of the real tokens; "
+              "width 2 * dim", "seqpool.moments:masked_mean_std", width=double_width),
+    _operator("power_mean", PARAMETER_FREE, "signed power mean with p = 3 (Rücklé et al.); any p >= 1 as "
+              "pP: p2, p2.5, p7 (p1 = mean)", "seqpool.moments:masked_power_mean"),
+    _operator("gem", LEARNED, "GeM: signed power mean with a learned p (Radenović et al.)", "seqpool.gem:GeMPooling"),
+    _operator("attentive_stats", LEARNED, "attentive statistics: attention-weighted mean ⊕ std (Okabe et al.; "
+              "ECAPA); width 2 * dim", "seqpool.attentive_stats:AttentiveStatisticsPooling", width=double_width),
+    _operator("latent_attention", LEARNED, "k learned queries attend to the real tokens (Set Transformer PMA, "
+              "NV-Embed); width dim, or k * dim with mode='concat'", "seqpool.latent_attention:LatentAttentionPooling",
+              "seqpool.latent_attention:latent_attention_token_weights", width=latent_attention_width),
+    _operator("scalar_mix", LEARNED, "softmax-weighted mix of every hidden layer (ELMo), then the mean",
+              "seqpool.scalar_mix:scalar_mix_pooler", width=scalar_mix_width),
+)}
+
+
 #: Strategies registered by :func:`register_strategy` (these win over built-ins they replace).
 _USER: dict[str, StrategySpec] = {}
 #: Plugins loaded so far: the spec, or the one-line error it gave.
@@ -156,7 +198,7 @@ def _plugin_entry_points() -> dict[str, Any]:
 
 def _known() -> dict[str, StrategySpec]:
     """Every strategy available without importing a plugin, in listing order."""
-    return {**_BUILTINS, **_USER}
+    return {**_BUILTINS, **_OPERATORS, **_USER}
 
 
 def find_strategy(name: str) -> StrategySpec | None:
@@ -169,6 +211,12 @@ def find_strategy(name: str) -> StrategySpec | None:
     known = _known()
     if name in known:
         return known[name]
+    if any(mark in name for mark in "+@") or name.startswith("p") and name[1:2].isdigit():
+        from seqpool.expressions import expression_spec  # "mean+max", "mean@-2", "p3"
+
+        spec = expression_spec(name)
+        if spec is not None:
+            return spec
     if name not in _PLUGINS:
         entry_point = _plugin_entry_points().get(name)
         if entry_point is None:
@@ -295,7 +343,8 @@ def register_strategy(name: str, fn: Callable[..., Any], *, description: str = "
     if not isinstance(description, str):
         raise SeqpoolError(f"description must be a string, got {type(description).__name__}")
     if not replace and name in _known():
-        where = "a built-in strategy" if name in _BUILTINS and name not in _USER else "already registered"
+        where = "a built-in strategy" if name in {**_BUILTINS, **_OPERATORS} and name not in _USER \
+            else "already registered"
         raise SeqpoolError(f"strategy {name!r} is {where}; pass replace=True to replace it, or choose another name")
     spec = StrategySpec(name, PARAMETER_FREE, description or _first_doc_line(fn), function=fn,
                         width=_width_function(output_dim), origin="user")

@@ -25,7 +25,8 @@ from seqpool.serialization import load_configured, save_module
 
 
 def stack_layers(layers: Tensor | Sequence[Tensor], num_layers: int) -> Tensor:
-    """(L, B, T, D) from a stacked tensor or a list of L (B, T, D) tensors, with a clear error otherwise."""
+    """(L, B, T, D) from a stacked tensor, a list of L (B, T, D) tensors, or (B, T, L * D) states
+    holding the layers side by side; a clear error otherwise."""
     if not isinstance(layers, Tensor):
         layers = list(layers)
         if not all(isinstance(layer, Tensor) for layer in layers):
@@ -34,8 +35,13 @@ def stack_layers(layers: Tensor | Sequence[Tensor], num_layers: int) -> Tensor:
         if len(shapes) > 1:
             raise SeqpoolError(f"every layer must have the same (batch, tokens, dim) shape, got {sorted(shapes)}")
         layers = torch.stack(layers) if layers else torch.empty(0)
+    if layers.dim() == 3 and num_layers > 0 and layers.shape[-1] % num_layers == 0:
+        # (B, T, L * D): every layer's states side by side, as evaluate caches them
+        batch, tokens, width = layers.shape
+        layers = layers.reshape(batch, tokens, num_layers, width // num_layers).permute(2, 0, 1, 3)
     if layers.dim() != 4:
-        raise SeqpoolError(f"layers must have shape (layers, batch, tokens, dim), got {tuple(layers.shape)}")
+        raise SeqpoolError(f"layers must have shape (layers, batch, tokens, dim) or (batch, tokens, "
+                          f"{num_layers} * dim), got {tuple(layers.shape)}")
     if layers.shape[0] != num_layers:
         raise SeqpoolError(
             f"this ScalarMix mixes num_layers={num_layers} layers but got {layers.shape[0]}; pass every "
@@ -132,3 +138,16 @@ class ScalarMixPooling(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_layers={self.num_layers}, strategy={self.strategy!r}"
+
+
+def scalar_mix_pooler(dim: int, num_layers: int | None = None, strategy: str = "mean", gamma: float = 1.0,
+                      learn_gamma: bool = True) -> ScalarMixPooling:
+    """The learned ``scalar_mix`` strategy for (B, T, dim) states holding ``num_layers`` layers side by side.
+
+    ``dim`` is the width of those states (``num_layers * hidden_size``), as :class:`seqpool.Pooler`
+    passes it; the pooled vector is ``dim // num_layers`` wide.
+    """
+    if num_layers is None or num_layers < 1 or dim % num_layers:
+        raise SeqpoolError(f"scalar_mix pools every hidden layer: pass num_layers= (the model's hidden states, "
+                           f"embeddings included) dividing dim={dim}, got num_layers={num_layers}")
+    return ScalarMixPooling(num_layers, strategy=strategy, gamma=gamma, learn_gamma=learn_gamma)
