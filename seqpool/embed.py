@@ -84,20 +84,29 @@ def output_lock(output: str | os.PathLike) -> Iterator[None]:
         yield
         return
     path = lock_path(output)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
             raise SeqpoolError(f"{output} is in use by another run (pid {holder}); wait for it to finish "
                                f"or choose another output=...") from None
+        try:
+            same_file = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(fd)  # the holder finished and removed this file meanwhile: lock the current one
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)  # before unlocking: a waiting run then makes a fresh file
+            path.unlink(missing_ok=True)  # before unlocking, so no one can lock a file about to vanish
     finally:
         os.close(fd)
 

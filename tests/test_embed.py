@@ -138,8 +138,27 @@ def test_embed_to_dev_null_leaves_it_a_device(corpus, tiny_bert_dir):
     assert os.stat("/dev/null").st_ino == before.st_ino and not os.path.exists("/dev/null.partial")
 
 
-def test_lock_wait_is_immediate(tmp_path):
-    start = time.monotonic()
-    with output_lock(tmp_path / "a.npy"), output_lock(tmp_path / "b.npy"):
-        pass
-    assert time.monotonic() - start < 5
+def test_the_lock_never_has_two_holders(tmp_path):
+    holders: list[int] = []
+    overlaps: list[int] = []
+    taken: list[int] = []
+
+    def worker():
+        for _ in range(100):
+            try:
+                with output_lock(tmp_path / "e.npy"):
+                    holders.append(1)
+                    taken.append(1)
+                    if len(holders) > 1:
+                        overlaps.append(1)
+                    time.sleep(0.0002)
+                    holders.pop()
+            except SeqpoolError:
+                pass
+
+    workers = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    assert taken and not overlaps and not lock_path(tmp_path / "e.npy").exists()
