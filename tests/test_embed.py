@@ -61,6 +61,13 @@ def test_output_paths_are_checked_before_the_model_loads(corpus, tmp_path):
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "g.npy.lock").exists()
 
 
+def test_a_stream_input_needs_an_output_name(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(SeqpoolError, match=r"reading from the stream .*fifo.*: name the output file with `output`"):
+        embed_file(tmp_path / "fifo", model=NO_MODEL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
 def test_cli_names_flags_for_library_parameters(corpus):
     for args, flag in ((["--chunk-size", "0"], "--chunk-size must be"), (["--max-length", "0"], "--max-length must"),
                        (["--text-field", "body"], "--text-field 'body' needs"), (["--dtype", "x"], "--dtype")):

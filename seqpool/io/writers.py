@@ -28,7 +28,7 @@ import numpy as np
 from seqpool.errors import SeqpoolError
 from seqpool.io.atomic import atomic_path, atomic_replace, resolve_output
 from seqpool.io.digest import TextDigest
-from seqpool.io.readers import STDIN, TextSource, choose
+from seqpool.io.readers import STDIN, TextSource, choose, is_stream
 
 OUTPUT_FORMATS: tuple[str, ...] = ("npy", "parquet", "jsonl", "safetensors")
 
@@ -66,8 +66,9 @@ def detect_output_format(path: str | os.PathLike, output_format: str | None = No
 
 def default_output_path(input_path: str, output_format: str = "npy") -> Path:
     """``corpus.txt`` -> ``corpus.npy`` (beside the input), or ``corpus.parquet`` etc."""
-    if input_path == STDIN:
-        raise SeqpoolError("reading from stdin: name the output file with `output`")
+    if is_stream(input_path):  # stdin, <(cat f), a FIFO: nowhere sensible to put a file beside it
+        where = "stdin" if input_path == STDIN else f"the stream {input_path} (stdin, a pipe or a FIFO)"
+        raise SeqpoolError(f"reading from {where}: name the output file with `output`")
     output = Path(input_path).with_suffix(f".{output_format}")
     if output == Path(input_path):  # corpus.parquet -> corpus.embeddings.parquet, never the input
         output = output.with_suffix(f".embeddings.{output_format}")
