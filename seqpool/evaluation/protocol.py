@@ -23,11 +23,18 @@ from seqpool import stats
 from seqpool.evaluation.classifiers import accuracy_and_f1, fit_predict_learned, fit_predict_logistic
 from seqpool.evaluation.result import Comparison, StrategyResult, clip_interval
 from seqpool.evaluation.settings import ALPHA, EvaluationSettings, derive_seed
-from seqpool.layers import LEARNED_STRATEGIES
+from seqpool.registry import LEARNED, get_strategy
 from seqpool.states import TokenStates
 
 Log = Callable[[str], None]
 Splits = list[list[tuple[np.ndarray, np.ndarray]]]
+
+
+def is_learned(strategy: str) -> bool:
+    """Whether ``strategy`` trains parameters (a :class:`PooledClassifier`) rather than being pooled
+    once: read from the registry's ``kind``, so new operators, expressions and plugins are
+    classified the same way as the built-ins."""
+    return get_strategy(strategy).kind == LEARNED
 
 
 @dataclass
@@ -77,7 +84,7 @@ class Fitter:
             test_rows: np.ndarray, seed: int) -> None:
         start = time.perf_counter()
         chosen_c = None
-        if strategy in LEARNED_STRATEGIES:
+        if is_learned(strategy):
             predicted = fit_predict_learned(strategy, train.states.subset(train_rows), train.labels[train_rows],
                                             test.states, test_rows, self.num_labels, seed,
                                             self.settings.learned_options)
@@ -114,7 +121,7 @@ def cross_validate(names: Sequence[str], fitter: Fitter, corpus: Corpus, log: Lo
             for fold, (train_rows, test_rows) in enumerate(partition):
                 fitter.run(runs[name], name, corpus, train_rows, corpus, test_rows,
                            derive_seed(s.seed, "fit", repeat, fold))
-        if name in LEARNED_STRATEGIES and s.seed_variance and len(splits) > 1:
+        if is_learned(name) and s.seed_variance and len(splits) > 1:
             seed_tables[name] = _seed_table(name, fitter, corpus, splits, runs[name])
         log(f"{name}: {np.mean(runs[name].accuracy):.4f} ({runs[name].seconds:.1f} s)")
     results = {n: summarize_cv(n, runs[n], n_train, n_test, s.repeats, seed_tables.get(n)) for n in names}
@@ -147,7 +154,7 @@ def train_test(names: Sequence[str], fitter: Fitter, train: Corpus, test: Corpus
     s = fitter.settings
     runs = {name: Runs() for name in names}
     for name in names:
-        for repeat in range(s.repeats if name in LEARNED_STRATEGIES else 1):
+        for repeat in range(s.repeats if is_learned(name) else 1):
             fitter.run(runs[name], name, train, train.rows(), test, test.rows(), derive_seed(s.seed, "fit", repeat, 0))
         log(f"{name}: {np.mean(runs[name].accuracy):.4f} ({runs[name].seconds:.1f} s)")
     results = {name: summarize_test(name, runs[name], s.n_resamples, s.seed) for name in names}
@@ -170,11 +177,11 @@ def summarize_cv(name: str, runs: Runs, n_train: float, n_test: float, repeats: 
         variance = {"split": components.split, "seed": components.seed, "seed_share": components.seed_share,
                     "design": f"{seed_table.shape[0]} splits of repeat 0 x {seed_table.shape[1]} seeds "
                               f"(a seed sets initialisation, batch order and early-stopping split)"}
-    elif repeats > 1 and name not in LEARNED_STRATEGIES:
+    elif repeats > 1 and not is_learned(name):
         variance = {"split": accuracy.std ** 2, "seed": 0.0, "seed_share": 0.0,
                     "design": "parameter-free: no seed, all variance comes from the split"}
     factor = stats.corrected_variance_factor(len(runs.accuracy), n_train, n_test)
-    return StrategyResult(name, name in LEARNED_STRATEGIES, runs.accuracy, runs.macro_f1, accuracy.mean,
+    return StrategyResult(name, is_learned(name), runs.accuracy, runs.macro_f1, accuracy.mean,
                           accuracy.std, accuracy.std * float(np.sqrt(factor)), clip_interval(accuracy.ci),
                           accuracy.method, f1.mean, clip_interval(f1.ci),
                           chosen_c=runs.chosen_c, variance=variance)
@@ -190,7 +197,7 @@ def summarize_test(name: str, runs: Runs, n_resamples: int, seed: int) -> Strate
     sampling = float(np.mean(per_run * (1 - per_run)) / correct.shape[1])
     method = ("bootstrap over seeds and test examples" if correct.shape[0] > 1
               else "bootstrap over test examples")
-    return StrategyResult(name, name in LEARNED_STRATEGIES, runs.accuracy, runs.macro_f1, boot.estimate, std,
+    return StrategyResult(name, is_learned(name), runs.accuracy, runs.macro_f1, boot.estimate, std,
                           boot.standard_error, clip_interval(boot.ci), method, float(np.mean(runs.macro_f1)),
                           (float("nan"), float("nan")), chosen_c=runs.chosen_c,
                           variance={"seed": std ** 2, "test_sample": sampling})

@@ -28,12 +28,11 @@ from seqpool.evaluation.cache import (EncodedStates, cache_write_problem, cached
                                       encoder_fingerprint)
 from seqpool.evaluation.curve import plan_curve, run_learning_curve
 from seqpool.evaluation.data import LabelledTexts, check_cv_data, check_train_test, labelled_texts, load_labelled
-from seqpool.evaluation.protocol import Corpus, Fitter, cross_validate, train_test
+from seqpool.evaluation.protocol import Corpus, Fitter, cross_validate, is_learned, train_test
 from seqpool.evaluation.report import check_output_paths
 from seqpool.evaluation.result import EvaluationResult, versions
 from seqpool.evaluation.settings import ALPHA, EvaluationSettings, check_strategies
 from seqpool.io import text_digest
-from seqpool.layers import LEARNED_STRATEGIES
 from seqpool.threads import limited_threads
 
 Log = Callable[[str], None]
@@ -144,7 +143,7 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
     encoded = [cached_states(encoder, data.texts, directory, settings.batch_size, progress, log,
                              warn_and_record, writable) for data in sides]
     pooling_start = time.perf_counter()
-    parameter_free = [s for s in names if s not in LEARNED_STRATEGIES]
+    parameter_free = [s for s in names if not is_learned(s)]
     corpora = [Corpus(e.states, e.states.pool(parameter_free) if parameter_free else {}, data.labels)
                for e, data in zip(encoded, sides)]
     pool_seconds = time.perf_counter() - pooling_start
@@ -172,8 +171,8 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
         "cache_load_seconds": sum(e.seconds for e in encoded if e.cache_hit),
         "pool_seconds": pool_seconds,
         "fit_seconds": fit_seconds,
-        "fit_seconds_parameter_free": sum(runs[s].seconds for s in names if s not in LEARNED_STRATEGIES),
-        "fit_seconds_learned": sum(runs[s].seconds for s in names if s in LEARNED_STRATEGIES),
+        "fit_seconds_parameter_free": sum(runs[s].seconds for s in names if not is_learned(s)),
+        "fit_seconds_learned": sum(runs[s].seconds for s in names if is_learned(s)),
         "fit_seconds_by_strategy": {s: runs[s].seconds for s in names},
         "learning_curve_seconds": curve_seconds,
         "evaluation_seconds": pool_seconds + fit_seconds + curve_seconds,

@@ -17,11 +17,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from seqpool.errors import SeqpoolError
-from seqpool.registry import builtin_names, get_strategy
+from seqpool.registry import get_strategy
 
-#: Every built-in parameter-free strategy plus the learned ones (registered and plugin
-#: strategies are compared when named).
-DEFAULT_STRATEGIES: tuple[str, ...] = builtin_names()
+#: The curated comparison ``evaluate`` runs when no strategies are named: the classic
+#: parameter-free strategies plus the two classic learned ones. Spelled out, not derived from
+#: the registry, so a new operator (``power_mean``, ``mean_std``, ...) or a plugin never
+#: silently joins the default run (and its cost); name them to compare them.
+DEFAULT_STRATEGIES: tuple[str, ...] = ("mean", "max", "cls", "last", "mean_sqrt_len", "weighted_mean",
+                                       "attention", "se_mean")
 #: SentEval's grid of inverse L2 strengths for the logistic regression.
 DEFAULT_C_GRID: tuple[float, ...] = tuple(2.0 ** k for k in range(-2, 4))
 #: Comparisons with a Holm-adjusted p-value below this are reported as significant.
