@@ -23,10 +23,11 @@ from torch import Tensor
 
 from seqpool.devices import DEVICE_TYPES, native_bf16_cpu, resolve_device, resolve_dtype  # noqa: F401 (public here)
 from seqpool.errors import SeqpoolError
+from seqpool.layer_plan import LayerKey, LayerPlan, average_layers, plan_layers
 from seqpool.local import SEGMENT_REDUCTIONS, segment_pool, word_segment_ids
-from seqpool.pooling import check_strategy, pool_many
+from seqpool.pooling import check_strategy
 from seqpool.progress import progress_bar
-from seqpool.registry import get_strategy, st_pooling_flags, st_pooling_modes
+from seqpool.registry import st_pooling_flags, st_pooling_modes
 from seqpool.states import Batch, TokenStates
 from seqpool.threads import available_cpus, limited_threads
 
@@ -313,23 +314,30 @@ class Encoder:
             attention_mask[row, :len(ids)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def forward_tokens(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Float32 (B, T, D) states of the chosen layer(s) for a tokenized, right-padded batch."""
+    def forward_tokens(self, batch: Mapping[str, Tensor], blocks: Sequence[LayerKey] | None = None) -> Tensor:
+        """Float32 (B, T, D) states of the chosen layer(s) for a tokenized, right-padded batch.
+
+        ``blocks`` (from :meth:`layer_plan`): (B, T, K * D) states, the average of each block's
+        hidden layers side by side, all from this one forward pass.
+        """
         inputs = {key: value.to(self.device) for key, value in batch.items()
                   if key in ("input_ids", "attention_mask", "token_type_ids")}
         mask = inputs.get("attention_mask")
         if mask is not None and bool(mask.all()):
             del inputs["attention_mask"]  # no padding: attention runs faster without a mask
         with torch.inference_mode():
-            want_all = self.layers != (-1,)
+            want_all = self.layers != (-1,) or blocks is not None
             output = self.model(**inputs, output_hidden_states=want_all, return_dict=True)
+            if blocks is not None:
+                return average_layers(output.hidden_states, blocks)
             if not want_all:
                 hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
                 return hidden.float()
             chosen = [output.hidden_states[i].float() for i in self.layers]
             return chosen[0] if len(chosen) == 1 else torch.stack(chosen).mean(dim=0)
 
-    def forward_batch(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def forward_batch(self, batch: Mapping[str, Tensor],
+                      blocks: Sequence[LayerKey] | None = None) -> tuple[Tensor, Tensor]:
         """CPU float32 (B, T, D) states and (B, T) bool mask of a collated, right-padded batch.
 
         A batch whose texts have no tokens at all (``""`` for a decoder) cannot go through
@@ -337,16 +345,19 @@ class Encoder:
         """
         rows, width = batch["input_ids"].shape
         if width == 0:
-            return torch.zeros(rows, 1, self.hidden_size), torch.zeros(rows, 1, dtype=torch.bool)
-        return self.forward_tokens(batch).cpu(), batch["attention_mask"].bool()
+            width = self.hidden_size * (len(blocks) if blocks else 1)
+            return torch.zeros(rows, 1, width), torch.zeros(rows, 1, dtype=torch.bool)
+        hidden = self.forward_tokens(batch) if blocks is None else self.forward_tokens(batch, blocks)
+        return hidden.cpu(), batch["attention_mask"].bool()
 
     # -- texts -> states -> vectors ---------------------------------------------------
 
     def hidden_states(self, texts: Sequence[str], batch_size: int | None = None, progress: Any = False,
-                      token_budget: int | None = None) -> Iterator[Batch]:
+                      token_budget: int | None = None, blocks: Sequence[LayerKey] | None = None) -> Iterator[Batch]:
         """Yield ``(indices, hidden (B,T,D) float32, mask (B,T) bool)``, longest texts first.
 
         ``indices`` point into ``texts``; batches come in length order, not input order.
+        ``blocks``: (B, T, K * D) states of several layer blocks per batch (see :meth:`layer_plan`).
         """
         token_ids = self.tokenize(texts)
         lengths = [len(ids) for ids in token_ids]
@@ -354,7 +365,7 @@ class Encoder:
                                _positive(token_budget, DEFAULT_TOKEN_BUDGET, "token_budget"))
 
         def run(rows: np.ndarray) -> Batch:
-            return (rows, *self.forward_batch(self.collate([token_ids[i] for i in rows])))
+            return (rows, *self.forward_batch(self.collate([token_ids[i] for i in rows]), blocks))
 
         workers = self._workers()
         with progress_bar(len(token_ids), progress) as bar, \
@@ -421,10 +432,16 @@ class Encoder:
         return TokenStates.from_batches(self.hidden_states(texts, batch_size, progress),
                                         num_texts=len(texts), dtype=dtype)
 
+    def layer_plan(self, strategies: Sequence[str]) -> LayerPlan:
+        """Which hidden layers ``strategies`` (``mean@-2``, ``scalar_mix``, ...) need from one pass."""
+        num_hidden_states = int(getattr(self.model.config, "num_hidden_layers", 0)) + 1
+        return plan_layers(strategies, num_hidden_states, self.layers, self.hidden_size)
+
     def encode(self, texts: Sequence[str], strategies: Sequence[str] | str | None = None,
                batch_size: int | None = None, normalize: bool | None = None,
                progress: Any = False) -> dict[str, np.ndarray]:
-        """One float32 (N, D) array per strategy, in input order, all from one encoder pass.
+        """One float32 (N, width) array per strategy, in input order, all from one encoder pass
+        (``mean@-2``, ``mean@1~-1`` and ``cls+mean`` included: every layer comes from that pass).
 
         ``strategies=None`` uses the model's default (its sentence-transformers pooling
         config, else mean); ``normalize=None`` follows the model's Normalize module.
@@ -433,13 +450,12 @@ class Encoder:
             strategies = (self.default_strategy,)
         elif isinstance(strategies, str):
             strategies = (strategies,)
-        strategies = tuple(dict.fromkeys(check_strategy(s) for s in strategies))
+        plan = self.layer_plan(tuple(dict.fromkeys(check_strategy(s) for s in strategies)))
         normalize = self.default_normalize if normalize is None else normalize
         texts = check_texts(texts)
-        out = {s: np.zeros((len(texts), get_strategy(s).output_dim(self.hidden_size)), dtype=np.float32)
-               for s in strategies}
-        for rows, hidden, mask in self.hidden_states(texts, batch_size, progress):
-            for strategy, vectors in pool_many(hidden, mask, strategies).items():
+        out = {s: np.zeros((len(texts), plan.output_dim(s)), dtype=np.float32) for s in plan.strategies}
+        for rows, hidden, mask in self.hidden_states(texts, batch_size, progress, blocks=plan.blocks):
+            for strategy, vectors in plan.pool(hidden, mask).items():
                 vectors = vectors.float()
                 if normalize:
                     vectors = torch.nn.functional.normalize(vectors, dim=-1)
