@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,6 +63,8 @@ class TrainingSettings:
         for name, low in lowest.items():
             if getattr(self, name) < low:
                 raise SeqpoolError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.seed >= 2**32:  # numpy's and scikit-learn's limit
+            raise SeqpoolError(f"seed must be below 2**32, got {self.seed}")
         if not self.lr > 0:
             raise SeqpoolError(f"lr must be positive, got {self.lr}")
         if not self.weight_decay >= 0:
@@ -85,7 +88,8 @@ class PooledClassifier(nn.Module):
     records which encoder produced the training states (``{"model": ..., "layer": ...}``)
     so an explanation can rebuild it. ``seed`` ... ``validation_fraction`` are the
     :class:`TrainingSettings`; other keywords go to the :class:`~seqpool.layers.Pooler`
-    (``heads``, ``dropout``, ``rd_ratio``, ...).
+    (``heads``, ``dropout``, ``rd_ratio``, ...). The initial weights come from ``seed`` too:
+    building or fitting a classifier never reads or advances the global RNG.
     """
 
     def __init__(self, strategy: str, dim: int, num_labels: int, labels: Sequence[Any] | None = None,
@@ -290,7 +294,10 @@ def _check_targets(y: Sequence[int] | np.ndarray, count: int, num_labels: int) -
 
 def _validation_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified inner split of the training rows; stratification is dropped only when impossible."""
-    from sklearn.model_selection import train_test_split
+    state = random.getstate()  # importing scikit-learn's model_selection imports rich, which draws from
+    from sklearn.model_selection import train_test_split  # `random` once (rich.style's id counter)
+
+    random.setstate(state)  # so even a first fit leaves Python's global RNG as it was
 
     rows = np.arange(len(y))
     if not 0.0 < fraction < 1.0:

@@ -131,7 +131,7 @@ def test_set_params_changes_training_settings_only():
 
 
 @pytest.mark.parametrize("setting, value", [("lr", 0), ("lr", "fast"), ("batch_size", 0), ("max_epochs", 1.5),
-                                            ("patience", 0), ("validation_fraction", 1.0), ("seed", -1),
+                                            ("patience", 0), ("validation_fraction", 1.0), ("seed", -1), ("seed", 2**32),
                                             ("weight_decay", -0.1), ("max_epochs", True)])
 def test_bad_settings_are_refused_naming_the_parameter(setting, value):
     with pytest.raises(SeqpoolError, match=setting):
