@@ -165,8 +165,11 @@ def test_any_tab_joined_tsv_reads_back_exactly(tmp_path_factory, texts):
 
 
 @FUZZ
-@given(st.lists(st.text(alphabet=TEXT_CHARS, max_size=20), max_size=25))
+@given(st.lists(st.text(alphabet=TEXT_CHARS, max_size=20).filter(lambda t: not ("\t" in t and "\n" in t)),
+                max_size=25))
 def test_any_tsv_written_by_a_csv_writer_reads_back_exactly(tmp_path_factory, texts):
+    """Except a text with both a newline and a tab: a quote spanning lines over a tab is refused
+    as ambiguous (it is what a stray quote swallowing the next records looks like)."""
     rows = [["id", "text"], *([i, t] for i, t in enumerate(texts))]
     path = write_csv(tmp_path_factory.mktemp("t") / "c.tsv", rows, delimiter="\t")
     assert [r.text for r in records(path)] == texts

@@ -32,12 +32,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, NamedTuple, Sequence
 
 from seqpool.errors import SeqpoolError
 
@@ -52,9 +53,11 @@ _INPUT_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".c
 _FIELD_FORMATS = ("jsonl", "json", "csv", "tsv", "parquet")
 
 
-@dataclass(frozen=True)
-class Record:
-    """One row of a corpus: its 1-based line (row, for parquet) in the file, text and label."""
+class Record(NamedTuple):
+    """One row of a corpus: its 1-based line (row, for parquet) in the file, text and label.
+
+    A named tuple: created once per row of corpora with millions, so it must be cheap.
+    """
 
     line: int
     text: str
@@ -201,22 +204,24 @@ class TextSource:
             raise SeqpoolError(f"{where}: not valid JSON: {error.msg}") from None
         except RecursionError:
             raise SeqpoolError(f"{where}: JSON nested too deeply to read") from None
-        return self._from_object(record, number)
+        return self._from_object(record, number, escapes="\\u" in line)
 
-    def _from_object(self, record: Any, number: int) -> Record:
-        where = self._where(number)
+    def _from_object(self, record: Any, number: int, escapes: bool = True) -> Record:
         if not isinstance(record, dict):
-            raise SeqpoolError(f"{where}: expected a JSON object with a {self.text_field!r} field")
+            raise SeqpoolError(f"{self._where(number)}: expected a JSON object with a {self.text_field!r} field")
         if self.text_field not in record:
-            raise SeqpoolError(f"{where}: no field {self.text_field!r} (fields: {', '.join(map(str, record))}); "
+            raise SeqpoolError(f"{self._where(number)}: no field {self.text_field!r} (fields: {', '.join(map(str, record))}); "
                                f"choose one with `text_field`")
         label = None
         if self.label_field is not None:
             if self.label_field not in record:
-                raise SeqpoolError(f"{where}: no label field {self.label_field!r} "
+                raise SeqpoolError(f"{self._where(number)}: no label field {self.label_field!r} "
                                    f"(fields: {', '.join(map(str, record))})")
             label = record[self.label_field]
-        return Record(number, as_text(record[self.text_field], where, self.text_field), label)
+        text = record[self.text_field]
+        if escapes or not isinstance(text, str):  # only a \u escape can make a lone surrogate
+            text = as_text(text, self._where(number), self.text_field)
+        return Record(number, text, label)
 
     def _json_array_records(self, lines: Iterator[tuple[int, str]]) -> Iterator[Record]:
         """A JSON array of objects, each numbered by the line it starts on; JSON lines also work.
@@ -383,7 +388,15 @@ def _tsv_rows(lines: Iterator[tuple[int, str]], name: str) -> Iterator[tuple[int
     header_width = None
     for number, raw in lines:
         line = strip_newline(raw)
-        fields: list[str] = []
+        if not line.startswith('"') and '\t"' not in line:  # no field starts with a quote: plain split
+            fields = line.split("\t")
+            if header_width is None:
+                header_width = len(fields)
+            elif fields == [""] and header_width > 1:
+                continue
+            yield number, fields
+            continue
+        fields = []
         start, position = number, 0
         while True:
             if line.startswith('"', position):
@@ -415,6 +428,9 @@ def _tsv_rows(lines: Iterator[tuple[int, str]], name: str) -> Iterator[tuple[int
         yield start, fields
 
 
+_QUOTED_BODY = re.compile(r'"((?:[^"]+|"")*)')
+
+
 def _quoted_field(line: str, position: int) -> tuple[str, int | None] | None:
     """Parse the quoted field opening at ``position``.
 
@@ -422,19 +438,13 @@ def _quoted_field(line: str, position: int) -> tuple[str, int | None] | None:
     when a closing quote is followed by other text (so it is no quoted field), and None
     when the line ends inside the quotes.
     """
-    index, parts = position + 1, []
-    while True:
-        close = line.find('"', index)
-        if close < 0:
-            return None
-        parts.append(line[index:close])
-        if line.startswith('"', close + 1):
-            parts.append('"')
-            index = close + 2
-            continue
-        if close + 1 == len(line) or line[close + 1] == "\t":
-            return "".join(parts), close + 1
-        return "", None
+    match = _QUOTED_BODY.match(line, position)
+    end = match.end()
+    if end == len(line):
+        return None
+    if end + 1 == len(line) or line[end + 1] == "\t":
+        return match.group(1).replace('""', '"'), end + 1
+    return "", None
 
 
 def _multiline_field(line: str, position: int, lines: Iterator[tuple[int, str]], name: str,
