@@ -159,7 +159,9 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
                 "dtype": str(encoder.dtype), "normalize": normalize, "skip_empty": skip_empty,
                 "batch_size": batch_size, "chunk_size": chunk_size, "input_format": source.format,
                 "text_field": source.text_field}
-    spool = EmbeddingSpool(output, fmt, strategies, encoder.hidden_size, settings, resume=resume, folder=folder)
+    plan = encoder.layer_plan(strategies)  # layers checked against the model before anything is written
+    widths = {strategy: plan.output_dim(strategy) for strategy in strategies}  # mean+max: 2 * hidden size
+    spool = EmbeddingSpool(output, fmt, strategies, widths, settings, resume=resume, folder=folder)
     started_at = spool.rows_done
     try:
         texts = source.texts()

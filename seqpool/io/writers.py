@@ -131,12 +131,15 @@ class EmbeddingSpool:
     count at the end (numpy reserves room for that), so npy output needs no copy at all.
     """
 
-    def __init__(self, output: Path, output_format: str, strategies: Sequence[str], dim: int,
+    def __init__(self, output: Path, output_format: str, strategies: Sequence[str], dim: int | Mapping[str, int],
                  settings: Mapping[str, Any], resume: bool = False, folder: Path | None = None):
         self.output = Path(output)
         self.output_format = output_format
         self.strategies = tuple(strategies)
-        self.dim = int(dim)
+        # one width for all, or one per strategy (``mean+max`` is twice as wide as ``mean``)
+        self.dims = {s: int(dim[s]) if isinstance(dim, Mapping) else int(dim) for s in self.strategies}
+        widths = set(self.dims.values())
+        self.dim: int | dict[str, int] = next(iter(widths), 0) if len(widths) <= 1 else dict(self.dims)
         self.settings = {**settings, "strategies": list(self.strategies), "dim": self.dim,
                          "output_format": output_format}
         # ``folder``: elsewhere than ``<output>.partial`` (an output that is a device or FIFO)
@@ -144,7 +147,6 @@ class EmbeddingSpool:
         self.rows_done = 0
         self.input_digest = TextDigest().hexdigest()
         self.resumed = False
-        self._header_size = len(_npy_header(0, self.dim))
         if self.folder.exists():
             if not resume:
                 self.check_unfinished(self.folder, self.output)
@@ -184,12 +186,12 @@ class EmbeddingSpool:
 
     def _open_spool(self, strategy: str) -> IO[bytes]:
         path = self.spool_path(strategy)
-        kept = self._header_size + self.rows_done * self.dim * 4
+        kept = len(_npy_header(0, self.dims[strategy])) + self.rows_done * self.dims[strategy] * 4
         if self.rows_done and (not path.exists() or path.stat().st_size < kept):
             raise SeqpoolError(f"{path} lost rows since the last checkpoint; delete {self.folder} to start over")
         handle = open(path, "r+b" if path.exists() else "w+b")
         handle.seek(0)
-        handle.write(_npy_header(self.rows_done, self.dim))
+        handle.write(_npy_header(self.rows_done, self.dims[strategy]))
         # Drop rows written after the last checkpoint: they are encoded again.
         handle.truncate(kept)
         handle.seek(0, os.SEEK_END)
@@ -202,8 +204,8 @@ class EmbeddingSpool:
             raise ValueError(f"strategies got different row counts: {counts}")
         for strategy in self.strategies:
             rows = np.ascontiguousarray(vectors[strategy], dtype="<f4")
-            if rows.ndim != 2 or rows.shape[1] != self.dim:
-                raise ValueError(f"expected rows of width {self.dim}, got shape {rows.shape}")
+            if rows.ndim != 2 or rows.shape[1] != self.dims[strategy]:
+                raise ValueError(f"expected rows of width {self.dims[strategy]}, got shape {rows.shape}")
             handle = self._files[strategy]
             handle.write(rows.tobytes())
             handle.flush()
@@ -226,16 +228,16 @@ class EmbeddingSpool:
 
     def finish(self, metadata: Mapping[str, str] | None = None) -> list[Path]:
         """Turn the spools into the output file(s), rename them into place, clean up."""
-        for handle in self._files.values():
+        for strategy, handle in self._files.items():
             handle.seek(0)
-            handle.write(_npy_header(self.rows_done, self.dim))
+            handle.write(_npy_header(self.rows_done, self.dims[strategy]))
         self.close()
         targets = output_paths(self.output, self.output_format, self.strategies)
         if self.output_format == "npy":
             for strategy in self.strategies:
                 atomic_replace(self.spool_path(strategy), targets[strategy])
         else:
-            arrays = {s: _open_rows(self.spool_path(s), self.rows_done, self.dim) for s in self.strategies}
+            arrays = {s: _open_rows(self.spool_path(s), self.rows_done, self.dims[s]) for s in self.strategies}
             _WRITERS[self.output_format](self.output, arrays, dict(metadata or {}))
             del arrays  # release the memory maps before the folder goes
         shutil.rmtree(self.folder)
@@ -262,12 +264,11 @@ def write_parquet(path: Path, arrays: Mapping[str, np.ndarray], metadata: Mappin
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    dim = next(iter(arrays.values())).shape[1]
-    schema = pa.schema([(name, pa.list_(pa.float32(), dim)) for name in arrays],
+    schema = pa.schema([(name, pa.list_(pa.float32(), array.shape[1])) for name, array in arrays.items()],
                        metadata={f"seqpool.{k}": str(v) for k, v in metadata.items()})
     with atomic_path(path, mode="wb") as handle, pq.ParquetWriter(handle, schema) as writer:
         for block in _blocks(arrays):
-            columns = [pa.FixedSizeListArray.from_arrays(pa.array(block[name].reshape(-1)), dim)
+            columns = [pa.FixedSizeListArray.from_arrays(pa.array(block[name].reshape(-1)), block[name].shape[1])
                        for name in arrays]
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
 
