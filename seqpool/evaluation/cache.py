@@ -72,11 +72,16 @@ def _storage_dtype(batches: Iterable[Any], overflow: list[bool]) -> Iterable[Any
 
 
 def encode_states(encoder: Any, texts: Sequence[str], batch_size: int | None = None,
-                  progress: bool = False) -> TokenStates:
-    """Token states of ``texts`` in input order, stored in fp16 (float32 if fp16 would overflow)."""
+                  progress: bool = False, blocks: Sequence[tuple[int, ...]] | None = None) -> TokenStates:
+    """Token states of ``texts`` in input order, stored in fp16 (float32 if fp16 would overflow).
+
+    ``blocks`` (a :class:`~seqpool.layer_plan.LayerPlan`'s): every block's states side by side,
+    K * D wide, from the one encoder pass, cached together as one file.
+    """
     overflow: list[bool] = []
-    states = TokenStates.from_batches(_storage_dtype(encoder.hidden_states(texts, batch_size, progress), overflow),
-                                      num_texts=len(texts))
+    batches = encoder.hidden_states(texts, batch_size, progress, blocks=blocks) if blocks \
+        else encoder.hidden_states(texts, batch_size, progress)
+    states = TokenStates.from_batches(_storage_dtype(batches, overflow), num_texts=len(texts))
     return states.to(torch.float32 if overflow else torch.float16)
 
 
@@ -92,25 +97,29 @@ class EncodedStates:
 
 def cached_states(encoder: Any, texts: Sequence[str], cache_dir: str | os.PathLike | None,
                   batch_size: int | None = None, progress: bool = False, log: Log | None = None,
-                  warn: Log | None = None, writable: bool = True) -> EncodedStates:
-    """Load the token states of ``texts`` from the cache, or encode and store them.
+                  warn: Log | None = None, writable: bool = True,
+                  blocks: Sequence[tuple[int, ...]] | None = None) -> EncodedStates:
+    """Load the token states of ``texts`` (of several layer ``blocks``, see :func:`encode_states`)
+    from the cache, or encode and store them.
 
     ``cache_dir=None`` disables the cache; ``writable=False`` reads it but stores nothing. A
     damaged or mismatching cache file is re-encoded and replaced; a failed store is a
     ``warn``-ing, never an error (the states are in memory, the run goes on).
     """
     start = time.perf_counter()
-    path = states_cache_path(cache_dir, encoder_fingerprint(encoder), texts) if cache_dir is not None else None
+    fingerprint = {**encoder_fingerprint(encoder), **({"blocks": [list(b) for b in blocks]} if blocks else {})}
+    path = states_cache_path(cache_dir, fingerprint, texts) if cache_dir is not None else None
+    width = encoder.hidden_size * (len(blocks) if blocks else 1)
     if path is not None and path.is_file():
         try:
             states = TokenStates.load(path)
-            if len(states) == len(texts) and states.dim == encoder.hidden_size:
+            if len(states) == len(texts) and states.dim == width:
                 return EncodedStates(states, time.perf_counter() - start, True, str(path))
         except Exception:  # a damaged cache file is not the user's problem: re-encode
             pass
         if log:
             log(f"cache file {path} does not match; re-encoding")
-    states = encode_states(encoder, texts, batch_size, progress)
+    states = encode_states(encoder, texts, batch_size, progress, blocks)
     stored = None
     if path is not None and writable:
         try:

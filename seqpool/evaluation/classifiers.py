@@ -67,10 +67,13 @@ def fit_predict_logistic(x_train: np.ndarray, y_train: np.ndarray, x_test: np.nd
 
 def fit_predict_learned(strategy: str, train_states: TokenStates, y_train: np.ndarray, test_states: TokenStates,
                         test_rows: np.ndarray | None, num_labels: int, seed: int,
-                        options: dict[str, Any]) -> np.ndarray:
-    """Train a :class:`PooledClassifier` on the training states only; predict the test rows."""
+                        options: dict[str, Any], pooler_kwargs: dict[str, Any] | None = None) -> np.ndarray:
+    """Train a :class:`PooledClassifier` on the training states only; predict the test rows.
+
+    ``pooler_kwargs`` go to the pooler (``num_layers`` for ``scalar_mix``).
+    """
     from seqpool.classifier import PooledClassifier
 
-    model = PooledClassifier(strategy, train_states.dim, num_labels)
+    model = PooledClassifier(strategy, train_states.dim, num_labels, **(pooler_kwargs or {}))
     model.fit(train_states, y_train, seed=seed, **options)
     return model.predict(test_states, test_rows)

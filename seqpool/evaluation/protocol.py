@@ -23,6 +23,7 @@ from seqpool import stats
 from seqpool.evaluation.classifiers import accuracy_and_f1, fit_predict_learned, fit_predict_logistic
 from seqpool.evaluation.result import Comparison, StrategyResult, clip_interval
 from seqpool.evaluation.settings import ALPHA, EvaluationSettings, derive_seed
+from seqpool.layer_plan import LayerPlan
 from seqpool.registry import LEARNED, get_strategy
 from seqpool.states import TokenStates
 
@@ -79,21 +80,34 @@ class Fitter:
 
     settings: EvaluationSettings
     num_labels: int
+    #: which channels of the cached states each learned strategy trains on (None: all of them)
+    plan: LayerPlan | None = None
 
     def run(self, runs: Runs, strategy: str, train: Corpus, train_rows: np.ndarray, test: Corpus,
             test_rows: np.ndarray, seed: int) -> None:
         start = time.perf_counter()
         chosen_c = None
         if is_learned(strategy):
-            predicted = fit_predict_learned(strategy, train.states.subset(train_rows), train.labels[train_rows],
-                                            test.states, test_rows, self.num_labels, seed,
-                                            self.settings.learned_options)
+            name, train_states, test_states, pooler_kwargs = self.learned_input(strategy, train, train_rows, test)
+            predicted = fit_predict_learned(name, train_states, train.labels[train_rows], test_states, test_rows,
+                                            self.num_labels, seed, self.settings.learned_options, pooler_kwargs)
         else:
             s = self.settings
             predicted, chosen_c = fit_predict_logistic(
                 train.pooled[strategy][train_rows], train.labels[train_rows], test.pooled[strategy][test_rows],
                 c_grid=s.c_grid, tune=s.tune, inner_folds=s.inner_folds, seed=seed)
         runs.add(test.labels[test_rows], predicted, chosen_c, time.perf_counter() - start)
+
+    def learned_input(self, strategy: str, train: Corpus, train_rows: np.ndarray,
+                      test: Corpus) -> tuple[str, TokenStates, TokenStates, dict[str, Any]]:
+        """(Pooler strategy, training states, test states, Pooler kwargs) of a learned strategy:
+        ``attention@-2`` trains ``attention`` on layer -2's channels, ``scalar_mix`` on every layer's."""
+        train_states = train.states.subset(train_rows)
+        if self.plan is None:
+            return strategy, train_states, test.states, {}
+        name, _, pooler_kwargs = self.plan.learned(strategy)
+        return (name, self.plan.learned_states(strategy, train_states), self.plan.learned_states(strategy, test.states),
+                pooler_kwargs)
 
 
 def cv_splits(labels: np.ndarray, folds: int, repeats: int, seed: int) -> Splits:

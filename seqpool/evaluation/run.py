@@ -140,15 +140,16 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
     directory, writable = _cache_folder(settings, warn_and_record)
     sides = [data for data in (train_data, test_data) if data is not None]
     log(f"encoding {' + '.join(str(len(d)) for d in sides)} texts with {encoder.name_or_path}")
+    plan = encoder.layer_plan(names)  # every hidden layer a strategy names (mean@-2, scalar_mix), one pass
     encoded = [cached_states(encoder, data.texts, directory, settings.batch_size, progress, log,
-                             warn_and_record, writable) for data in sides]
+                             warn_and_record, writable, plan.blocks) for data in sides]
     pooling_start = time.perf_counter()
     parameter_free = [s for s in names if not is_learned(s)]
-    corpora = [Corpus(e.states, e.states.pool(parameter_free) if parameter_free else {}, data.labels)
+    corpora = [Corpus(e.states, plan.pool_states(e.states, parameter_free) if parameter_free else {}, data.labels)
                for e, data in zip(encoded, sides)]
     pool_seconds = time.perf_counter() - pooling_start
 
-    fitter = Fitter(settings, len(train_data.label_names))
+    fitter = Fitter(settings, len(train_data.label_names), plan)
     fit_start = time.perf_counter()
     if test_data is None:
         runs, results, comparisons, protocol = cross_validate(names, fitter, corpora[0], log)
