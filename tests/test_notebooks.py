@@ -16,7 +16,8 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["pooling_comparison.ipynb", "token_maps.ipynb"])
+@pytest.mark.parametrize("name", ["pooling_comparison.ipynb", "token_maps.ipynb", "aliasing.ipynb",
+                                  "segment_pooling.ipynb"])
 def test_notebook_runs(name, senteval_dir, monkeypatch):
     monkeypatch.setenv("SEQPOOL_NOTEBOOK_TEXTS", os.environ.get("SEQPOOL_NOTEBOOK_TEXTS", "300"))
     monkeypatch.setenv("SEQPOOL_DATA", str(senteval_dir))
