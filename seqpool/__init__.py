@@ -40,6 +40,15 @@ _EXPORTS: dict[str, str] = {
     "AttentionPooling": "seqpool.layers",
     "SqueezeExcitation": "seqpool.layers",
     "Pooler": "seqpool.layers",
+    # issue-11 operators: moments, learned poolers, layer mixing, expressions
+    "masked_power_mean": "seqpool.moments",
+    "masked_mean_std": "seqpool.moments",
+    "GeMPooling": "seqpool.gem",
+    "AttentiveStatisticsPooling": "seqpool.attentive_stats",
+    "LatentAttentionPooling": "seqpool.latent_attention",
+    "ScalarMix": "seqpool.scalar_mix",
+    "ScalarMixPooling": "seqpool.scalar_mix",
+    "parse_strategy": "seqpool.expressions",
     # encoder, token states, classifier
     "Encoder": "seqpool.encoder",
     "Embedder": "seqpool.distributed",
@@ -92,7 +101,11 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from seqpool.encoder import Encoder, word_embeddings
     from seqpool.errors import SeqpoolError
     from seqpool.evaluation import EvaluationResult, evaluate, load_labelled
+    from seqpool.attentive_stats import AttentiveStatisticsPooling
     from seqpool.explain import Explanation
+    from seqpool.expressions import parse_strategy
+    from seqpool.gem import GeMPooling
+    from seqpool.latent_attention import LatentAttentionPooling
     from seqpool.layers import LEARNED_STRATEGIES, POOLER_STRATEGIES, AttentionPooling, Pooler, SqueezeExcitation
     from seqpool.local import (
         ShiftConsistency,
@@ -104,6 +117,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         shift_consistency,
         word_segment_ids,
     )
+    from seqpool.moments import masked_mean_std, masked_power_mean
     from seqpool.pipeline import PoolingPipeline, register_pipeline
     from seqpool.pooling import (
         STRATEGIES,
@@ -123,5 +137,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         strategy_names,
         unregister_strategy,
     )
+    from seqpool.scalar_mix import ScalarMix, ScalarMixPooling
     from seqpool.st_export import export_sentence_transformers, read_sentence_transformers_layout
     from seqpool.states import TokenStates

@@ -22,7 +22,9 @@ def test_strategies_lists_every_strategy():
     result = CliRunner().invoke(main, ["strategies"])
     assert result.exit_code == 0
     listed = [line.split("\t")[0] for line in result.output.splitlines()]
-    assert listed == list(seqpool.STRATEGIES) + list(seqpool.LEARNED_STRATEGIES)
+    # every registered strategy: the classic constants plus issue 11's operators (mean_std, gem, ...)
+    assert listed == list(seqpool.strategy_names())
+    assert set(seqpool.STRATEGIES) | set(seqpool.LEARNED_STRATEGIES) < set(listed)
 
 
 # -- seqpool explain: options, output paths and --label checked before any work ---------------
