@@ -86,9 +86,8 @@ def _power_spec(name: str, p: float) -> StrategySpec:
         raise SeqpoolError(f"strategy {name!r}: the power p must be at least 1 (p1 = mean, p3 = cubic mean)")
 
     def power_mean(hidden_states: Any, attention_mask: Any = None) -> Any:
-        from seqpool.moments import masked_power_mean
-
-        return masked_power_mean(hidden_states, attention_mask, p)
+        # named as a string, like every built-in record: the registry layer sits under the math
+        return _resolve("seqpool.moments:masked_power_mean")(hidden_states, attention_mask, p)
 
     weights = "seqpool.pooling:mean_token_weights" if p == 1 else None
     return StrategySpec(name, PARAMETER_FREE, f"signed power mean with p = {p:g}", function=power_mean,

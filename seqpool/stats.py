@@ -63,6 +63,12 @@ class PairedTest:
     statistic: float | None = None
 
 
+def clip_interval(ci: tuple[float, float], low: float = 0.0, high: float = 1.0) -> tuple[float, float]:
+    """``ci`` inside ``[low, high]`` (NaN stays NaN: "no interval" is not a bound)."""
+    first, second = (float(min(max(x, low), high)) if np.isfinite(x) else float(x) for x in ci)
+    return first, second
+
+
 def _scores(scores: Sequence[float] | np.ndarray, minimum: int = 2) -> np.ndarray:
     """Finite float64 scores, flattened; at least ``minimum`` of them."""
     values = np.asarray(scores, dtype=np.float64).ravel()

@@ -85,7 +85,7 @@ def main() -> None:
 @main.command()
 def strategies() -> None:
     """List the pooling strategies: name, kind and description; plugins included."""
-    from seqpool import registry
+    import seqpool.registry as registry
 
     for problem in registry.load_plugins():  # a broken plugin is a warning here, never a crash
         click.echo(f"warning: {problem}", err=True)

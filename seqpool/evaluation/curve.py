@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from seqpool import stats
+import seqpool.stats as stats
 from seqpool.errors import SeqpoolError
 from seqpool.evaluation.data import LabelledTexts
 from seqpool.evaluation.protocol import Corpus, Fitter, Runs

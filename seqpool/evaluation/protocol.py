@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from seqpool import stats
+import seqpool.stats as stats
 from seqpool.evaluation.classifiers import accuracy_and_f1, fit_predict_learned, fit_predict_logistic
 from seqpool.evaluation.result import Comparison, StrategyResult, clip_interval
 from seqpool.evaluation.settings import ALPHA, EvaluationSettings, derive_seed

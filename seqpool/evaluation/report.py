@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from seqpool.errors import SeqpoolError
-from seqpool.evaluation.result import EvaluationResult, clip_interval
 from seqpool.evaluation.settings import ALPHA, parameter_error
 from seqpool.io import atomic_path, resolve_output
+from seqpool.stats import clip_interval
+
+if TYPE_CHECKING:  # the result's table() and plot() call this module: no arrow back at run time
+    from seqpool.evaluation.result import EvaluationResult
 
 
 def _percent(value: float | None, digits: int = 2) -> str:

@@ -17,12 +17,7 @@ import numpy as np
 
 from seqpool._version import __version__
 from seqpool.serialization import atomic_write_text
-
-
-def clip_interval(ci: tuple[float, float], low: float = 0.0, high: float = 1.0) -> tuple[float, float]:
-    """``ci`` inside ``[low, high]`` (NaN stays NaN: "no interval" is not a bound)."""
-    first, second = (float(min(max(x, low), high)) if np.isfinite(x) else float(x) for x in ci)
-    return first, second
+from seqpool.stats import clip_interval  # noqa: F401  (re-exported: protocol and curve use it)
 
 
 @dataclass
