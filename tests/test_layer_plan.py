@@ -131,3 +131,22 @@ def test_hidden_states_with_blocks_hold_each_block_side_by_side(tiny_gpt2_dir):
 def test_encode_refuses_a_layer_the_model_does_not_have(tiny_bert_encoder):
     with pytest.raises(SeqpoolError, match="strategy 'mean@5': layer 5 is out of range"):
         tiny_bert_encoder.encode(["a"], ["mean@5"])
+
+
+def test_evaluate_caches_every_block_together_and_keys_the_file_by_the_blocks(tiny_bert_encoder, tmp_path):
+    from seqpool.evaluation.cache import cached_states
+
+    plan = tiny_bert_encoder.layer_plan(["mean", "mean@0", "cls@1~-1"])
+    first = cached_states(tiny_bert_encoder, TEXTS, tmp_path, blocks=plan.blocks)
+    again = cached_states(tiny_bert_encoder, TEXTS, tmp_path, blocks=plan.blocks)
+    assert not first.cache_hit and again.cache_hit and first.cache_path == again.cache_path
+    assert first.states.dim == 3 * 32 and torch.equal(again.states.states, first.states.states)
+    plain = cached_states(tiny_bert_encoder, TEXTS, tmp_path)  # the encoder's own layer only: another file
+    assert plain.cache_path != first.cache_path and plain.states.dim == 32
+    # the block of the encoder's own layer holds exactly the single-layer states
+    own = plan.blocks.index((2,))
+    torch.testing.assert_close(first.states.states[:, own * 32:(own + 1) * 32], plain.states.states)
+    pooled = plan.pool_states(first.states)
+    expected = tiny_bert_encoder.encode(TEXTS, ["mean", "mean@0", "cls@1~-1"])
+    for strategy, vectors in expected.items():  # from fp16 cached states, so close, not equal
+        np.testing.assert_allclose(pooled[strategy], vectors, rtol=1e-2, atol=1e-2)
