@@ -154,12 +154,13 @@ def _stderr_to_devnull(enabled: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet_ray_data(ray: Any) -> Iterator[None]:
-    """No Ray Data progress bars or INFO lines on stderr during the run; restored after."""
+    """No Ray Data progress bars or log lines on stderr during the run (a failure reaches
+    the caller as an exception, reported once); restored after."""
     context = ray.data.DataContext.get_current()
     logger = logging.getLogger("ray.data")
     saved = context.enable_progress_bars, logger.level
     context.enable_progress_bars = False
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:

@@ -8,6 +8,7 @@ each worker holds one model however many copies of the object it unpickles.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Sequence
 
@@ -44,6 +45,8 @@ class Embedder:
             raise SeqpoolError(f"text_column must be a column name, got {text_column!r}")
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
             raise SeqpoolError(f"batch_size must be at least 1, got {batch_size}")
+        if model is not None and os.path.exists(os.path.expanduser(str(model))):
+            model = os.path.abspath(os.path.expanduser(str(model)))  # workers run elsewhere: no cwd
         self.model = None if model is None else str(model)
         self.strategies = None if strategies is None else tuple(dict.fromkeys(check_strategy(s) for s in strategies))
         self.normalize = normalize
@@ -99,10 +102,11 @@ class Embedder:
         """The resolved settings (model path, strategies, normalize, layers, ...): what a run
         must record to be reproduced or resumed. Loads the model if needed."""
         encoder = self.encoder
+        widths = {name: int(vectors.shape[1]) for name, vectors in self.embed([""]).items()}
         return {"model": encoder.name_or_path, "strategies": list(self.resolved_strategies()),
                 "normalize": self.resolved_normalize(), "layers": list(encoder.layers),
                 "max_length": encoder.max_length, "dtype": str(encoder.dtype).removeprefix("torch."),
-                "dim": int(encoder.hidden_size)}
+                "dims": widths}
 
     def resolved_strategies(self) -> tuple[str, ...]:
         return self.strategies or (self.encoder.default_strategy,)

@@ -71,24 +71,13 @@ class _Input:
     format: str
     text_field: str | None
     rows: int
+    chars: int
     digest: str
     shard_digests: tuple[str, ...]
 
     def record(self) -> dict[str, Any]:
         return {"path": self.path, "format": self.format, "text_field": self.text_field, "rows": self.rows,
                 "digest": self.digest}
-
-
-class ShardFailed(SeqpoolError):
-    """Embedding the rows of some shards raised; carries which, so the driver can retry them."""
-
-    def __init__(self, shards: Sequence[tuple[int, int, int]], message: str):
-        super().__init__(shards, message)
-        self.shards = [Shard(*shard) for shard in shards]
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{', '.join(shard.name for shard in self.shards)}: {self.message}"
 
 
 def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
@@ -129,6 +118,7 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
         embedder = Embedder(model=model, strategies=strategies, normalize=normalize, layer=layer, dtype=dtype,
                             max_length=max_length, batch_size=batch_size)
     settings = {**embedder.describe(), "batch_size": batch_size, "shard_rows": shard_rows}
+    dims = settings["dims"]
     manifest = {"version": MANIFEST_VERSION, "complete": False, "inputs": [source.record() for source in sources],
                 "settings": settings, "shards": []}
     plan = plan_shards([source.rows for source in sources], shard_rows)
@@ -144,7 +134,7 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
     try:
         missing = [shard for shard in plan if shard not in done]
         if missing:
-            _embed_missing(missing, sources, embedder, recorder, shard_rows=shard_rows, ray_address=ray_address,
+            _embed_missing(missing, sources, embedder, recorder, shard_rows=shard_rows, dims=dims, ray_address=ray_address,
                            workers=workers, batch_size=rows_per_call, num_cpus=num_cpus, num_gpus=num_gpus,
                            progress=progress, max_attempts=max_attempts)
     except BaseException:
@@ -154,7 +144,7 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
             recorder.flush()
         raise
     recorder.finish()
-    return FilesResult(folder, sum(source.rows for source in sources), settings["dim"],
+    return FilesResult(folder, sum(source.rows for source in sources), dims[settings["strategies"][0]],
                        tuple(settings["strategies"]), len(plan), len(done))
 
 
@@ -214,13 +204,14 @@ def _scan(path: str, input_format: str | None, text_field: str | None, shard_row
     source = TextSource.open(path, input_format, text_field)
     if source.is_stream:
         raise SeqpoolError(f"input {path} is a stream (a pipe or device); the Ray engine needs files it can re-read")
-    digest, shard_digests, rows = TextDigest(), [], 0
+    digest, shard_digests, rows, chars = TextDigest(), [], 0, 0
     for texts in source.chunks(shard_rows):
         digest.update(texts)
         shard_digests.append(text_digest(texts))
         rows += len(texts)
+        chars += sum(map(len, texts))
     return _Input(os.path.abspath(path), source.format, None if source.format == "txt" else source.text_field,
-                  rows, digest.hexdigest(), tuple(shard_digests))
+                  rows, chars, digest.hexdigest(), tuple(shard_digests))
 
 
 # -- the output folder -------------------------------------------------------------------------------
@@ -301,8 +292,11 @@ class _ManifestRecorder:
 
 
 def _embed_missing(missing: list[Shard], sources: list[_Input], embedder: Embedder, recorder: _ManifestRecorder, *,
-                   shard_rows: int, ray_address: str | None, workers: int | None, batch_size: int, num_cpus: float,
-                   num_gpus: float, progress: bool | None, max_attempts: int) -> None:
+                   shard_rows: int, dims: dict[str, int], ray_address: str | None, workers: int | None,
+                   batch_size: int, num_cpus: float, num_gpus: float, progress: bool | None,
+                   max_attempts: int) -> None:
+    """Run rounds over the missing shards until none is left; a shard whose rows failed is
+    tried again next round, up to ``max_attempts`` times (a user error, at once)."""
     from seqpool.progress import progress_bar
 
     total = sum(source.rows for source in sources)
@@ -311,45 +305,59 @@ def _embed_missing(missing: list[Shard], sources: list[_Input], embedder: Embedd
     with ray_session(ray_address, quiet=progress is False) as ray, \
             progress_bar(total, progress, initial=sum(s.rows for s in recorder.done), unit="row") as bar:
         while missing:
+            failed: dict[Shard, str] = {}
             try:
-                for shard, vectors in _stream(ray, missing, sources, embedder, shard_rows=shard_rows,
-                                              workers=workers, batch_size=batch_size, num_cpus=num_cpus,
-                                              num_gpus=num_gpus):
+                for shard, vectors, error in _stream(ray, missing, sources, embedder, shard_rows=shard_rows,
+                                                     dims=dims, workers=workers, batch_size=batch_size,
+                                                     num_cpus=num_cpus, num_gpus=num_gpus):
+                    if error:
+                        failed[shard] = error
+                        continue
                     write_shard(recorder.folder, shard, paths[shard.source], vectors)
                     recorder.add(shard)
                     bar.update(shard.rows)
-            except Exception as error:
-                failed = _find(error, ShardFailed)
-                if failed is None:
-                    raise _find(error, SeqpoolError) or error
-                failures.update(failed.shards)
-                worst = max(failed.shards, key=lambda shard: failures[shard])
-                if failures[worst] >= max_attempts:
-                    raise SeqpoolError(f"{worst.describe(paths)} failed {failures[worst]} times: {failed.message}; "
-                                       f"the {len(recorder.done)} shards done are kept: fix the cause and rerun "
-                                       f"with --resume") from None
-            lost = [shard for shard in missing if shard not in recorder.done and failures[shard] == 0]
+            except Exception as error:  # Ray's own failure (a read task, the cluster): one line
+                raise _as_user_error(error) from None
+            for shard, error in failed.items():
+                failures[shard] += 1
+                if error.startswith("SeqpoolError: ") or failures[shard] >= max_attempts:
+                    times = "" if failures[shard] == 1 else f" {failures[shard]} times"
+                    raise SeqpoolError(f"{shard.describe(paths)} failed{times}: {error}; the {len(recorder.done)} "
+                                       f"shards done are kept: fix the cause and rerun with --resume")
+            lost = [shard for shard in missing if shard not in recorder.done and shard not in failed]
             if lost:  # Ray finished without returning these rows: never report success over them
                 raise SeqpoolError(f"{lost[0].describe(paths)} came back incomplete from Ray; rerun with --resume")
             missing = [shard for shard in missing if shard not in recorder.done]
 
 
 def _stream(ray: Any, missing: list[Shard], sources: list[_Input], embedder: Embedder, *, shard_rows: int,
-            workers: int | None, batch_size: int, num_cpus: float, num_gpus: float) -> Iterator[tuple[Shard, dict[str, np.ndarray]]]:
-    """Finished shards with their vectors, as the actors return rows."""
+            dims: dict[str, int], workers: int | None, batch_size: int, num_cpus: float,
+            num_gpus: float) -> Iterator[tuple[Shard, dict[str, np.ndarray], str]]:
+    """``(shard, vectors, error)`` for each shard whose rows all came back (``error`` empty
+    unless a batch holding some of its rows failed), as the actors return them."""
     wanted: dict[int, dict[int, str]] = {}
     for shard in missing:
         wanted.setdefault(shard.source, {})[shard.first_row] = sources[shard.source].shard_digests[
             shard.first_row // shard_rows]
     read_plan = {index: (sources[index].path, sources[index].format, sources[index].text_field, starts)
                  for index, starts in wanted.items()}
-    column = embedder.text_column
-    ds = ray.data.from_items([{"source": index} for index in wanted])
-    ds = ds.map_batches(_read_shards, batch_size=1, num_cpus=0,
-                        fn_kwargs={"plan": read_plan, "shard_rows": shard_rows, "column": column})
+    # Ray merges what a read task yields into blocks of up to `target_max_block_size` bytes
+    # (128 MiB) and an actor works on one block at a time, so one file would feed one actor.
+    # A Dataset keeps the DataContext it was created with: creating it with blocks of about
+    # one actor call's rows lets every actor take part, whatever the number of files.
+    context = ray.data.DataContext.get_current()
+    row_bytes = 24 + sum(source.chars for source in sources) / max(1, sum(source.rows for source in sources))
+    saved = context.target_max_block_size
+    context.target_max_block_size = max(4096, int(row_bytes * batch_size))
+    try:
+        ds = ray.data.from_items([{"source": index} for index in wanted])
+        ds = ds.map_batches(_read_shards, batch_size=1, num_cpus=0,
+                            fn_kwargs={"plan": read_plan, "shard_rows": shard_rows, "column": embedder.text_column})
+    finally:
+        context.target_max_block_size = saved
     row_counts = [source.rows for source in sources]
     ds = map_embedder(ds, _ShardWorker, workers=workers, batch_size=batch_size, num_cpus=num_cpus,
-                      num_gpus=num_gpus, ray=ray, constructor_args=(embedder, shard_rows, row_counts))
+                      num_gpus=num_gpus, ray=ray, constructor_args=(embedder, dims))
     assembler = _Assembler(set(missing), shard_rows, row_counts)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield from assembler.add(batch)
@@ -378,20 +386,27 @@ def _read_shards(batch: dict[str, np.ndarray], plan: dict[int, tuple], shard_row
 
 
 class _ShardWorker:
-    """The actor: an :class:`Embedder` whose failures name the shards of the batch, without the texts."""
+    """The actor: an :class:`Embedder` whose failure is returned as data, not raised.
 
-    def __init__(self, embedder: Embedder, shard_rows: int, row_counts: list[int]):
-        self.embedder, self.shard_rows, self.row_counts = embedder, shard_rows, row_counts
+    A batch that raises comes back with NaN vectors and the error in the ``error`` column,
+    so one bad batch neither aborts the whole run nor loses which rows it held: the driver
+    knows exactly which shards failed, and why, and tries them again.
+    """
+
+    def __init__(self, embedder: Embedder, dims: dict[str, int]):
+        self.embedder, self.dims = embedder, dims
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(batch["row"])
         try:
             out = self.embedder(batch)
-        except Exception as error:
-            shards = {shard_of(int(source), int(row), self.shard_rows, self.row_counts)
-                      for source, row in zip(batch["source"], batch["row"])}
-            detail = " ".join(str(error).split())[:300] or type(error).__name__
-            raise ShardFailed(sorted((s.source, s.first_row, s.rows) for s in shards), detail) from None
+            error = ""
+        except Exception as exc:
+            out = dict(batch)
+            out.update({name: np.full((rows, dim), np.nan, dtype=np.float32) for name, dim in self.dims.items()})
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         del out[self.embedder.text_column]
+        out["error"] = np.full(rows, error, dtype=object)
         return out
 
 
@@ -404,42 +419,46 @@ class _Assembler:
 
     def __init__(self, wanted: set[Shard], shard_rows: int, row_counts: list[int]):
         self.wanted, self.shard_rows, self.row_counts = wanted, shard_rows, row_counts
-        self.pending: dict[Shard, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        self.pending: dict[Shard, tuple[dict[str, np.ndarray], np.ndarray, list[str]]] = {}
 
-    def add(self, batch: dict[str, np.ndarray]) -> list[tuple[Shard, dict[str, np.ndarray]]]:
+    def add(self, batch: dict[str, np.ndarray]) -> list[tuple[Shard, dict[str, np.ndarray], str]]:
         sources, rows = batch["source"].astype(np.int64), batch["row"].astype(np.int64)
-        names = [name for name in batch if name not in ("source", "row")]
+        errors = batch["error"]
+        names = [name for name in batch if name not in ("source", "row", "error")]
         finished = []
         starts = rows - rows % self.shard_rows
-        for source, start in {(int(s), int(r)) for s, r in zip(sources, starts)}:
+        for source, start in sorted({(int(s), int(r)) for s, r in zip(sources, starts)}):
             shard = shard_of(source, start, self.shard_rows, self.row_counts)
             if shard not in self.wanted:
                 continue
             if shard not in self.pending:
                 self.pending[shard] = ({name: np.empty((shard.rows, batch[name].shape[1]), dtype=np.float32)
-                                        for name in names}, np.zeros(shard.rows, dtype=bool))
-            vectors, filled = self.pending[shard]
+                                        for name in names}, np.zeros(shard.rows, dtype=bool), [])
+            vectors, filled, failures = self.pending[shard]
             mask = (sources == source) & (starts == start)
             local = rows[mask] - start
             for name in names:
                 vectors[name][local] = batch[name][mask]
             filled[local] = True
+            failures.extend(str(error) for error in errors[mask] if error)
             if filled.all():
-                finished.append((shard, vectors))
+                finished.append((shard, vectors, failures[0] if failures else ""))
                 del self.pending[shard]
                 self.wanted.discard(shard)
         return finished
 
 
-def _find(error: BaseException, kind: type) -> Any:
-    """The first exception of ``kind`` in ``error``'s chain (Ray wraps worker exceptions)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, kind):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__ or getattr(error, "cause", None)
-    return None
+def _as_user_error(error: BaseException) -> SeqpoolError:
+    """One line for a failed Ray run: the SeqpoolError a worker raised (Ray keeps only its
+    text), else the last line of Ray's message."""
+    if isinstance(error, SeqpoolError):
+        return error
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    ours = [line.split("SeqpoolError: ", 1)[1] for line in lines if "SeqpoolError: " in line]
+    if ours:
+        return SeqpoolError(ours[-1])
+    return SeqpoolError(f"the Ray run failed: {lines[-1] if lines else type(error).__name__}; the shards done "
+                        f"are kept: rerun with --resume")
 
 
 def _whole(value: Any, name: str) -> int:

@@ -149,7 +149,7 @@ def load_folder(folder: str | os.PathLike, strategy: str | None = None) -> np.nd
     if strategy not in strategies:
         raise SeqpoolError(f"{folder} has no {strategy!r} embeddings (it holds {', '.join(strategies)})")
     shards = plan_shards([source["rows"] for source in manifest["inputs"]], manifest["settings"]["shard_rows"])
-    out = np.empty((sum(shard.rows for shard in shards), manifest["settings"]["dim"]), dtype=np.float32)
+    out = np.empty((sum(shard.rows for shard in shards), manifest["settings"]["dims"][strategy]), dtype=np.float32)
     start = 0
     for shard in shards:
         path = folder / shard.name

@@ -1,0 +1,98 @@
+"""The Ray engine against the local engine on the same corpus, in one run.
+
+Writes the same N lines (default 20 000 SentEval sentences, MR + TREC, repeated to fill) to
+a text file, then times, each as its own process, exactly as a user runs them:
+
+* ``seqpool embed corpus.txt -o local.npy`` (the local engine: one process, every core)
+* ``seqpool embed corpus.txt --engine ray --workers W -o out_W/`` for each W (default 1
+  and 2): a local Ray instance, W actors of one CPU each, one model per actor
+
+and prints wall seconds, texts/s and the ratio to the local engine, both as run and without
+the fixed cost of starting and stopping Ray (timed separately), plus max |difference| of
+the Ray vectors to the local ones (row-exact: <= 1e-6).
+
+    .venv/bin/python benchmarks/embed_distributed.py
+    .venv/bin/python benchmarks/embed_distributed.py --lines 5000 --workers 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval"
+CLI = [sys.executable, "-c", "from seqpool.cli import main; main()"]
+
+
+def write_corpus(path: Path, lines: int) -> None:
+    texts = []
+    for name in ("mr.jsonl", "trec.train.jsonl", "trec.test.jsonl"):
+        with open(DATA / name, encoding="utf-8") as handle:
+            texts.extend(" ".join(json.loads(line)["text"].split()) for line in handle)
+    if not texts:
+        raise SystemExit(f"no SentEval texts under {DATA}")
+    corpus = [texts[i % len(texts)] for i in range(lines)]
+    path.write_text("\n".join(corpus) + "\n", encoding="utf-8")
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command[3:])} failed:\n{result.stderr}")
+    return elapsed
+
+
+def cpu_flags() -> str:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "?"
+    return " ".join(sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))) or "none"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lines", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+
+    from seqpool.distributed import load_folder
+
+    with tempfile.TemporaryDirectory(prefix="seqpool-bench-") as tmp:
+        folder = Path(tmp)
+        corpus = folder / "corpus.txt"
+        write_corpus(corpus, args.lines)
+        print(f"{args.lines} lines; {os.cpu_count()} CPUs ({cpu_flags()}); load average at start "
+              f"{os.getloadavg()[0]:.2f}", flush=True)
+        ray_start = timed([sys.executable, "-c", "import ray; ray.init(include_dashboard=False, "
+                                                 "logging_level=40, log_to_driver=False); ray.shutdown()"])
+        local = timed([*CLI, "embed", str(corpus), "-o", str(folder / "local.npy"), "-q"])
+        reference = np.load(folder / "local.npy")
+        rows = [("local (one process)", local, None)]
+        for workers in args.workers:
+            out = folder / f"ray_{workers}"
+            elapsed = timed([*CLI, "embed", str(corpus), "--engine", "ray", "--workers", str(workers),
+                             "-o", str(out), "-q"])
+            difference = float(np.abs(load_folder(out) - reference).max())
+            rows.append((f"ray, {workers} actor{'s' * (workers > 1)}", elapsed, difference))
+        print(f"load average at end {os.getloadavg()[0]:.2f}; starting + stopping Ray alone: {ray_start:.1f} s\n")
+        print(f"{'engine':<22}{'wall s':>8}{'texts/s':>9}{'ratio':>7}{'texts/s*':>10}{'ratio*':>8}  max|diff|")
+        for name, elapsed, difference in rows:
+            net = elapsed if difference is None else max(elapsed - ray_start, 1e-9)
+            print(f"{name:<22}{elapsed:>8.1f}{args.lines / elapsed:>9.0f}{local / elapsed:>7.2f}"
+                  f"{args.lines / net:>10.0f}{local / net:>8.2f}  {'' if difference is None else f'{difference:.1e}'}")
+        print("\n* without the fixed cost of starting and stopping Ray")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,468 @@
+"""The Embedder and the Ray engine: row-exact, resumable, surviving a killed actor or driver.
+
+One local Ray instance serves every Ray test (session fixture, 2 CPUs, no dashboard); the
+tests that need Ray are skipped, with the reason, where the ``ray`` extra is not installed.
+Embedder subclasses defined here (slow, failing) reach Ray workers pickled by value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from seqpool.distributed import MANIFEST, Embedder, embed_files, load_folder
+from seqpool.errors import SeqpoolError
+
+REPO = Path(__file__).resolve().parents[1]
+LINES = ["the cat sat on the mat", "", "hello world", "the cat sat on the mat", "   ", "a very good film",
+         "hello world", "not a bad movie", "xyz", "", "funny film", "the dog sat"]
+
+
+class SlowEmbedder(Embedder):
+    """Sleeps per call, so a test can act while a run is still going."""
+
+    delay = 0.25
+
+    def embed(self, texts):
+        time.sleep(self.delay)
+        return super().embed(texts)
+
+
+class FailingEmbedder(Embedder):
+    """Raises for a batch holding the text "boom", while a marker file exists."""
+
+    marker = ""
+
+    def embed(self, texts):
+        if "boom" in texts and os.path.exists(self.marker):
+            raise ValueError("cannot embed boom")
+        return super().embed(texts)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray for the whole session; yields its address so subprocesses can join it."""
+    ray = pytest.importorskip("ray", reason="the Ray engine tests need the ray extra: pip install 'seqpool[ray]'")
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def write_lines(path: Path, lines) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_corpus(folder: Path) -> list[Path]:
+    """Several inputs in several formats, with empty lines, a null and duplicates."""
+    folder.mkdir()
+    txt = write_lines(folder / "a.txt", LINES)
+    jsonl = folder / "b.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(LINES[::-1])))
+    parquet = folder / "c.parquet"
+    pq.write_table(pa.table({"text": LINES[3:] + [None]}), parquet)
+    return [txt, jsonl, parquet]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> list[Path]:
+    return make_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture(scope="module")
+def finished(ray_cluster, tmp_path_factory, tiny_bert_dir):
+    """One finished run over three inputs named as a file, a glob and a folder (which lists
+    a.txt again): shared by the tests that only read or refuse to touch its folder."""
+    root = tmp_path_factory.mktemp("finished")
+    corpus = make_corpus(root / "corpus")
+    out = root / "out"
+    result = embed_files([corpus[0], str(corpus[0].parent / "*.jsonl"), corpus[2].parent], out,
+                         model=str(tiny_bert_dir), strategies=["mean", "max"], shard_rows=5, workers=2,
+                         rows_per_call=4, progress=False)
+    return corpus, out, result
+
+
+def texts_of(path: Path) -> list[str]:
+    from seqpool.io import TextSource
+
+    return list(TextSource.open(path).texts())
+
+
+def expected(encoder, paths, strategy="mean") -> np.ndarray:
+    return np.concatenate([encoder.encode(texts_of(p), [strategy])[strategy] for p in paths])
+
+
+# -- the Embedder (no Ray needed) --------------------------------------------------------------------
+
+
+def test_embedder_maps_dict_and_dataframe_batches(tiny_bert_dir, tiny_bert_encoder):
+    import pandas as pd
+
+    embedder = Embedder(model=str(tiny_bert_dir), strategies=["mean", "max"])
+    ids = np.arange(len(LINES))
+    out = embedder({"id": ids, "text": np.array(LINES, dtype=object)})
+    reference = tiny_bert_encoder.encode(LINES, ["mean", "max"])
+    assert set(out) == {"id", "text", "mean", "max"}
+    np.testing.assert_array_equal(out["id"], ids)
+    for strategy in ("mean", "max"):
+        assert out[strategy].dtype == np.float32 and out[strategy].shape == (len(LINES), 32)
+        np.testing.assert_allclose(out[strategy], reference[strategy], atol=1e-6)
+    frame = embedder(pd.DataFrame({"id": ids, "text": LINES}))
+    assert list(frame.columns) == ["id", "text", "mean", "max"]
+    np.testing.assert_allclose(np.stack(frame["mean"]), reference["mean"], atol=1e-6)
+
+
+def test_embedder_pickles_settings_only_and_loads_once_per_process(tiny_bert_dir):
+    embedder = Embedder(model=str(tiny_bert_dir), strategies="cls", text_column="body")
+    embedder({"body": np.array(["hello"], dtype=object)})  # loads the model
+    payload = pickle.dumps(embedder)
+    assert len(payload) < 2000  # settings, not weights
+    copy = pickle.loads(payload)
+    assert copy.settings == embedder.settings and copy.encoder is embedder.encoder
+    assert type(embedder)(**embedder.settings).settings == embedder.settings
+
+
+def test_embedder_none_text_is_empty_and_bad_columns_are_one_line(tiny_bert_dir):
+    embedder = Embedder(model=str(tiny_bert_dir))
+    out = embedder({"text": np.array([None, ""], dtype=object)})
+    np.testing.assert_array_equal(out["mean"][0], out["mean"][1])
+    with pytest.raises(SeqpoolError, match="no text column 'text'.*body"):
+        embedder({"body": np.array(["x"], dtype=object)})
+    with pytest.raises(SeqpoolError, match="row 1 .* holds int"):
+        embedder({"text": np.array(["x", 3], dtype=object)})
+    with pytest.raises(SeqpoolError, match="unknown|strategy"):
+        Embedder(strategies=["no_such_pooling"])
+    with pytest.raises(SeqpoolError, match="text_column 'mean' is also a strategy"):
+        Embedder(strategies=["mean"], text_column="mean")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_embedder_on_cuda_without_cuda_is_one_clear_error(tiny_bert_dir):
+    embedder = Embedder(model=str(tiny_bert_dir), device="cuda")  # settings only: fine anywhere
+    assert embedder.resolved_device() == "cuda"
+    with pytest.raises(SeqpoolError, match="CUDA"):
+        embedder({"text": np.array(["hello"], dtype=object)})
+    assert Embedder(model=str(tiny_bert_dir)).resolved_device() == "cpu"  # no GPU from Ray: CPU
+
+
+def test_missing_ray_extra_is_one_line_naming_it(monkeypatch, tmp_path, corpus):
+    from seqpool.distributed import embed_dataset, import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" now raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    for call in (import_ray, lambda: embed_dataset(object()), lambda: embed_files(corpus, tmp_path / "out")):
+        with pytest.raises(SeqpoolError, match=r'pip install "seqpool\[ray\]"'):
+            call()
+    assert not (tmp_path / "out").exists()
+
+
+def test_importing_seqpool_never_imports_ray():
+    code = "import sys, seqpool, seqpool.distributed; seqpool.Embedder; print('ray' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "False"
+
+
+# -- Ray Data: embed_dataset -------------------------------------------------------------------------
+
+
+def test_embed_dataset_uses_an_actor_pool_and_carries_the_row_id(ray_cluster, tiny_bert_dir, tiny_bert_encoder):
+    import ray
+
+    from seqpool.distributed import embed_dataset
+
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(LINES)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the pinned Ray's current API only
+        out = embed_dataset(ds, model=str(tiny_bert_dir), strategies=["mean", "max"], workers=1, batch_size=4)
+    assert str(out).startswith("MapBatches(Embedder)")
+    rows = sorted(out.take_all(), key=lambda row: row["id"])
+    assert [row["id"] for row in rows] == list(range(len(LINES)))
+    assert [row["text"] for row in rows] == LINES
+    reference = tiny_bert_encoder.encode(LINES, ["mean", "max"])
+    for strategy in ("mean", "max"):
+        np.testing.assert_allclose(np.stack([row[strategy] for row in rows]), reference[strategy], atol=1e-6)
+
+
+def test_embed_dataset_gpu_request_on_a_cluster_without_gpus(ray_cluster, tiny_bert_dir):
+    import ray
+
+    from seqpool.distributed import embed_dataset
+
+    ds = ray.data.from_items([{"text": "x"}])
+    with pytest.raises(SeqpoolError, match="num_gpus=1.*0 GPUs"):
+        embed_dataset(ds, model=str(tiny_bert_dir), num_gpus=1)
+    with pytest.raises(SeqpoolError, match="workers must be"):
+        embed_dataset(ds, model=str(tiny_bert_dir), workers=0)
+
+
+# -- the file engine ---------------------------------------------------------------------------------
+
+
+def test_files_equal_local_embedding_in_input_order(finished, tiny_bert_encoder):
+    corpus, out, result = finished
+    rows = [len(texts_of(p)) for p in corpus]  # each file once, in the order first named
+    assert result.rows == sum(rows) and result.strategies == ("mean", "max") and result.resumed_shards == 0
+    for strategy in ("mean", "max"):
+        np.testing.assert_allclose(load_folder(out, strategy), expected(tiny_bert_encoder, corpus, strategy),
+                                   atol=1e-6, rtol=0)
+    table = pq.read_table(sorted(out.glob("part-*.parquet")))
+    sources, row_numbers = table.column("source").to_pylist(), table.column("row").to_pylist()
+    assert sources == [str(p) for p, n in zip(corpus, rows) for _ in range(n)]
+    assert row_numbers == [r for n in rows for r in range(n)]
+    vectors = np.asarray(table.column("mean").combine_chunks().flatten()).reshape(-1, 32)
+    first = vectors[:len(LINES)]
+    np.testing.assert_array_equal(first[0], first[3])  # duplicates stay in place
+    np.testing.assert_array_equal(first[1], first[9])  # both empty lines kept, in place
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["complete"] and len(manifest["shards"]) == result.shards == sum(-(-n // 5) for n in rows)
+    assert [item["path"] for item in manifest["inputs"]] == [str(p) for p in corpus]
+    assert manifest["settings"]["strategies"] == ["mean", "max"] and manifest["settings"]["shard_rows"] == 5
+
+
+def test_load_embeddings_reads_the_folder(finished):
+    from seqpool.io import load_embeddings
+
+    _, out, _ = finished
+    np.testing.assert_array_equal(load_embeddings(out, "max"), load_folder(out, "max"))
+    with pytest.raises(SeqpoolError, match="holds mean, max; name the strategy"):
+        load_folder(out)
+
+
+def test_resume_refuses_changed_inputs_or_settings(finished, tiny_bert_dir):
+    corpus, out, result = finished
+    same = {"model": str(tiny_bert_dir), "strategies": ["mean", "max"], "shard_rows": 5, "progress": False}
+    inputs = [corpus[0], str(corpus[0].parent / "*.jsonl"), corpus[2].parent]
+    with pytest.raises(SeqpoolError, match="holds a finished run; pass --resume"):
+        embed_files(inputs, out, **same)
+    again = embed_files(inputs, out, resume=True, **same)  # nothing missing: no Ray run at all
+    assert again.resumed_shards == again.shards == result.shards
+    with pytest.raises(SeqpoolError, match="settings changed.*strategies was"):
+        embed_files(inputs, out, **{**same, "strategies": "max"}, resume=True)
+    with pytest.raises(SeqpoolError, match="settings changed.*shard_rows was 5, now 4"):
+        embed_files(inputs, out, **{**same, "shard_rows": 4}, resume=True)
+    with pytest.raises(SeqpoolError, match="inputs differ"):
+        embed_files(corpus[:1], out, resume=True, **same)
+    before = corpus[0].read_bytes()
+    try:
+        write_lines(corpus[0], LINES + ["one more line"])
+        with pytest.raises(SeqpoolError, match=f"content of {corpus[0]} changed"):
+            embed_files(inputs, out, resume=True, **same)
+    finally:
+        corpus[0].write_bytes(before)
+    assert json.loads((out / MANIFEST).read_text())["complete"]  # untouched by the refused runs
+
+
+@pytest.mark.parametrize("case", ["missing", "no_match", "empty_folder", "bad_json", "stdin", "output_is_file",
+                                  "foreign_folder", "no_parent"])
+def test_bad_inputs_are_one_line_and_leave_nothing(tmp_path, corpus, tiny_bert_dir, case):
+    pytest.importorskip("ray", reason="needs the ray extra")
+    out = tmp_path / "out"
+    inputs = [corpus[0]]
+    message = {"missing": "input file not found", "no_match": "no input file matches",
+               "empty_folder": "holds no files", "bad_json": r"bad.jsonl, line 2", "stdin": "not stdin",
+               "output_is_file": "is a file", "foreign_folder": "not empty", "no_parent": "does not exist"}[case]
+    if case == "missing":
+        inputs = [tmp_path / "nope.txt"]
+    elif case == "no_match":
+        inputs = [str(tmp_path / "*.nothing")]
+    elif case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "_SUCCESS").write_text("")
+        inputs = [tmp_path / "empty"]
+    elif case == "bad_json":
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"text": "fine"}\n{"text": oops}\n')
+        inputs = [corpus[0], bad]
+    elif case == "stdin":
+        inputs = ["-"]
+    elif case == "output_is_file":
+        out.write_text("x")
+    elif case == "foreign_folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    elif case == "no_parent":
+        out = tmp_path / "a" / "b"
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SeqpoolError, match=message):
+        embed_files(inputs, out, model=str(tiny_bert_dir), progress=False)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing created, nothing complete-looking
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path, tiny_bert_dir, tiny_bert_encoder):
+    """A driver killed with SIGKILL mid-run; --resume embeds only the missing shards."""
+    corpus = write_lines(tmp_path / "big.txt", [f"{LINES[i % len(LINES)]} {i % 7}" for i in range(120)])
+    out = tmp_path / "out"
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(f"""
+        import time
+        from seqpool.distributed import Embedder, embed_files
+
+        class Slow(Embedder):
+            def embed(self, texts):
+                time.sleep(0.25)
+                return super().embed(texts)
+
+        embed_files([{str(corpus)!r}], {str(out)!r}, embedder=Slow(model={str(tiny_bert_dir)!r}), shard_rows=10,
+                    rows_per_call=10, workers=2, ray_address={ray_cluster!r}, progress=False)
+    """))
+    driver = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 2 or driver.poll() is not None, 120)
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        output = driver.communicate(timeout=30)[0]
+    assert driver.returncode == -signal.SIGKILL, output.decode(errors="replace")
+    written = set(out.glob("part-*.parquet"))
+    assert 2 <= len(written) < 12
+    with pytest.raises(SeqpoolError, match="unfinished run.*--resume"):
+        load_folder(out)
+    mtimes = {path: path.stat().st_mtime_ns for path in written}
+    result = embed_files([corpus], out, model=str(tiny_bert_dir), shard_rows=10, rows_per_call=10,
+                         resume=True, progress=False)
+    assert result.resumed_shards == len(written) and result.shards == 12
+    assert {path: path.stat().st_mtime_ns for path in written} == mtimes  # done shards were not redone
+    np.testing.assert_allclose(load_folder(out), expected(tiny_bert_encoder, [corpus]), atol=1e-6, rtol=0)
+
+
+def test_a_killed_actor_is_restarted_and_no_row_is_lost_or_duplicated(ray_cluster, tmp_path, tiny_bert_dir,
+                                                                     tiny_bert_encoder):
+    corpus = write_lines(tmp_path / "big.txt", [f"{LINES[i % len(LINES)]} {i}" for i in range(100)])
+    out = tmp_path / "out"
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = embed_files([corpus], out, embedder=SlowEmbedder(model=str(tiny_bert_dir)),
+                                            shard_rows=10, rows_per_call=5, workers=2, progress=False)
+        except BaseException as error:  # reported below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _wait_for(lambda: _actor_pids("_ShardWorker") and list(out.glob("part-*.parquet")) or not thread.is_alive(), 120)
+    victims = _actor_pids("_ShardWorker")
+    assert victims, "no actor found to kill"
+    os.kill(victims[0], signal.SIGKILL)
+    thread.join(180)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    assert outcome["result"].shards == 10 and len(list(out.glob("part-*.parquet"))) == 10
+    table = pq.read_table(sorted(out.glob("part-*.parquet")))
+    assert table.column("row").to_pylist() == list(range(100))
+    np.testing.assert_allclose(load_folder(out), expected(tiny_bert_encoder, [corpus]), atol=1e-6, rtol=0)
+
+
+def test_a_shard_failing_repeatedly_is_named_and_resume_continues(ray_cluster, tmp_path, tiny_bert_dir,
+                                                                  tiny_bert_encoder):
+    lines = [f"line {i}" for i in range(30)]
+    lines[23] = "boom"
+    corpus = write_lines(tmp_path / "c.txt", lines)
+    marker = tmp_path / "fail"
+    marker.write_text("")
+    embedder = FailingEmbedder(model=str(tiny_bert_dir))
+    embedder.marker = str(marker)
+    out = tmp_path / "out"
+    with pytest.raises(SeqpoolError) as caught:
+        embed_files([corpus], out, embedder=embedder, shard_rows=10, rows_per_call=10, workers=1, max_attempts=2,
+                    progress=False)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"part-00000-000000000020-000000000030.parquet ({corpus} rows 20-29) failed 2 times" in message
+    assert "cannot embed boom" in message and "--resume" in message
+    marker.unlink()
+    result = embed_files([corpus], out, embedder=embedder, shard_rows=10, rows_per_call=10, workers=1, resume=True,
+                         progress=False)
+    assert 0 < result.resumed_shards < 3
+    np.testing.assert_allclose(load_folder(out), expected(tiny_bert_encoder, [corpus]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.integration
+def test_packaged_minilm_equals_local_seqpool_embed(ray_cluster, tmp_path, minilm_path):
+    """The packaged model, through the CLI's local engine and the Ray engine: same vectors."""
+    from click.testing import CliRunner
+
+    from seqpool.cli import main
+
+    lines = [f"{LINES[i % len(LINES)]} number {i}" if i % 5 else "" for i in range(300)]
+    first, second = write_lines(tmp_path / "one.txt", lines), write_lines(tmp_path / "two.txt", lines[::-1][:77])
+    local = []
+    for path in (first, second):
+        result = CliRunner().invoke(main, ["embed", str(path), "-o", str(path.with_suffix(".npy")), "-q"])
+        assert result.exit_code == 0, result.output
+        local.append(np.load(path.with_suffix(".npy")))
+    embed_files([first, second], tmp_path / "out", shard_rows=64, progress=False)
+    difference = np.abs(load_folder(tmp_path / "out") - np.concatenate(local)).max()
+    assert difference <= 1e-6, difference
+
+
+def test_spark_recipe_on_local_2(monkeypatch, tiny_bert_dir, tiny_bert_encoder):
+    """The README's Spark recipe: the same Embedder inside pyspark's predict_batch_udf."""
+    pytest.importorskip("pyspark", reason="the Spark recipe test needs pyspark (not a seqpool dependency)")
+    if shutil.which("java") is None:
+        pytest.skip("the Spark recipe test needs a Java runtime")
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import SparkSession
+    from pyspark.sql.types import ArrayType, FloatType
+
+    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
+    model = str(tiny_bert_dir)
+
+    def make_predict_fn():  # runs once per Spark Python worker: one model each
+        embedder = Embedder(model=model, strategies="mean")
+        return lambda texts: embedder.embed(texts.tolist())["mean"]
+
+    spark = (SparkSession.builder.master("local[2]").appName("seqpool-test").config("spark.ui.enabled", "false")
+             .config("spark.sql.shuffle.partitions", "2").getOrCreate())
+    try:
+        embed = predict_batch_udf(make_predict_fn, return_type=ArrayType(FloatType()), batch_size=4)
+        frame = spark.createDataFrame(list(enumerate(LINES)), ["id", "text"]).repartition(2)
+        rows = frame.withColumn("mean", embed("text")).orderBy("id").collect()
+    finally:
+        spark.stop()
+    assert [row["id"] for row in rows] == list(range(len(LINES)))
+    vectors = np.asarray([row["mean"] for row in rows], dtype=np.float32)
+    np.testing.assert_allclose(vectors, tiny_bert_encoder.encode(LINES)["mean"], atol=1e-6, rtol=0)
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+def _wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.05)
+
+
+def _actor_pids(name: str) -> list[int]:
+    """PIDs of Ray actor processes whose title names ``name`` (Ray sets ``ray::MapWorker(...)``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::") and name in title:
+                pids.append(int(entry.name))
+    return sorted(pids)
