@@ -10,9 +10,9 @@ name that needs them is touched. ``_EXPORTS`` is the one table of what lives whe
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from seqpool._lazy import lazy_exports
 from seqpool._version import __version__
 
 # public name -> the module that defines it
@@ -51,6 +51,8 @@ _EXPORTS: dict[str, str] = {
     "parse_strategy": "seqpool.expressions",
     # encoder, token states, classifier
     "Encoder": "seqpool.encoder",
+    "load_embeddings": "seqpool.io",
+    "Compaction": "seqpool.quantize",
     "Embedder": "seqpool.distributed",
     "TokenStates": "seqpool.states",
     "PooledClassifier": "seqpool.classifier",
@@ -80,19 +82,7 @@ _SUBMODULES = ("stats", "cli")
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value  # resolve once; later lookups never reach __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), _SUBMODULES)  # resolved once, then cached
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
@@ -118,6 +108,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         word_segment_ids,
     )
     from seqpool.moments import masked_mean_std, masked_power_mean
+    from seqpool.io import load_embeddings
     from seqpool.pipeline import PoolingPipeline, register_pipeline
     from seqpool.pooling import (
         STRATEGIES,
@@ -138,5 +129,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         unregister_strategy,
     )
     from seqpool.scalar_mix import ScalarMix, ScalarMixPooling
+    from seqpool.quantize import Compaction
     from seqpool.st_export import export_sentence_transformers, read_sentence_transformers_layout
     from seqpool.states import TokenStates

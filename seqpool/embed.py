@@ -32,6 +32,7 @@ from seqpool.io import (
     resolve_output,
 )
 from seqpool.progress import progress_bar
+from seqpool.vector_options import VectorOptions
 
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
@@ -45,6 +46,9 @@ class EmbedResult:
     dim: int
     strategies: tuple[str, ...]
     resumed_from: int
+    #: input texts read, and how many of them were cut at the model's max_length
+    texts: int | None = None
+    truncated: int = 0
 
 
 class EmbedInterrupted(KeyboardInterrupt):
@@ -115,14 +119,15 @@ def embed_corpus(encoder: Any, source: TextSource, output: str | os.PathLike | N
                  output_format: str | None = None, strategies: Sequence[str] | None = None,
                  normalize: bool | None = None, batch_size: int | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, skip_empty: bool = False, resume: bool = False,
-                 progress: bool | None = None) -> EmbedResult:
+                 progress: bool | None = None, options: VectorOptions | None = None) -> EmbedResult:
     """Embed every row of ``source`` with ``encoder`` into ``output``, streaming and resumable.
 
     ``encoder`` is a :class:`seqpool.Encoder`. ``skip_empty`` writes a zero row for each
     empty (or whitespace-only) text instead of encoding it; rows never shift either way.
     ``progress=None`` shows a bar on stderr only when it is a terminal. A regular file is
     first counted (which validates every row before hours of work); a stream (stdin, a
-    pipe) is read exactly once, with no total in the bar.
+    pipe) is read exactly once, with no total in the bar. ``options``: prompts, long texts
+    and compact vectors (:class:`seqpool.vector_options.VectorOptions`).
     """
     from seqpool.pooling import check_strategy
 
@@ -130,16 +135,19 @@ def embed_corpus(encoder: Any, source: TextSource, output: str | os.PathLike | N
     normalize = encoder.default_normalize if normalize is None else bool(normalize)
     _check_sizes(chunk_size=chunk_size, batch_size=batch_size)
     fmt = detect_output_format(output or "", output_format)
+    options = options or VectorOptions()
+    _check_options(options, fmt, skip_empty)
+    options.check_model(encoder, strategies)
     output = Path(output) if output is not None else default_output_path(source.path, fmt)
     check_outputs(output, fmt, strategies, source)
     with output_lock(output):
         return _embed_locked(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
-                             skip_empty, resume, progress)
+                             skip_empty, resume, progress, options)
 
 
 def _embed_locked(encoder: Any, source: TextSource, output: Path, fmt: str, strategies: tuple[str, ...],
                   normalize: bool, batch_size: int | None, chunk_size: int, skip_empty: bool, resume: bool,
-                  progress: bool | None) -> EmbedResult:
+                  progress: bool | None, options: VectorOptions) -> EmbedResult:
     """The loop of :func:`embed_corpus`, with the output already locked and checked."""
     total = None if source.is_stream else source.count()
     if resolve_output(output)[1] == "stream":  # rows are spooled in a temporary folder, never in /dev
@@ -147,32 +155,54 @@ def _embed_locked(encoder: Any, source: TextSource, output: Path, fmt: str, stra
             raise SeqpoolError(f"cannot resume into {output}: it is a device or FIFO, which keeps no rows")
         with tempfile.TemporaryDirectory(prefix="seqpool-embed-") as scratch:
             return _embed_spooled(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
-                                  skip_empty, False, progress, total, Path(scratch) / "partial")
+                                  skip_empty, False, progress, total, Path(scratch) / "partial", options)
     return _embed_spooled(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
-                          skip_empty, resume, progress, total, None)
+                          skip_empty, resume, progress, total, None, options)
 
 
 def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, strategies: tuple[str, ...],
                    normalize: bool, batch_size: int | None, chunk_size: int, skip_empty: bool, resume: bool,
-                   progress: bool | None, total: int | None, folder: Path | None) -> EmbedResult:
+                   progress: bool | None, total: int | None, folder: Path | None, options: VectorOptions) -> EmbedResult:
+    from seqpool.io.writers import CHUNK_COLUMNS
+    from seqpool.quantize import Compaction, output_dtype, output_width
+
     settings = {"model": encoder.name_or_path, "layers": list(encoder.layers), "max_length": encoder.max_length,
                 "dtype": str(encoder.dtype), "normalize": normalize, "skip_empty": skip_empty,
                 "batch_size": batch_size, "chunk_size": chunk_size, "input_format": source.format,
                 "text_field": source.text_field}
     plan = encoder.layer_plan(strategies)  # layers checked against the model before anything is written
-    widths = {strategy: plan.output_dim(strategy) for strategy in strategies}  # mean+max: 2 * hidden size
-    spool = EmbeddingSpool(output, fmt, strategies, widths, settings, resume=resume, folder=folder)
-    started_at = spool.rows_done
+    widths = {s: options.truncate_dim or plan.output_dim(s) for s in strategies}  # mean+max: 2 * hidden size
+    columns = None
+    if options != VectorOptions():
+        settings["vectors"] = {k: v for k, v in vars(options).items() if v is not None}
+        columns = {s: ((output_width(widths[s], options.precision),), str(output_dtype(options.precision)))
+                   for s in strategies}
+        columns.update({name: ((), "int64") for name in CHUNK_COLUMNS} if options.chunk_output else {})
+    spool = EmbeddingSpool(output, fmt, strategies, widths, settings, resume=resume, folder=folder, columns=columns)
+    started_at = spool.texts_done
+    compaction = Compaction.from_metadata(spool.state) if "compaction" in spool.state else Compaction(options.precision)
+    truncated = int(spool.state.get("truncated", 0))
     try:
+        if options.calibration is not None and not compaction.ranges:  # fitted once, kept in the checkpoints
+            calibration = list(TextSource.open(options.calibration).texts())
+            for strategy, vectors in _encode_chunk(encoder, calibration, strategies, normalize, batch_size,
+                                                   False, _NoBar(), options)[0].items():
+                compaction.fit(strategy, vectors)
         texts = source.texts()
-        digest = TextDigest().update(islice(texts, spool.rows_done))
+        digest = TextDigest().update(islice(texts, spool.texts_done))
         if digest.hexdigest() != spool.input_digest:
-            raise SeqpoolError(f"cannot resume {output}: the first {spool.rows_done} rows of {source.name} "
+            raise SeqpoolError(f"cannot resume {output}: the first {spool.texts_done} rows of {source.name} "
                                f"differ from the interrupted run's; delete {spool.folder} to start over")
-        with progress_bar(total, progress, initial=spool.rows_done) as bar:
+        with progress_bar(total, progress, initial=spool.texts_done) as bar:
             for chunk in chunked(texts, chunk_size):
-                vectors = _encode_chunk(encoder, chunk, strategies, normalize, batch_size, skip_empty, bar)
-                spool.append(vectors, digest.update(chunk).hexdigest())
+                vectors, table, cut = _encode_chunk(encoder, chunk, strategies, normalize, batch_size, skip_empty,
+                                                    bar, options)
+                rows = {s: compaction.encode(s, v) for s, v in vectors.items()}
+                if table is not None:
+                    rows.update(table, doc=table["doc"] + spool.texts_done)
+                truncated += cut
+                spool.append(rows, digest.update(chunk).hexdigest(), texts=len(chunk),
+                             state={**compaction.to_metadata(), "truncated": truncated})
     except BaseException:
         if spool.rows_done == 0:
             spool.discard()
@@ -181,9 +211,31 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
         raise
     metadata = {"model": encoder.name_or_path, "strategies": ",".join(strategies), "normalize": str(normalize),
                 "layers": ",".join(map(str, encoder.layers)), "max_length": str(encoder.max_length),
-                "dtype": str(encoder.dtype).removeprefix("torch.")}
+                "dtype": str(encoder.dtype).removeprefix("torch."), "texts": str(spool.texts_done),
+                "truncated": str(truncated)}
+    if options != VectorOptions():
+        metadata.update({k: str(v) for k, v in vars(options).items() if v is not None and k != "calibration"})
+    if not compaction.is_identity:
+        metadata.update(compaction.to_metadata())
     paths = spool.finish(metadata)
-    return EmbedResult(paths, spool.rows_done, encoder.hidden_size, strategies, started_at)
+    return EmbedResult(paths, spool.rows_done, options.truncate_dim or encoder.hidden_size, strategies, started_at,
+                       texts=spool.texts_done, truncated=truncated)
+
+
+class _NoBar:
+    """A progress bar that shows nothing (the calibration texts are not the corpus)."""
+
+    def update(self, count: int) -> None:
+        pass
+
+
+def _check_options(options: VectorOptions, output_format: str, skip_empty: bool) -> None:
+    """Option combinations no run can honour, refused before the model loads."""
+    if options.chunk_output and output_format == "npy":
+        raise SeqpoolError("`chunk_output` rows carry doc, chunk, char_start and char_end columns, which npy "
+                           "cannot hold; choose `output_format` parquet, jsonl or safetensors")
+    if options.chunk_output and skip_empty:
+        raise SeqpoolError("`skip_empty` does not apply to `chunk_output` (an empty text gives one empty chunk row)")
 
 
 def check_outputs(output: Path, output_format: str, strategies: Sequence[str], source: TextSource | None) -> None:
@@ -222,22 +274,37 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
                batch_size: int | None = None, max_length: int | None = None, normalize: bool | None = None,
                dtype: str = "fp32", device: str | None = None, threads: int | None = None,
                skip_empty: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE, resume: bool = False,
-               progress: bool | None = None, note: Callable[[str], None] | None = None) -> EmbedResult:
+               progress: bool | None = None, note: Callable[[str], None] | None = None,
+               prompt: str | None = None, prompt_name: str | None = None, include_prompt: bool | None = None,
+               long_texts: str = "truncate", window: int | None = None, stride: int | None = None,
+               chunk_output: bool = False, truncate_dim: int | None = None, precision: str = "float32",
+               calibration: str | os.PathLike | None = None) -> EmbedResult:
     """Embed the corpus at ``input_path`` (``-`` for stdin) into ``output``: the whole ``seqpool embed``.
 
     Every argument, the input and every output path are checked before the model loads or
     the corpus is read. ``threads`` caps torch's threads for this call only. ``note``
-    receives advice worth showing (e.g. bf16 on a CPU without native bf16).
+    receives advice worth showing (e.g. bf16 on a CPU without native bf16). Prompts, long
+    texts and compact vectors: :class:`seqpool.vector_options.VectorOptions` (``calibration``:
+    a file of texts, any input format, to fit int8/uint8 ranges on).
     """
-    from seqpool.pooling import check_strategy
+    from seqpool.registry import PARAMETER_FREE, get_strategy
     from seqpool.threads import check_thread_count, limited_threads
+
+    def check_strategy(name: str) -> str:  # the registry's check is torch-free: option errors stay fast
+        get_strategy(name, PARAMETER_FREE)
+        return name
 
     chosen = tuple(dict.fromkeys(check_strategy(s) for s in strategies)) if strategies else None
     torch_dtype = parse_dtype(dtype)
     _check_sizes(chunk_size=chunk_size, batch_size=batch_size, max_length=max_length)
     check_thread_count(threads, "`threads`")
+    options = VectorOptions(prompt, prompt_name, include_prompt, long_texts, window, stride, chunk_output,
+                            truncate_dim, precision, None if calibration is None else str(calibration))
+    if calibration is not None:
+        TextSource.open(calibration)  # exists and is readable
     source = TextSource.open(input_path, input_format, text_field)
     fmt = detect_output_format(output or "", output_format)
+    _check_options(options, fmt, skip_empty)
     target = Path(output) if output is not None else default_output_path(str(input_path), fmt)
     # The model's default strategy is unknown until it loads; check the one-file case now
     # and every per-strategy file again in embed_corpus, still before the corpus is read.
@@ -254,26 +321,37 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
                  "use dtype=fp32 for speed")
         chosen = tuple(dict.fromkeys(check_strategy(s) for s in (chosen or (encoder.default_strategy,))))
         check_outputs(target, fmt, chosen, source)
+        options.check_model(encoder, chosen)
         try:
             return _embed_locked(encoder, source, target, fmt, chosen,
                                  encoder.default_normalize if normalize is None else bool(normalize),
-                                 batch_size, chunk_size, skip_empty, resume, progress)
+                                 batch_size, chunk_size, skip_empty, resume, progress, options)
         except KeyboardInterrupt as error:
             raise EmbedInterrupted(partial_folder(target).is_dir()) from error
 
 
 def _encode_chunk(encoder: Any, texts: list[str], strategies: tuple[str, ...], normalize: bool,
-                  batch_size: int | None, skip_empty: bool, bar: Any) -> dict[str, np.ndarray]:
-    """Vectors of one chunk, in row order; with ``skip_empty``, empty texts get zero rows unencoded."""
+                  batch_size: int | None, skip_empty: bool, bar: Any,
+                  options: VectorOptions) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, int]:
+    """Rows of one chunk, in row order: ``(vectors, chunk columns or None, texts truncated)``.
+
+    With ``skip_empty``, empty texts get zero rows unencoded.
+    """
+    kwargs = options.encode_kwargs()
+    if options.chunk_output:
+        vectors, table = encoder.encode_chunks(texts, strategies, batch_size=batch_size, normalize=normalize,
+                                               progress=bar, **kwargs)
+        return vectors, table, encoder.last_stats.truncated
     keep = [i for i, text in enumerate(texts) if text.strip()] if skip_empty else None
     if keep is None or len(keep) == len(texts):
-        return encoder.encode(texts, strategies, batch_size=batch_size, normalize=normalize, progress=bar)
+        vectors = encoder.encode(texts, strategies, batch_size=batch_size, normalize=normalize, progress=bar, **kwargs)
+        return vectors, None, encoder.last_stats.truncated
     encoded = encoder.encode([texts[i] for i in keep], strategies, batch_size=batch_size,
-                             normalize=normalize, progress=bar)
+                             normalize=normalize, progress=bar, **kwargs)
     bar.update(len(texts) - len(keep))
     out = {}
     for strategy, vectors in encoded.items():
         full = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
         full[keep] = vectors
         out[strategy] = full
-    return out
+    return out, None, encoder.last_stats.truncated

@@ -16,7 +16,7 @@ characters each row covers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,6 @@ from torch import Tensor
 
 from seqpool.errors import SeqpoolError
 from seqpool.long_texts import (
-    LONG_TEXT_MODES,
     Span,
     char_spans,
     content_states,
@@ -32,8 +31,21 @@ from seqpool.long_texts import (
     pool_windows,
     window_spans,
 )
+from seqpool.vector_options import LongTextOptions, window_sizes
 
 Batch = tuple[np.ndarray, Tensor, Tensor]
+#: ``pool(hidden (B, T, W), mask (B, T), exclude) -> {strategy: (B, D')}``; ``exclude`` leading
+#: tokens of every row stay out of the pool (the prompt, with include_prompt=False).
+Pooler = Callable[[Tensor, Tensor, int], dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class EncodeStats:
+    """What one ``Encoder.encode`` call did: texts, texts cut at ``max_length``, model inputs run."""
+
+    texts: int
+    truncated: int
+    inputs: int
 
 
 @dataclass
@@ -44,56 +56,6 @@ class TextPieces:
     prompt_ids: list[int]
     content_ids: list[int]
     offsets: list[tuple[int, int]] | None = None
-
-
-@dataclass(frozen=True)
-class LongTextOptions:
-    """``mode``: truncate | chunk | late. ``window`` / ``stride`` in tokens: for ``chunk`` a
-    window's tokens *including* the special tokens and the prompt (default: the model's
-    max_length), for ``late`` a chunk's text tokens (default: the model's max_length less
-    its special tokens). ``stride``: tokens between window starts (default: 3/4 of the
-    window for chunk, the whole window for late)."""
-
-    mode: str = "truncate"
-    window: int | None = None
-    stride: int | None = None
-    chunk_output: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mode not in LONG_TEXT_MODES:
-            raise SeqpoolError(f"unknown long_texts {self.mode!r}; choose one of: {', '.join(LONG_TEXT_MODES)}")
-        for name in ("window", "stride"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise SeqpoolError(f"{name} must be a positive number of tokens, got {value!r}")
-        if self.mode == "late" and self.window and self.stride and self.stride > self.window:
-            raise SeqpoolError(f"stride {self.stride} exceeds the {self.window}-token chunks (it would skip tokens); "
-                               f"pass at most {self.window}")
-        if self.mode == "truncate" and (self.window is not None or self.stride is not None or self.chunk_output):
-            raise SeqpoolError("window, stride and chunk output apply to long_texts='chunk' or 'late', "
-                               "not 'truncate'; pass long_texts='chunk' or 'late'")
-
-
-def window_sizes(options: LongTextOptions, max_length: int, n_special: int,
-                 prompt_tokens: int = 0) -> tuple[int, int | None, int]:
-    """``(text tokens per model window, their stride, text tokens per late chunk)``; checks that
-    the options fit the model (callable as soon as the tokenizer is known, before any text)."""
-    window = max_length if options.window is None or options.mode == "late" else options.window
-    if window > max_length:
-        raise SeqpoolError(f"window {window} exceeds the model's max_length {max_length}; pass at most {max_length}")
-    size = window - n_special - prompt_tokens
-    if size < 1:
-        raise SeqpoolError(f"a window of {window} tokens leaves no room for text after {n_special} special tokens "
-                           f"and a {prompt_tokens}-token prompt; pass a larger window or a shorter prompt")
-    stride = options.stride if options.mode == "chunk" else None
-    if stride is not None and stride > size:
-        raise SeqpoolError(f"stride {stride} exceeds the window's {size} text tokens (it would skip tokens); "
-                           f"pass at most {size}")
-    chunk_size = options.window if options.window is not None else size
-    if options.mode == "late" and options.stride is not None and options.stride > chunk_size:
-        raise SeqpoolError(f"stride {options.stride} exceeds the {chunk_size}-token chunks (it would skip tokens); "
-                           f"pass at most {chunk_size}")
-    return size, stride, chunk_size
 
 
 class EncodePlan:
@@ -175,19 +137,15 @@ class EncodePlan:
             start = end
         return batches
 
-    def _pool(self, hidden: Tensor, mask: Tensor, strategies: Sequence[str]) -> dict[str, Tensor]:
-        from seqpool.pooling import pool_many
-        from seqpool.prompts import pool_excluding_prompt
+    def _pool(self, hidden: Tensor, mask: Tensor, pool: Pooler) -> dict[str, Tensor]:
+        return pool(hidden, mask, self.exclude)
 
-        if self.exclude:
-            return pool_excluding_prompt(hidden, mask, self.exclude, strategies)
-        return pool_many(hidden, mask, strategies)
+    def assemble(self, batches: Iterator[Batch], pool: Pooler) -> Iterator[tuple[np.ndarray, dict[str, Tensor], int]]:
+        """``(output rows, {strategy: (n, D) float32}, texts completed)`` as texts (or chunks) complete.
 
-    def assemble(self, batches: Iterator[Batch], strategies: Sequence[str]) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
-        """``(output rows, {strategy: (n, D) float32})`` as the texts (or chunks) complete.
-
-        ``batches`` yields ``(input indices, hidden (B, T, D), mask (B, T))`` for every input of
-        :meth:`batches`; a text's windows may span several batches.
+        ``batches`` yields ``(input indices, hidden (B, T, W), mask (B, T))`` for every input of
+        :meth:`batches`; a text's windows may span several batches. ``pool(hidden, mask, exclude)``
+        pools every strategy (:func:`strategy_pooler`).
         """
         owners = np.asarray(self.owners, dtype=np.int64)
         mode, chunk_output = self.options.mode, self.options.chunk_output
@@ -195,22 +153,23 @@ class EncodePlan:
         for rows, hidden, mask in batches:
             rows = np.asarray(rows)
             if mode == "truncate":
-                yield owners[rows], _float(self._pool(hidden, mask, strategies))
+                yield owners[rows], _float(self._pool(hidden, mask, pool)), len(rows)
                 continue
             if mode == "chunk" and chunk_output:  # every window is a row of its own
-                yield self._window_rows(rows), _float(self._pool(hidden, mask, strategies))
+                last = sum(int(r) == self.windows[owners[r]][-1] for r in rows)  # batches come in plan order
+                yield self._window_rows(rows), _float(self._pool(hidden, mask, pool)), last
                 continue
             # a text in one window is the text itself: pool those straight from the batch
             single = np.array([len(self.windows[owners[r]]) == 1 and not chunk_output for r in rows], dtype=bool)
             if single.any():
-                yield owners[rows[single]], _float(self._pool(hidden[single], mask[single], strategies))
+                yield owners[rows[single]], _float(self._pool(hidden[single], mask[single], pool)), int(single.sum())
             for k in np.flatnonzero(~single):
                 text = int(owners[rows[k]])
                 pending.setdefault(text, {})[int(rows[k])] = hidden[k, :int(mask[k].sum())]
                 if len(pending[text]) == len(self.windows[text]):
                     received = pending.pop(text)
                     states = [received[i] for i in self.windows[text]]
-                    yield self._finish(text, states, strategies)
+                    yield (*self._finish(text, states, pool), 1)
         if pending:
             raise SeqpoolError(f"internal error: {len(pending)} texts did not receive all their windows")
 
@@ -221,15 +180,14 @@ class EncodePlan:
             out[k] = self.first_row[text] + self.windows[text].index(int(row))
         return out
 
-    def _finish(self, text: int, states: list[Tensor], strategies: Sequence[str]) -> tuple[np.ndarray, dict[str, Tensor]]:
+    def _finish(self, text: int, states: list[Tensor], pool: Pooler) -> tuple[np.ndarray, dict[str, Tensor]]:
         spans, n_prefix = self.spans[text], self.n_prefix[text]
         if self.options.mode == "late" and self.options.chunk_output:
             contextual = content_states(states, spans, n_prefix, self.n_suffix)
             chunks = self.chunk_spans[text]
             rows = np.arange(self.first_row[text], self.first_row[text] + len(chunks))
-            return rows, _float(pool_spans(contextual, chunks, strategies))
-        pooled = pool_windows(states, spans, n_prefix, self.n_suffix, strategies, exclude=self.exclude)
-        return np.array([text]), {s: v.unsqueeze(0).float() for s, v in pooled.items()}
+            return rows, _float(pool_spans(contextual, chunks, pool))
+        return np.array([text]), _float(pool_windows(states, spans, n_prefix, self.n_suffix, pool, self.exclude))
 
     def chunk_table(self) -> dict[str, np.ndarray]:
         """``doc``, ``chunk``, ``char_start``, ``char_end`` (int64) of every output row (chunk output)."""
@@ -250,3 +208,65 @@ class EncodePlan:
 
 def _float(vectors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {strategy: v.float() for strategy, v in vectors.items()}
+
+
+def strategy_pooler(layers: Any) -> Pooler:
+    """The :data:`Pooler` of an Encoder's :class:`~seqpool.layer_plan.LayerPlan`: every parameter-free
+    strategy, each term from its layer block; the prompt left out as :func:`pool_excluding_prompt`."""
+    from seqpool.prompts import pool_excluding_prompt
+
+    def pool(hidden: Tensor, mask: Tensor, exclude: int = 0) -> dict[str, Tensor]:
+        if not exclude:
+            return layers.pool(hidden, mask)
+        out: dict[str, Tensor] = {}
+        for strategy in (s for s in layers.strategies if not layers.is_learned(s)):
+            parts = [pool_excluding_prompt(layers.block(hidden, index), mask, exclude, [name])[name]
+                     for name, index in layers.terms[strategy]]
+            out[strategy] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return out
+
+    return pool
+
+
+def encode_texts(encoder: Any, texts: Sequence[str], strategies: Sequence[str] | str | None, batch_size: int | None,
+                 normalize: bool | None, progress: Any, prompt: str | None, prompt_name: str | None,
+                 include_prompt: bool | None, options: LongTextOptions,
+                 truncate_dim: int | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """The body of ``Encoder.encode`` / ``encode_chunks``: plan the inputs, run them through the
+    encoder (every layer block of the strategies from one pass), assemble rows, truncate
+    (Matryoshka) and normalise. Sets ``encoder.last_stats``."""
+    from seqpool.encoder import DEFAULT_BATCH_SIZE, DEFAULT_TOKEN_BUDGET, _positive, check_texts
+    from seqpool.pooling import check_strategy
+    from seqpool.progress import progress_bar
+    from seqpool.prompts import resolve_prompt
+    from seqpool.quantize import check_truncate_dim
+
+    if strategies is None:
+        strategies = (encoder.default_strategy,)
+    elif isinstance(strategies, str):
+        strategies = (strategies,)
+    layers = encoder.layer_plan(tuple(dict.fromkeys(check_strategy(s) for s in strategies)))
+    widths = {s: layers.output_dim(s) for s in layers.strategies}
+    for width in widths.values():
+        check_truncate_dim(truncate_dim, width)
+    normalize = encoder.default_normalize if normalize is None else bool(normalize)
+    texts = check_texts(texts)
+    prompt = resolve_prompt(prompt, prompt_name, encoder.prompts, encoder.default_prompt_name)
+    include = encoder.include_prompt if include_prompt is None else bool(include_prompt)
+    prefix, suffix = encoder.special_tokens
+    plan = EncodePlan(encoder.text_pieces(texts, prompt, offsets=options.chunk_output), prefix, suffix,
+                      encoder.max_length, options, encoder.prompt_length(prompt) if prompt and not include else 0,
+                      getattr(encoder.tokenizer, "truncation_side", "right"))
+    batches = plan.batches(_positive(batch_size, DEFAULT_BATCH_SIZE, "batch_size"), DEFAULT_TOKEN_BUDGET)
+    out = {s: np.zeros((plan.num_rows, truncate_dim or widths[s]), dtype=np.float32) for s in layers.strategies}
+    states = encoder.run_inputs(plan.inputs, batches, layers.blocks)
+    with progress_bar(len(texts), progress) as bar:
+        for rows, vectors, done in plan.assemble(states, strategy_pooler(layers)):
+            for strategy, rows_vectors in vectors.items():
+                rows_vectors = rows_vectors[:, :truncate_dim] if truncate_dim else rows_vectors
+                if normalize:
+                    rows_vectors = torch.nn.functional.normalize(rows_vectors, dim=-1)
+                out[strategy][rows] = rows_vectors.numpy()
+            bar.update(done)
+    encoder.last_stats = EncodeStats(len(texts), plan.truncated, len(plan.inputs))
+    return out, plan.chunk_table() if options.chunk_output else None

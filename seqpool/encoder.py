@@ -22,14 +22,19 @@ import torch
 from torch import Tensor
 
 from seqpool.devices import DEVICE_TYPES, native_bf16_cpu, resolve_device, resolve_dtype  # noqa: F401 (public here)
+from seqpool.encode_plan import EncodeStats, TextPieces, encode_texts
 from seqpool.errors import SeqpoolError
 from seqpool.layer_plan import LayerKey, LayerPlan, average_layers, plan_layers
 from seqpool.local import SEGMENT_REDUCTIONS, segment_pool, word_segment_ids
+from seqpool.long_texts import special_tokens_around
 from seqpool.pooling import check_strategy
 from seqpool.progress import progress_bar
+from seqpool.prompts import prompt_length
 from seqpool.registry import st_pooling_flags, st_pooling_modes
+from seqpool.st_config import sentence_transformers_defaults, strategy_from_st_pooling_config  # noqa: F401
 from seqpool.states import Batch, TokenStates
 from seqpool.threads import available_cpus, limited_threads
+from seqpool.vector_options import LongTextOptions
 
 #: Longest texts first, at most this many texts per batch ...
 DEFAULT_BATCH_SIZE = 256
@@ -53,50 +58,6 @@ def default_model_path() -> str:
 
 #: Weights larger than this many values are fingerprinted by an evenly strided sample.
 _FINGERPRINT_VALUES = 1 << 20
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def strategy_from_st_pooling_config(config: Mapping[str, Any]) -> str | None:
-    """The seqpool strategy named by a sentence-transformers ``1_Pooling/config.json``.
-
-    Reads both the newer ``pooling_mode`` string and the older boolean flags.
-    """
-    mode = config.get("pooling_mode")
-    if isinstance(mode, str):
-        return st_pooling_modes().get(mode)
-    for flag, strategy in st_pooling_flags().items():
-        if config.get(flag):
-            return strategy
-    return None
-
-
-def sentence_transformers_defaults(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """Defaults a sentence-transformers directory carries: strategy, normalize, max_length.
-
-    Missing or malformed files simply give no default: a plain HF model is fine too.
-    """
-    root = Path(model_dir)
-    defaults: dict[str, Any] = {"strategy": None, "normalize": False, "max_length": None}
-    modules = _read_json(root / "modules.json")
-    pooling_dir = "1_Pooling"
-    if isinstance(modules, list) and modules:
-        types = [str(module.get("type", "")) for module in modules if isinstance(module, dict)]
-        defaults["normalize"] = bool(types) and types[-1].endswith("Normalize")
-        pooling_dir = next((m.get("path", "") for m in modules if isinstance(m, dict)
-                            and str(m.get("type", "")).endswith("Pooling")), pooling_dir)
-    pooling = _read_json(root / pooling_dir / "config.json")
-    if isinstance(pooling, dict):
-        defaults["strategy"] = strategy_from_st_pooling_config(pooling)
-    st_config = _read_json(root / "sentence_bert_config.json")
-    if isinstance(st_config, dict) and isinstance(st_config.get("max_seq_length"), int):
-        defaults["max_length"] = st_config["max_seq_length"]
-    return defaults
 
 
 def pack_batches(lengths: Sequence[int], batch_size: int, token_budget: int,
@@ -180,6 +141,9 @@ class Encoder:
         defaults = sentence_transformers_defaults(name) if Path(name).is_dir() else {}
         self._setup(hf_model, tokenizer, name, device, torch_dtype, max_length or defaults.get("max_length"),
                     layer, defaults.get("strategy") or "mean", bool(defaults.get("normalize")), workers)
+        self.prompts = dict(defaults.get("prompts") or {})
+        self.default_prompt_name = defaults.get("default_prompt_name")
+        self.include_prompt = defaults.get("include_prompt", True)
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, layer: int | Sequence[int] = -1,
@@ -207,6 +171,11 @@ class Encoder:
         self.max_length = self._check_max_length(max_length)
         self.default_strategy = check_strategy(default_strategy)
         self.default_normalize = default_normalize
+        # sentence-transformers prompt settings; Encoder() reads them from the model folder
+        self.prompts: dict[str, str] = {}
+        self.default_prompt_name: str | None = None
+        self.include_prompt = True
+        self.last_stats = EncodeStats(0, 0, 0)  # of the last encode: texts, truncated at max_length, inputs
         pad_id = tokenizer.pad_token_id
         if pad_id is None:  # decoders such as GPT-2: any id works, the mask hides it
             pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -299,6 +268,35 @@ class Encoder:
                               word_ids=list(encoded.word_ids(row)))
                 for row, ids in enumerate(encoded["input_ids"])]
 
+    @property
+    def special_tokens(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after every text (``[CLS]``, ``[SEP]``)."""
+        if not hasattr(self, "_special_tokens"):
+            with_special, without = (self.tokenizer("a", add_special_tokens=flag)["input_ids"] for flag in (True, False))
+            self._special_tokens = special_tokens_around(with_special, without)
+        return self._special_tokens
+
+    def prompt_length(self, prompt: str) -> int:
+        """sentence-transformers' prompt length: the prompt's tokens with the leading special
+        tokens, without a trailing one (so a BERT prompt length counts its ``[CLS]``)."""
+        ids = self.tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"]
+        return prompt_length(ids, self.tokenizer.all_special_ids)
+
+    def text_pieces(self, texts: Sequence[str], prompt: str | None = None, offsets: bool = False) -> list[TextPieces]:
+        """Each ``prompt + text`` tokenized whole (no special tokens, not truncated) and split into
+        the prompt's tokens and the text's; ``offsets``: the text tokens' character spans in the text."""
+        texts = check_texts(texts)
+        if offsets:
+            self._require_fast_tokenizer("chunk rows (character offsets)")
+        n_prompt = max(0, self.prompt_length(prompt) - len(self.special_tokens[0])) if prompt else 0
+        encoded = self.tokenizer([(prompt or "") + text for text in texts], add_special_tokens=False,
+                                 truncation=False, verbose=False, return_offsets_mapping=offsets,
+                                 return_attention_mask=False, return_token_type_ids=False) if texts else {}
+        shift = len(prompt or "")
+        return [TextPieces(ids[:n_prompt], ids[n_prompt:], [(max(0, a - shift), max(0, b - shift)) for a, b in
+                                                            encoded["offset_mapping"][row][n_prompt:]] if offsets else None)
+                for row, ids in enumerate(encoded.get("input_ids", []))]
+
     def _require_fast_tokenizer(self, purpose: str) -> None:
         if not getattr(self.tokenizer, "is_fast", False):
             raise SeqpoolError(f"{purpose} needs a fast tokenizer; load the model's tokenizer with "
@@ -360,19 +358,22 @@ class Encoder:
         ``blocks``: (B, T, K * D) states of several layer blocks per batch (see :meth:`layer_plan`).
         """
         token_ids = self.tokenize(texts)
-        lengths = [len(ids) for ids in token_ids]
-        batches = pack_batches(lengths, _positive(batch_size, DEFAULT_BATCH_SIZE, "batch_size"),
+        batches = pack_batches([len(ids) for ids in token_ids], _positive(batch_size, DEFAULT_BATCH_SIZE, "batch_size"),
                                _positive(token_budget, DEFAULT_TOKEN_BUDGET, "token_budget"))
+        with progress_bar(len(token_ids), progress) as bar:
+            for batch in self.run_inputs(token_ids, batches, blocks):
+                yield batch
+                bar.update(len(batch[0]))
 
+    def run_inputs(self, token_ids: Sequence[Sequence[int]], batches: Iterable[np.ndarray],
+                   blocks: Sequence[LayerKey] | None = None) -> Iterator[Batch]:
+        """``(rows, hidden, mask)`` per batch of ``token_ids`` rows, in the order of ``batches``."""
         def run(rows: np.ndarray) -> Batch:
             return (rows, *self.forward_batch(self.collate([token_ids[i] for i in rows]), blocks))
 
         workers = self._workers()
-        with progress_bar(len(token_ids), progress) as bar, \
-                limited_threads(1 if workers > 1 else None, blas=False):
-            for batch in ordered_map(run, batches, workers):
-                yield batch
-                bar.update(len(batch[0]))
+        with limited_threads(1 if workers > 1 else None, blas=False):
+            yield from ordered_map(run, batches, workers)
 
     def text_batches(self, texts: Sequence[str], batch_size: int = 32) -> Iterator["TextBatch"]:
         """Texts in input order, ``batch_size`` at a time, with their tokens (offsets, word ids)
@@ -438,29 +439,39 @@ class Encoder:
         return plan_layers(strategies, num_hidden_states, self.layers, self.hidden_size)
 
     def encode(self, texts: Sequence[str], strategies: Sequence[str] | str | None = None,
-               batch_size: int | None = None, normalize: bool | None = None,
-               progress: Any = False) -> dict[str, np.ndarray]:
+               batch_size: int | None = None, normalize: bool | None = None, progress: Any = False, *,
+               prompt: str | None = None, prompt_name: str | None = None, include_prompt: bool | None = None,
+               long_texts: str = "truncate", window: int | None = None, stride: int | None = None,
+               truncate_dim: int | None = None) -> dict[str, np.ndarray]:
         """One float32 (N, width) array per strategy, in input order, all from one encoder pass
         (``mean@-2``, ``mean@1~-1`` and ``cls+mean`` included: every layer comes from that pass).
 
         ``strategies=None`` uses the model's default (its sentence-transformers pooling
         config, else mean); ``normalize=None`` follows the model's Normalize module.
+        ``prompt`` (text) or ``prompt_name`` (a key of the model's ``prompts``; default: its
+        ``default_prompt_name``) is prepended to every text; ``include_prompt=False`` keeps its
+        tokens out of the pool (default: the model's Pooling config), see :mod:`seqpool.prompts`.
+        ``long_texts``: ``truncate`` (cut at ``max_length``; ``last_stats.truncated`` counts
+        them), ``chunk`` or ``late`` with ``window`` / ``stride`` tokens, see
+        :mod:`seqpool.long_texts`. ``truncate_dim`` keeps the first dimensions (Matryoshka),
+        renormalised when normalising.
         """
-        if strategies is None:
-            strategies = (self.default_strategy,)
-        elif isinstance(strategies, str):
-            strategies = (strategies,)
-        plan = self.layer_plan(tuple(dict.fromkeys(check_strategy(s) for s in strategies)))
-        normalize = self.default_normalize if normalize is None else normalize
-        texts = check_texts(texts)
-        out = {s: np.zeros((len(texts), plan.output_dim(s)), dtype=np.float32) for s in plan.strategies}
-        for rows, hidden, mask in self.hidden_states(texts, batch_size, progress, blocks=plan.blocks):
-            for strategy, vectors in plan.pool(hidden, mask).items():
-                vectors = vectors.float()
-                if normalize:
-                    vectors = torch.nn.functional.normalize(vectors, dim=-1)
-                out[strategy][rows] = vectors.numpy()
-        return out
+        return encode_texts(self, texts, strategies, batch_size, normalize, progress, prompt, prompt_name,
+                            include_prompt, LongTextOptions(long_texts, window, stride), truncate_dim)[0]
+
+    def encode_chunks(self, texts: Sequence[str], strategies: Sequence[str] | str | None = None,
+                      batch_size: int | None = None, normalize: bool | None = None, progress: Any = False, *,
+                      prompt: str | None = None, prompt_name: str | None = None, include_prompt: bool | None = None,
+                      long_texts: str = "late", window: int | None = None, stride: int | None = None,
+                      truncate_dim: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """One row per chunk: ``(vectors per strategy, {"doc", "chunk", "char_start", "char_end"})``.
+
+        ``late`` pools chunks of ``window`` text tokens from full-context token states;
+        ``chunk`` encodes each window on its own. Options as :meth:`encode`.
+        """
+        return encode_texts(self, texts, strategies, batch_size, normalize, progress, prompt, prompt_name,
+                            include_prompt, LongTextOptions(long_texts, window, stride, chunk_output=True),
+                            truncate_dim)
 
 
 _T = TypeVar("_T")

@@ -34,7 +34,7 @@ chunk -- a span of content tokens -- is pooled from those contextual states
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -75,7 +75,7 @@ def window_spans(num_tokens: int, size: int, stride: int | None = None) -> list[
         raise SeqpoolError(f"a window must hold at least one text token, got {size}")
     stride = default_stride(size) if stride is None else stride
     if not 1 <= stride <= size:
-        raise SeqpoolError(f"stride must be between 1 and the window's {size} text tokens (larger strides "
+        raise SeqpoolError(f"`stride` must be between 1 and the window's {size} text tokens (larger strides "
                            f"would skip tokens), got {stride}")
     spans: list[Span] = []
     start = 0
@@ -131,37 +131,55 @@ def merge_windows(window_states: Sequence[Tensor], spans: Sequence[Span], n_pref
     return torch.cat(pieces)
 
 
-def pool_windows(window_states: Sequence[Tensor], spans: Sequence[Span], n_prefix: int, n_suffix: int,
-                 strategies: Sequence[str], exclude: int = 0) -> dict[str, Tensor]:
-    """One (D,) float32 vector per strategy from the states of one text's windows (rules above).
-
-    ``exclude`` leaves each window's first ``exclude`` prefix tokens (the [CLS] and a prompt,
-    sentence-transformers' ``include_prompt=False``) out of the pool; position-weighted
-    strategies keep the positions they had, as :func:`seqpool.prompts.pool_excluding_prompt`.
-    """
+def names_pooler(strategies: Sequence[str]) -> Callable[[Tensor, Tensor, int], dict[str, Tensor]]:
+    """A pooler ``pool(hidden, mask, exclude) -> {strategy: (B, D)}`` for registered strategy names."""
     from seqpool.prompts import pool_excluding_prompt
 
+    def pool(hidden: Tensor, mask: Tensor, exclude: int = 0) -> dict[str, Tensor]:
+        return pool_excluding_prompt(hidden, mask, exclude, strategies)
+
+    return pool
+
+
+def _pooler(pool: Any) -> Callable[[Tensor, Tensor, int], dict[str, Tensor]]:
+    return pool if callable(pool) else names_pooler(list(pool))
+
+
+def _pool_sequence(pool: Callable[..., dict[str, Tensor]], sequence: Tensor, exclude: int) -> dict[str, Tensor]:
+    """Pool one (L, W) sequence; ``exclude`` masked rows in front keep the tokens' real positions."""
+    padded = torch.cat([sequence.new_zeros(exclude, sequence.shape[-1]), sequence]).unsqueeze(0)
+    return {name: vector[0] for name, vector in pool(padded, torch.ones(padded.shape[:2], dtype=torch.bool),
+                                                     exclude).items()}
+
+
+def pool_windows(window_states: Sequence[Tensor], spans: Sequence[Span], n_prefix: int, n_suffix: int,
+                 pool: Any, exclude: int = 0) -> dict[str, Tensor]:
+    """One (D,) float32 vector per strategy from the states of one text's windows (rules above).
+
+    ``pool``: strategy names, or a pooler ``pool(hidden, mask, exclude)`` (the Encoder's, which
+    knows layer blocks). ``exclude`` leaves each window's first ``exclude`` prefix tokens (the
+    [CLS] and a prompt, sentence-transformers' ``include_prompt=False``) out of the pool;
+    position-weighted strategies keep the positions they had, as
+    :func:`seqpool.prompts.pool_excluding_prompt`.
+    """
     if not 0 <= exclude <= n_prefix:
         raise SeqpoolError(f"exclude={exclude} must be between 0 and the windows' {n_prefix} prefix tokens")
+    pool = _pooler(pool)
     window_states = [states[exclude:].float() for states in window_states]
-    merged = merge_windows(window_states, spans, n_prefix - exclude, n_suffix)
-    out: dict[str, Tensor] = {}
-    for strategy in strategies:
-        sequence = torch.cat(window_states) if strategy in ALL_WINDOW_STATES else merged
-        # ``exclude`` masked rows in front: the pool sees the positions the tokens really had
-        padded = torch.cat([sequence.new_zeros(exclude, sequence.shape[-1]), sequence]).unsqueeze(0)
-        out[strategy] = pool_excluding_prompt(padded, torch.ones(padded.shape[:2]), exclude, [strategy])[strategy][0]
+    out = _pool_sequence(pool, merge_windows(window_states, spans, n_prefix - exclude, n_suffix), exclude)
+    if ALL_WINDOW_STATES & set(out) and len(window_states) > 1:
+        every_state = _pool_sequence(pool, torch.cat(window_states), exclude)
+        out.update({name: every_state[name] for name in ALL_WINDOW_STATES & set(out)})
     return out
 
 
-def pool_spans(states: Tensor, spans: Sequence[Span], strategies: Sequence[str]) -> dict[str, Tensor]:
+def pool_spans(states: Tensor, spans: Sequence[Span], pool: Any) -> dict[str, Tensor]:
     """Late chunking: (num_spans, D) per strategy, pooling each ``[start, end)`` row span of ``states``.
 
     ``states`` are one text's contextual token states (e.g. :func:`content_states`); an empty
     span pools to zeros. Within a chunk ``cls`` is its first token and ``last`` its last.
+    ``pool``: strategy names or a pooler, as :func:`pool_windows`.
     """
-    from seqpool.pooling import pool
-
     if states.dim() != 2:
         raise SeqpoolError(f"states must be (tokens, dim), got shape {tuple(states.shape)}")
     for start, end in spans:
@@ -173,7 +191,7 @@ def pool_spans(states: Tensor, spans: Sequence[Span], strategies: Sequence[str])
     for row, (start, end) in enumerate(spans):
         batch[row, :end - start] = states[start:end]
         mask[row, :end - start] = True
-    return {strategy: pool(batch, mask, strategy) for strategy in strategies}
+    return _pooler(pool)(batch, mask, 0)
 
 
 def char_spans(offsets: Sequence[tuple[int, int]], token_spans: Sequence[Span]) -> list[Span]:
@@ -188,39 +206,4 @@ def char_spans(offsets: Sequence[tuple[int, int]], token_spans: Sequence[Span]) 
             continue
         out.append((int(offsets[start][0]), int(offsets[end - 1][1])))
     return out
-
-
-def window_plan(num_tokens: int, max_length: int, n_special: int, window: int | None = None,
-                stride: int | None = None) -> list[Span]:
-    """Window spans for a text of ``num_tokens`` content tokens whose windows carry ``n_special`` tokens.
-
-    ``window`` counts a window's tokens *with* its special tokens (default and maximum: the
-    model's ``max_length``), so ``window=max_length`` uses the model's whole input.
-    """
-    window = check_window(window, stride, max_length, n_special)
-    return window_spans(num_tokens, window - n_special, stride)
-
-
-def check_window(window: int | None, stride: int | None, max_length: int, n_special: int) -> int:
-    """Validate ``window`` / ``stride`` (before any model runs) and return the window size."""
-    window = max_length if window is None else window
-    if isinstance(window, bool) or not isinstance(window, int) or not n_special < window <= max_length:
-        raise SeqpoolError(f"window must be an integer from {n_special + 1} to the model's max_length {max_length} "
-                           f"(tokens per window, {n_special} of them special), got {window!r}")
-    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int)
-                               or not 1 <= stride <= window - n_special):
-        raise SeqpoolError(f"stride must be an integer from 1 to {window - n_special} (the window's text tokens; "
-                           f"a larger stride would skip tokens), got {stride!r}")
-    return window
-
-
-def check_long_texts(long_texts: str) -> str:
-    if long_texts not in LONG_TEXT_MODES:
-        raise SeqpoolError(f"unknown long_texts {long_texts!r}; choose one of: {', '.join(LONG_TEXT_MODES)}")
-    return long_texts
-
-
-#: ``truncate``: cut at the model's limit (counted); ``chunk``: overlapping windows merged;
-#: ``late``: late chunking.
-LONG_TEXT_MODES = ("truncate", "chunk", "late")
 

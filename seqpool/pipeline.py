@@ -27,7 +27,9 @@ from transformers import AutoModel, Pipeline
 
 from seqpool.encoder import Encoder, sentence_transformers_defaults
 from seqpool.errors import SeqpoolError
+from seqpool.encode_plan import EncodePlan
 from seqpool.layers import Pooler
+from seqpool.prompts import exclude_prompt, pool_excluding_prompt, resolve_prompt
 from seqpool.registry import PARAMETER_FREE, find_strategy, strategy_names
 from seqpool.serialization import read_config
 from seqpool.st_export import padding_ready_tokenizer
@@ -36,6 +38,7 @@ from seqpool.st_export import padding_ready_tokenizer
 TASK = "seqpool"
 
 PoolFn = Callable[[Tensor, Tensor], Tensor]
+_MODEL_DEFAULT = object()  # preprocess: no prompt argument given, use the model's default prompt
 
 
 def saved_pooling(directory: str | os.PathLike) -> PoolFn:
@@ -112,8 +115,10 @@ class PoolingPipeline(Pipeline):
     (each result is then a ``{name: vector}`` dict), a folder saved by ``Pooler`` /
     ``PooledClassifier.save_pretrained`` (its trained attention / SE pooler), or a ``Pooler``;
     default: the model's sentence-transformers pooling, else ``"mean"``. ``normalize`` -- L2
-    normalise (default: the model's Normalize module). Construction only: ``layer`` (index or
-    list of indices to average) and ``max_length``, as in :class:`seqpool.Encoder`.
+    normalise (default: the model's Normalize module). ``prompt`` / ``prompt_name`` /
+    ``include_prompt`` -- instruction prompts, as in :meth:`seqpool.Encoder.encode` (default: the
+    model's ``default_prompt_name`` and Pooling ``include_prompt``). Construction only: ``layer``
+    (index or list of indices to average) and ``max_length``, as in :class:`seqpool.Encoder`.
     """
 
     _load_processor = False
@@ -133,19 +138,29 @@ class PoolingPipeline(Pipeline):
             self.model, self.tokenizer, layer=layer, max_length=max_length or defaults.get("max_length"),
             dtype=model_dtype, device=self.device, default_strategy=defaults.get("strategy") or "mean",
             default_normalize=bool(defaults.get("normalize")))
+        self.encoder.prompts = dict(defaults.get("prompts") or {})
+        self.encoder.default_prompt_name = defaults.get("default_prompt_name")
+        self.encoder.include_prompt = defaults.get("include_prompt", True)
         self.tokenizer = padding_ready_tokenizer(self.tokenizer, self.encoder.pad_token_id)
 
-    def _sanitize_parameters(self, pooling: Any = None, normalize: bool | None = None,
+    def _sanitize_parameters(self, pooling: Any = None, normalize: bool | None = None, prompt: str | None = None,
+                             prompt_name: str | None = None, include_prompt: bool | None = None,
                              **unexpected: Any) -> tuple[dict, dict, dict]:
         if unexpected:
             raise SeqpoolError(f"unexpected pipeline argument(s) {sorted(unexpected)}; the seqpool pipeline "
-                               f"takes pooling=, normalize=, batch_size= (and layer=, max_length= when built)")
+                               f"takes pooling=, normalize=, prompt=, prompt_name=, include_prompt=, batch_size= "
+                               f"(and layer=, max_length= when built)")
+        preprocess: dict[str, Any] = {}
+        if prompt is not None or prompt_name is not None:
+            preprocess["prompt"] = resolve_prompt(prompt, prompt_name, self.encoder.prompts)
         postprocess: dict[str, Any] = {}
+        if include_prompt is not None:
+            postprocess["include_prompt"] = bool(include_prompt)
         if pooling is not None:
             postprocess["pooling"] = resolve_pooling(pooling)
         if normalize is not None:
             postprocess["normalize"] = bool(normalize)
-        return {}, {}, postprocess
+        return preprocess, {}, postprocess
 
     def __call__(self, inputs: Any, *args: Any, num_workers: int | None = None, batch_size: int | None = None,
                  **kwargs: Any) -> Any:
@@ -156,23 +171,34 @@ class PoolingPipeline(Pipeline):
             return []
         return super().__call__(inputs, *args, num_workers=num_workers, batch_size=batch_size, **kwargs)
 
-    def preprocess(self, text: str) -> dict[str, Tensor]:
+    def preprocess(self, text: str, prompt: Any = _MODEL_DEFAULT) -> dict[str, Tensor]:
         if not isinstance(text, str):
             raise SeqpoolError(f"the seqpool pipeline embeds strings, got {type(text).__name__}")
-        return self.encoder.collate(self.encoder.tokenize([text]))
+        if prompt is _MODEL_DEFAULT:
+            prompt = resolve_prompt(None, None, self.encoder.prompts, self.encoder.default_prompt_name)
+        plan = EncodePlan(self.encoder.text_pieces([text], prompt), *self.encoder.special_tokens,
+                          self.encoder.max_length)  # exactly Encoder.encode's tokens
+        inputs = self.encoder.collate(plan.inputs)
+        inputs["prompt_length"] = torch.tensor([self.encoder.prompt_length(prompt) if prompt else 0])
+        return inputs
 
     def _forward(self, model_inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         hidden, mask = self.encoder.forward_batch(model_inputs)
-        return {"hidden_states": hidden, "attention_mask": mask}
+        return {"hidden_states": hidden, "attention_mask": mask, "prompt_length": model_inputs["prompt_length"]}
 
     def postprocess(self, model_outputs: dict[str, Tensor], pooling: tuple[dict[str, PoolFn], bool] | None = None,
-                    normalize: bool | None = None) -> np.ndarray | dict[str, np.ndarray]:
+                    normalize: bool | None = None, include_prompt: bool | None = None) -> np.ndarray | dict[str, np.ndarray]:
         functions, several = pooling or resolve_pooling(self.encoder.default_strategy)
         normalize = self.encoder.default_normalize if normalize is None else normalize
         hidden, mask = model_outputs["hidden_states"], model_outputs["attention_mask"]
+        include = self.encoder.include_prompt if include_prompt is None else include_prompt
+        exclude = 0 if include else int(model_outputs["prompt_length"][0])
         vectors = {}
         for name, function in functions.items():
-            pooled = function(hidden, mask).float()
+            if exclude and find_strategy(name) is not None and find_strategy(name).kind == PARAMETER_FREE:
+                pooled = pool_excluding_prompt(hidden, mask, exclude, [name])[name].float()  # as Encoder.encode
+            else:
+                pooled = function(hidden, exclude_prompt(mask, exclude) if exclude else mask).float()
             if normalize:
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
             vectors[name] = pooled[0].numpy()

@@ -16,9 +16,7 @@ Behaviour matches sentence-transformers (its ``encode(prompt=, prompt_name=)`` a
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -34,52 +32,19 @@ def resolve_prompt(prompt: str | None, prompt_name: str | None, prompts: Mapping
     """
     prompts = dict(prompts or {})
     if prompt is not None and prompt_name is not None:
-        raise SeqpoolError("pass prompt (the text) or prompt_name (a name from the model's prompts), not both")
+        raise SeqpoolError("pass `prompt` (the text) or `prompt_name` (a name from the model's prompts), not both")
     if prompt is not None:
         if not isinstance(prompt, str):
-            raise SeqpoolError(f"prompt must be a string, got {type(prompt).__name__}")
+            raise SeqpoolError(f"`prompt` must be a string, got {type(prompt).__name__}")
         return prompt or None
     if prompt_name is not None:
         if prompt_name not in prompts:
-            known = ", ".join(sorted(prompts)) if prompts else "none: pass the text with prompt= instead"
-            raise SeqpoolError(f"prompt_name {prompt_name!r} is not among the model's prompts ({known})")
+            known = ", ".join(sorted(prompts)) if prompts else "none: pass the text as `prompt` instead"
+            raise SeqpoolError(f"`prompt_name` {prompt_name!r} is not among the model's prompts ({known})")
         return prompts[prompt_name] or None
     if default_prompt_name:
         return prompts.get(default_prompt_name) or None
     return None
-
-
-def read_prompt_config(model_dir: str | Path) -> dict[str, Any]:
-    """``prompts``, ``default_prompt_name`` (config_sentence_transformers.json) and
-    ``include_prompt`` (the Pooling module's config) of a sentence-transformers folder.
-
-    Missing or malformed files give the neutral values: no prompts, include the prompt.
-    """
-    root = Path(model_dir)
-    settings: dict[str, Any] = {"prompts": {}, "default_prompt_name": None, "include_prompt": True}
-    config = _read_json(root / "config_sentence_transformers.json")
-    if isinstance(config, dict):
-        prompts = config.get("prompts")
-        if isinstance(prompts, dict):
-            settings["prompts"] = {str(k): v for k, v in prompts.items() if isinstance(v, str)}
-        if isinstance(config.get("default_prompt_name"), str):
-            settings["default_prompt_name"] = config["default_prompt_name"]
-    pooling_dir = "1_Pooling"
-    modules = _read_json(root / "modules.json")
-    if isinstance(modules, list):
-        pooling_dir = next((str(m.get("path", "")) for m in modules if isinstance(m, dict)
-                            and str(m.get("type", "")).endswith("Pooling")), pooling_dir)
-    pooling = _read_json(root / pooling_dir / "config.json")
-    if isinstance(pooling, dict) and isinstance(pooling.get("include_prompt"), bool):
-        settings["include_prompt"] = pooling["include_prompt"]
-    return settings
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def prompt_length(prompt_ids: Sequence[int], special_ids: Sequence[int]) -> int:

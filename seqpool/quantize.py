@@ -31,7 +31,7 @@ METADATA_KEY = "compaction"
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise SeqpoolError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        raise SeqpoolError(f"unknown `precision` {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     return precision
 
 
@@ -40,9 +40,9 @@ def check_truncate_dim(truncate_dim: int | None, dim: int | None = None) -> int 
     if truncate_dim is None:
         return None
     if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer)) or truncate_dim < 1:
-        raise SeqpoolError(f"truncate_dim must be a positive integer, got {truncate_dim!r}")
+        raise SeqpoolError(f"`truncate_dim` must be a positive integer, got {truncate_dim!r}")
     if dim is not None and truncate_dim > dim:
-        raise SeqpoolError(f"truncate_dim={truncate_dim} exceeds the embedding width {dim}; pass at most {dim}")
+        raise SeqpoolError(f"`truncate_dim` {truncate_dim} exceeds the embedding width {dim}; pass at most {dim}")
     return int(truncate_dim)
 
 
@@ -81,7 +81,7 @@ def fit_ranges(vectors: np.ndarray) -> np.ndarray:
     if vectors.ndim != 2 or vectors.shape[0] < 2:
         raise SeqpoolError(
             f"fitting int8/uint8 ranges needs at least 2 vectors, got {vectors.shape[0] if vectors.ndim else 0}; "
-            "pass a larger first chunk or a calibration file with more texts")
+            "pass a larger first chunk (`chunk_size`) or a `calibration` file with more texts")
     if not np.isfinite(vectors).all():
         raise SeqpoolError("cannot fit int8/uint8 ranges: the vectors contain NaN or inf")
     return np.stack([vectors.min(axis=0), vectors.max(axis=0)]).astype(np.float32)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from seqpool.encode_plan import EncodePlan, LongTextOptions, TextPieces, window_sizes
+from seqpool.encode_plan import EncodePlan, TextPieces
+from seqpool.vector_options import LongTextOptions, window_sizes
 from seqpool.errors import SeqpoolError
-from seqpool.long_texts import pool_spans, pool_windows
+from seqpool.long_texts import names_pooler, pool_spans, pool_windows
 from seqpool.pooling import pool
 
 CLS, SEP = 101, 102
@@ -35,7 +36,7 @@ def _run(plan: EncodePlan, batch_size: int = 3, budget: int = 40, strategies=("m
 
     out = {s: torch.full((plan.num_rows, DIM), float("nan")) for s in strategies}
     seen = []
-    for rows, vectors in plan.assemble(batches(), strategies):
+    for rows, vectors, _ in plan.assemble(batches(), names_pooler(strategies)):
         seen.extend(rows.tolist())
         for s in strategies:
             out[s][torch.as_tensor(rows)] = vectors[s]
@@ -115,9 +116,9 @@ def test_prompt_is_in_every_window_and_can_stay_out_of_the_pool():
 
 
 def test_options_are_checked():
-    with pytest.raises(SeqpoolError, match="unknown long_texts"):
+    with pytest.raises(SeqpoolError, match="unknown `long_texts`"):
         LongTextOptions("split")
-    with pytest.raises(SeqpoolError, match="window must be a positive"):
+    with pytest.raises(SeqpoolError, match="`window` must be a positive"):
         LongTextOptions("chunk", window=0)
     with pytest.raises(SeqpoolError, match="not 'truncate'"):
         LongTextOptions("truncate", chunk_output=True)
@@ -127,7 +128,7 @@ def test_options_are_checked():
         window_sizes(LongTextOptions("chunk", window=11), 10, 2)
     with pytest.raises(SeqpoolError, match="no room for text"):
         window_sizes(LongTextOptions("chunk", window=5), 10, 2, prompt_tokens=3)
-    with pytest.raises(SeqpoolError, match="stride 7 exceeds"):
+    with pytest.raises(SeqpoolError, match="`stride` 7 exceeds"):
         window_sizes(LongTextOptions("chunk", window=8, stride=7), 10, 2)
     assert window_sizes(LongTextOptions("late", window=3), 10, 2) == (8, None, 3)
     with pytest.raises(SeqpoolError, match="chunk_output=True"):

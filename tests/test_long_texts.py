@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from seqpool.errors import SeqpoolError
 from seqpool.long_texts import (
     char_spans,
-    check_window,
     content_states,
     merge_windows,
     pool_spans,
     pool_windows,
     special_tokens_around,
     window_inputs,
-    window_plan,
     window_spans,
 )
 from seqpool.pooling import STRATEGIES, pool
@@ -48,16 +47,6 @@ def test_window_spans_reject_strides_that_skip_tokens():
         window_spans(10, 4, 0)
     with pytest.raises(SeqpoolError, match="at least one"):
         window_spans(10, 0, 1)
-
-
-def test_window_plan_counts_special_tokens_in_the_window():
-    assert window_plan(10, max_length=6, n_special=2) == window_spans(10, 4, 3)
-    assert window_plan(10, max_length=6, n_special=2, window=4, stride=2) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
-    for window in (2, 7, 3.5):
-        with pytest.raises(SeqpoolError, match="window must be"):
-            check_window(window, None, max_length=6, n_special=2)
-    with pytest.raises(SeqpoolError, match="stride must be"):
-        check_window(6, 5, max_length=6, n_special=2)
 
 
 def test_special_tokens_and_window_inputs():
@@ -143,3 +132,118 @@ def test_excluding_the_prompt_from_windows_matches_one_text_without_its_prompt(s
     torch.testing.assert_close(pooled, torch.cat([two[0][3:], two[1][3:]]).mean(0))
     with pytest.raises(SeqpoolError, match="exclude"):
         pool_windows(two, spans, 3, 1, ["mean"], exclude=4)
+
+
+# -- through the Encoder (tiny BERT: max_length 64, so "long" is cheap) ------------------------
+
+LONG = "hello world, the cat sat on the mat. " * 12  # ~120 tokens
+MIXED = ["a good film", LONG, "", "the dog " * 40, "not bad"]
+
+
+def _encode_ids(encoder, ids):
+    hidden, _ = encoder.forward_batch(encoder.collate([ids]))
+    return hidden[0]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert_encoder", "tiny_gpt2_encoder"])
+def test_planned_inputs_are_exactly_the_tokenizers_truncation(fixture, request, sample_texts):
+    from seqpool.encode_plan import EncodePlan
+
+    encoder = request.getfixturevalue(fixture)
+    texts = [*sample_texts, LONG, "x" * 500]
+    plan = EncodePlan(encoder.text_pieces(texts), *encoder.special_tokens, encoder.max_length)
+    assert plan.inputs == encoder.tokenize(texts)
+    assert plan.truncated == sum(len(ids) == encoder.max_length for ids in plan.inputs) > 0
+
+
+def test_truncated_texts_are_counted(tiny_bert_encoder):
+    tiny_bert_encoder.encode(MIXED)
+    assert (tiny_bert_encoder.last_stats.texts, tiny_bert_encoder.last_stats.truncated) == (5, 2)
+    tiny_bert_encoder.encode(MIXED, long_texts="chunk")
+    assert tiny_bert_encoder.last_stats.truncated == 0 and tiny_bert_encoder.last_stats.inputs > 5
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_chunk_equals_truncate_under_the_limit(tiny_bert_encoder, strategy):
+    short = ["a good film", "", "the cat sat on the mat", "very " * 30]
+    truncated = tiny_bert_encoder.encode(short, strategy)[strategy]
+    chunked = tiny_bert_encoder.encode(short, strategy, long_texts="chunk")[strategy]
+    np.testing.assert_allclose(chunked, truncated, atol=1e-6)
+
+
+@pytest.mark.parametrize("window,stride", [(None, None), (20, 9), (20, 18)])
+def test_chunk_pools_the_windows_as_documented(tiny_bert_encoder, window, stride):
+    from seqpool.encode_plan import EncodePlan
+    from seqpool.vector_options import LongTextOptions
+
+    strategies = ["mean", "max", "cls", "last", "weighted_mean"]
+    ours = tiny_bert_encoder.encode(MIXED, strategies, normalize=False, long_texts="chunk", window=window,
+                                    stride=stride)
+    prefix, suffix = tiny_bert_encoder.special_tokens
+    plan = EncodePlan(tiny_bert_encoder.text_pieces(MIXED), prefix, suffix, 64, LongTextOptions("chunk", window, stride))
+    assert len(plan.windows[1]) > 1
+    for index in (1, 3):
+        states = [_encode_ids(tiny_bert_encoder, plan.inputs[i]) for i in plan.windows[index]]
+        expected = pool_windows(states, plan.spans[index], len(prefix), len(suffix), strategies)
+        for strategy in strategies:
+            np.testing.assert_allclose(ours[strategy][index], expected[strategy].numpy(), atol=1e-5)
+
+
+def test_late_chunks_pool_spans_of_the_contextual_states(tiny_bert_encoder):
+    text = "the cat sat on the mat. " * 4  # under the limit: one forward pass
+    vectors, table = tiny_bert_encoder.encode_chunks([text, "", LONG], ["mean", "max"], normalize=False, window=5)
+    (item,) = list(tiny_bert_encoder.text_batches([text]))
+    content = item.hidden_states[0, 1:int(item.attention_mask[0].sum()) - 1]
+    rows = np.flatnonzero(table["doc"] == 0)
+    assert len(rows) == -(-len(content) // 5)
+    spans = [(5 * k, min(5 * k + 5, len(content))) for k in range(len(rows))]
+    expected = pool_spans(content, spans, ["mean", "max"])
+    for strategy in ("mean", "max"):
+        np.testing.assert_allclose(vectors[strategy][rows], expected[strategy].numpy(), atol=1e-5)
+    for row in rows:  # character spans point into the text
+        piece = text[table["char_start"][row]:table["char_end"][row]]
+        assert piece and piece == piece.strip()
+    assert [table["char_start"][rows[0]], table["char_end"][rows[-1]]] == [0, len(text.rstrip())]
+    empty = np.flatnonzero(table["doc"] == 1)
+    assert len(empty) == 1 and not vectors["mean"][empty].any()
+    assert table["chunk"][table["doc"] == 2].tolist() == list(range(int((table["doc"] == 2).sum())))
+
+
+def test_chunk_rows_are_the_windows_encoded_alone(tiny_bert_encoder):
+    from seqpool.encode_plan import EncodePlan
+    from seqpool.vector_options import LongTextOptions
+
+    vectors, table = tiny_bert_encoder.encode_chunks([LONG], "cls", normalize=False, long_texts="chunk", window=30)
+    plan = EncodePlan(tiny_bert_encoder.text_pieces([LONG]), *tiny_bert_encoder.special_tokens, 64,
+                      LongTextOptions("chunk", 30))
+    assert len(table["doc"]) == len(plan.inputs) > 2
+    for row, ids in enumerate(plan.inputs):
+        np.testing.assert_allclose(vectors["cls"][row], _encode_ids(tiny_bert_encoder, ids)[0].numpy(), atol=1e-5)
+
+
+def test_truncate_dim_keeps_the_head_and_renormalises(tiny_bert_encoder):
+    full = tiny_bert_encoder.encode(MIXED, normalize=False)["mean"]
+    head = tiny_bert_encoder.encode(MIXED, normalize=True, truncate_dim=8)["mean"]
+    np.testing.assert_allclose(head, full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True), atol=1e-6)
+    with pytest.raises(SeqpoolError, match="`truncate_dim` 33 exceeds"):
+        tiny_bert_encoder.encode(["x"], truncate_dim=33)
+
+
+def test_long_text_option_errors(tiny_bert_encoder):
+    with pytest.raises(SeqpoolError, match="exceeds the model's max_length 64"):
+        tiny_bert_encoder.encode(["x"], long_texts="chunk", window=65)
+    with pytest.raises(SeqpoolError, match="unknown `long_texts`"):
+        tiny_bert_encoder.encode(["x"], long_texts="split")
+    with pytest.raises(SeqpoolError, match="not 'truncate'"):
+        tiny_bert_encoder.encode(["x"], window=10)
+
+
+@pytest.mark.parametrize("strategy", ["mean@-2", "cls+max", "mean@1~-1"])
+def test_layer_expressions_work_with_windows_and_prompts(tiny_bert_encoder, strategy):
+    short = ["a good film", "the cat sat on the mat"]
+    truncated = tiny_bert_encoder.encode(short, strategy)[strategy]
+    np.testing.assert_allclose(tiny_bert_encoder.encode(short, strategy, long_texts="chunk")[strategy], truncated,
+                               atol=1e-6)
+    long_vector = tiny_bert_encoder.encode([LONG], strategy, long_texts="chunk", prompt="the film: ",
+                                           include_prompt=False)[strategy]
+    assert long_vector.shape == truncated[:1].shape and np.isfinite(long_vector).all()

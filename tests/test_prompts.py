@@ -14,7 +14,6 @@ from seqpool.prompts import (
     pool_excluding_prompt,
     prompt_length,
     prompt_token_mask,
-    read_prompt_config,
     resolve_prompt,
 )
 
@@ -32,22 +31,26 @@ def test_resolve_prompt():
         resolve_prompt("x", "query", PROMPTS)
     with pytest.raises(SeqpoolError, match="'doc' is not among the model's prompts \\(none, passage, query\\)"):
         resolve_prompt(None, "doc", PROMPTS)
-    with pytest.raises(SeqpoolError, match="pass the text with prompt="):
+    with pytest.raises(SeqpoolError, match="pass the text as `prompt`"):
         resolve_prompt(None, "doc", {})
 
 
-def test_read_prompt_config(tmp_path):
-    assert read_prompt_config(tmp_path) == {"prompts": {}, "default_prompt_name": None, "include_prompt": True}
+def test_prompt_settings_are_read_from_the_model_folder(tmp_path):
+    from seqpool.st_config import sentence_transformers_defaults
+
+    neutral = sentence_transformers_defaults(tmp_path)
+    assert (neutral["prompts"], neutral["default_prompt_name"], neutral["include_prompt"]) == ({}, None, True)
     (tmp_path / "config_sentence_transformers.json").write_text(
         json.dumps({"prompts": PROMPTS, "default_prompt_name": "query"}), encoding="utf-8")
     (tmp_path / "modules.json").write_text(json.dumps(
         [{"idx": 1, "name": "1", "path": "pool", "type": "sentence_transformers.models.Pooling"}]), encoding="utf-8")
     (tmp_path / "pool").mkdir()
     (tmp_path / "pool" / "config.json").write_text(json.dumps({"include_prompt": False}), encoding="utf-8")
-    assert read_prompt_config(tmp_path) == {"prompts": PROMPTS, "default_prompt_name": "query",
-                                            "include_prompt": False}
+    settings = sentence_transformers_defaults(tmp_path)
+    assert (settings["prompts"], settings["default_prompt_name"], settings["include_prompt"]) == (
+        PROMPTS, "query", False)
     (tmp_path / "config_sentence_transformers.json").write_text("{broken", encoding="utf-8")
-    assert read_prompt_config(tmp_path)["prompts"] == {}
+    assert sentence_transformers_defaults(tmp_path)["prompts"] == {}
 
 
 def test_prompt_length_drops_a_trailing_special_token():

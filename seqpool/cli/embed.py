@@ -19,7 +19,11 @@ from seqpool.io.writers import OUTPUT_FORMATS
 FLAGS = {"output": "-o/--output", "output_format": "--format", "input_format": "--input-format",
          "text_field": "--text-field", "label_field": "--label-field", "chunk_size": "--chunk-size",
          "batch_size": "--batch-size", "max_length": "--max-length", "dtype": "--dtype", "threads": "--threads",
-         "layer": "--layer", "device": "--device", "resume": "--resume"}
+         "layer": "--layer", "device": "--device", "resume": "--resume", "prompt": "--prompt",
+         "prompt_name": "--prompt-name", "long_texts": "--long-texts",
+         "window": "--window", "stride": "--stride", "chunk_output": "--chunk-output",
+         "truncate_dim": "--truncate-dim", "precision": "--precision", "calibration": "--calibration",
+         "skip_empty": "--skip-empty"}
 _NAMES = "|".join(sorted(FLAGS, key=len, reverse=True))
 _PARAMETER = re.compile(rf"`({_NAMES})`|\b({_NAMES})=(\.\.\.|True)?")
 
@@ -79,12 +83,36 @@ def parse_layers(value: str) -> int | tuple[int, ...]:
               help="Write a zero vector for empty/blank texts instead of encoding them (rows never shift).")
 @click.option("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True,
               help="Texts read, encoded and checkpointed together.")
+@click.option("--prompt", help="Instruction prepended to every text, e.g. 'query: ' (e5, bge, gte style models).")
+@click.option("--prompt-name", help="A prompt from the model's config_sentence_transformers.json by name "
+                                    "[default: its default_prompt_name].")
+@click.option("--exclude-prompt", is_flag=True, default=None,
+              help="Keep the prompt's tokens out of the pool (sentence-transformers include_prompt=False; "
+                   "[default: the model's Pooling config]). cls then means the first token after the prompt.")
+@click.option("--long-texts", default="truncate", show_default=True, metavar="truncate|chunk|late",
+              help="Texts over the model's limit: cut them (counted in the summary), pool overlapping windows "
+                   "into one vector (chunk), or late chunking (late: chunks pooled from full-context tokens).")
+@click.option("--window", type=int, help="chunk: tokens per window, special tokens included [default: the model's "
+                                         "max length]; late: tokens per chunk [default: the same].")
+@click.option("--stride", type=int, help="Tokens between window starts [default: 3/4 window (chunk), "
+                                         "one window (late)].")
+@click.option("--chunk-output", is_flag=True, help="One row per chunk (chunk/late) with doc, chunk, char_start and "
+                                                   "char_end columns (parquet, jsonl or safetensors).")
+@click.option("--truncate-dim", type=int, help="Keep the first N dimensions (Matryoshka models); renormalised "
+                                               "when normalising.")
+@click.option("--precision", default="float32", show_default=True,
+              metavar="float32|float16|int8|uint8|binary|ubinary",
+              help="Stored precision. int8/uint8 ranges are fitted once (first chunk, or --calibration) and "
+                   "stored in the metadata; binary packs 8 sign bits per byte. load_embeddings decodes them.")
+@click.option("--calibration", metavar="FILE", help="Texts (any input format) to fit the int8/uint8 ranges on.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last complete chunk.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def embed(input_path: str, output: str | None, output_format: str | None, input_format: str | None,
           text_field: str | None, model: str | None, strategies: tuple[str, ...], layer: str, batch_size: int | None,
           max_length: int | None, normalize: bool | None, dtype: str, device: str | None, threads: int | None,
-          skip_empty: bool, chunk_size: int, resume: bool, quiet: bool) -> None:
+          skip_empty: bool, chunk_size: int, prompt: str | None, prompt_name: str | None,
+          exclude_prompt: bool | None, long_texts: str, window: int | None, stride: int | None, chunk_output: bool,
+          truncate_dim: int | None, precision: str, calibration: str | None, resume: bool, quiet: bool) -> None:
     """Embed every text of INPUT (a file, or - for stdin) into one vector per row.
 
     \b
@@ -114,7 +142,10 @@ def embed(input_path: str, output: str | None, output_format: str | None, input_
                             text_field=text_field, strategies=parse_strategies(strategies), layer=parse_layers(layer),
                             batch_size=batch_size, max_length=max_length, normalize=normalize, dtype=dtype,
                             device=device, threads=threads, skip_empty=skip_empty, chunk_size=chunk_size,
-                            resume=resume, progress=False if quiet else None, note=note)
+                            resume=resume, progress=False if quiet else None, note=note, prompt=prompt,
+                            prompt_name=prompt_name, include_prompt=False if exclude_prompt else None,
+                            long_texts=long_texts, window=window, stride=stride, chunk_output=chunk_output,
+                            truncate_dim=truncate_dim, precision=precision, calibration=calibration)
     except SeqpoolError as error:
         raise as_flags(error) from None
     except EmbedInterrupted as interrupted:
@@ -125,3 +156,6 @@ def embed(input_path: str, output: str | None, output_format: str | None, input_
         resumed = f", resumed at row {result.resumed_from}" if result.resumed_from else ""
         click.echo(f"wrote {result.rows} x {result.dim} embeddings ({', '.join(result.strategies)}{resumed}) "
                    f"to {', '.join(map(str, result.paths))}", err=True)
+        if result.truncated:
+            click.echo(f"{result.truncated} of {result.texts} texts were longer than the model's max length and were "
+                       f"truncated; --long-texts chunk or late keeps all of them", err=True)

@@ -108,40 +108,59 @@ def check_output_writable(output: Path, source: TextSource | None = None) -> Non
 # -- spools: append-only .npy files, finished into the requested format ----------------------
 
 
-def _npy_header(rows: int, dim: int) -> bytes:
-    """A version 1.0 float32 .npy header; numpy pads it so any row count gives the same size."""
+#: A column's row shape and numpy dtype: ``((D,), "float32")`` for a vector, ``((), "int64")`` for a number.
+Column = tuple[tuple[int, ...], str]
+#: The columns that say where each chunk row comes from (``seqpool embed --chunk-output``).
+CHUNK_COLUMNS = ("doc", "chunk", "char_start", "char_end")
+
+
+def _npy_header(rows: int, dim: int | tuple[int, ...], dtype: str = "float32") -> bytes:
+    """A version 1.0 .npy header; numpy pads it so any row count gives the same size."""
     import io
 
+    tail = (dim,) if isinstance(dim, int) else tuple(dim)
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.dtype(dtype).newbyteorder("<").str,
+                                                  "fortran_order": False, "shape": (rows, *tail)})
     return buffer.getvalue()
 
 
-def _open_rows(path: Path, rows: int, dim: int) -> np.ndarray:
-    """A finished spool as a read-only (rows, dim) array, memory-mapped so it never loads whole."""
+def _open_rows(path: Path, rows: int, column: Column) -> np.ndarray:
+    """A finished spool as a read-only array, memory-mapped so it never loads whole."""
     if rows == 0:
-        return np.zeros((0, dim), dtype=np.float32)
+        return np.zeros((0, *column[0]), dtype=column[1])
     return np.load(path, mmap_mode="r")
 
 
 class EmbeddingSpool:
-    """Appends float32 rows per strategy under ``<output>.partial/`` and checkpoints them.
+    """Appends rows per column under ``<output>.partial/`` and checkpoints them.
 
-    Each strategy's rows go to an .npy file whose header is rewritten with the final row
+    Each column's rows go to an .npy file whose header is rewritten with the final row
     count at the end (numpy reserves room for that), so npy output needs no copy at all.
+    By default every strategy is a float32 column ``dim`` wide; ``columns`` names others
+    (compact codes, the chunk columns). ``texts_done`` counts input texts, which differ from
+    rows with one row per chunk; ``state`` is whatever the writer must resume with (e.g.
+    quantisation ranges), saved with every checkpoint.
     """
 
     def __init__(self, output: Path, output_format: str, strategies: Sequence[str], dim: int | Mapping[str, int],
-                 settings: Mapping[str, Any], resume: bool = False, folder: Path | None = None):
+                 settings: Mapping[str, Any], resume: bool = False, folder: Path | None = None,
+                 columns: Mapping[str, Column] | None = None):
         self.output = Path(output)
         self.output_format = output_format
-        self.strategies = tuple(strategies)
         # one width for all, or one per strategy (``mean+max`` is twice as wide as ``mean``)
-        self.dims = {s: int(dim[s]) if isinstance(dim, Mapping) else int(dim) for s in self.strategies}
+        self.dims = {s: int(dim[s]) if isinstance(dim, Mapping) else int(dim) for s in strategies}
         widths = set(self.dims.values())
         self.dim: int | dict[str, int] = next(iter(widths), 0) if len(widths) <= 1 else dict(self.dims)
+        self.columns = {name: (tuple(shape), str(np.dtype(dtype))) for name, (shape, dtype) in columns.items()} \
+            if columns else {s: ((self.dims[s],), "float32") for s in strategies}
+        self.strategies = tuple(self.columns)
         self.settings = {**settings, "strategies": list(self.strategies), "dim": self.dim,
                          "output_format": output_format}
+        if columns:
+            self.settings["columns"] = {name: [list(shape), dtype] for name, (shape, dtype) in self.columns.items()}
+        self.texts_done = 0
+        self.state: dict[str, Any] = {}
         # ``folder``: elsewhere than ``<output>.partial`` (an output that is a device or FIFO)
         self.folder = Path(folder) if folder is not None else self.output.with_name(self.output.name + ".partial")
         self.rows_done = 0
@@ -181,39 +200,58 @@ class EmbeddingSpool:
             raise SeqpoolError(f"cannot resume {self.output}: settings differ from the interrupted run "
                                f"({'; '.join(changed)}); rerun with the same options or delete {self.folder}")
         self.rows_done = int(progress["rows_done"])
+        self.texts_done = int(progress.get("texts_done", self.rows_done))
+        self.state = dict(progress.get("state") or {})
         self.input_digest = str(progress["input_digest"])
         self.resumed = True
 
+    def _header(self, name: str) -> bytes:
+        shape, dtype = self.columns[name]
+        return _npy_header(self.rows_done, shape, dtype)
+
     def _open_spool(self, strategy: str) -> IO[bytes]:
         path = self.spool_path(strategy)
-        kept = len(_npy_header(0, self.dims[strategy])) + self.rows_done * self.dims[strategy] * 4
+        shape, dtype = self.columns[strategy]
+        kept = len(self._header(strategy)) + self.rows_done * int(np.prod(shape)) * np.dtype(dtype).itemsize
         if self.rows_done and (not path.exists() or path.stat().st_size < kept):
             raise SeqpoolError(f"{path} lost rows since the last checkpoint; delete {self.folder} to start over")
         handle = open(path, "r+b" if path.exists() else "w+b")
         handle.seek(0)
-        handle.write(_npy_header(self.rows_done, self.dims[strategy]))
+        handle.write(self._header(strategy))
         # Drop rows written after the last checkpoint: they are encoded again.
         handle.truncate(kept)
         handle.seek(0, os.SEEK_END)
         return handle
 
-    def append(self, vectors: Mapping[str, np.ndarray], input_digest: str) -> None:
-        """Write one chunk's rows for every strategy, make them durable, then checkpoint."""
+    def append(self, vectors: Mapping[str, np.ndarray], input_digest: str, texts: int | None = None,
+               state: Mapping[str, Any] | None = None) -> None:
+        """Write one chunk's rows for every column, make them durable, then checkpoint.
+
+        ``texts``: input texts the rows came from (default: one per row); ``state``: saved
+        with the checkpoint and restored as ``self.state`` on resume.
+        """
         counts = {len(vectors[s]) for s in self.strategies}
         if len(counts) != 1:
             raise ValueError(f"strategies got different row counts: {counts}")
         for strategy in self.strategies:
-            rows = np.ascontiguousarray(vectors[strategy], dtype="<f4")
-            if rows.ndim != 2 or rows.shape[1] != self.dims[strategy]:
-                raise ValueError(f"expected rows of width {self.dims[strategy]}, got shape {rows.shape}")
+            shape, dtype = self.columns[strategy]
+            rows = np.ascontiguousarray(vectors[strategy], dtype=np.dtype(dtype).newbyteorder("<"))
+            if rows.shape[1:] != shape:
+                raise ValueError(f"expected rows of shape {shape}, got shape {rows.shape}")
             handle = self._files[strategy]
             handle.write(rows.tobytes())
             handle.flush()
             os.fsync(handle.fileno())
-        self.rows_done += counts.pop()
+        rows_added = counts.pop()
+        self.rows_done += rows_added
+        self.texts_done += rows_added if texts is None else int(texts)
         self.input_digest = input_digest
+        if state is not None:
+            self.state = dict(state)
         progress = {"version": _PROGRESS_VERSION, "rows_done": self.rows_done,
                     "input_digest": input_digest, "settings": self.settings}
+        if self.texts_done != self.rows_done or self.state:
+            progress.update(texts_done=self.texts_done, state=self.state)
         with atomic_path(self.folder / _PROGRESS_FILE) as handle:
             handle.write(json.dumps(progress, indent=1))
 
@@ -228,18 +266,21 @@ class EmbeddingSpool:
 
     def finish(self, metadata: Mapping[str, str] | None = None) -> list[Path]:
         """Turn the spools into the output file(s), rename them into place, clean up."""
-        for strategy, handle in self._files.items():
+        for name, handle in self._files.items():
             handle.seek(0)
-            handle.write(_npy_header(self.rows_done, self.dims[strategy]))
+            handle.write(self._header(name))
         self.close()
         targets = output_paths(self.output, self.output_format, self.strategies)
         if self.output_format == "npy":
             for strategy in self.strategies:
                 atomic_replace(self.spool_path(strategy), targets[strategy])
         else:
-            arrays = {s: _open_rows(self.spool_path(s), self.rows_done, self.dims[s]) for s in self.strategies}
+            arrays = {s: _open_rows(self.spool_path(s), self.rows_done, self.columns[s]) for s in self.strategies}
             _WRITERS[self.output_format](self.output, arrays, dict(metadata or {}))
             del arrays  # release the memory maps before the folder goes
+        if metadata and METADATA_SIDECAR_KEY in metadata and self.output_format in ("npy", "jsonl"):
+            for target in dict.fromkeys(targets.values()):  # these formats hold no metadata: a file beside
+                write_sidecar(target, metadata)
         shutil.rmtree(self.folder)
         return list(dict.fromkeys(targets.values()))
 
@@ -260,15 +301,21 @@ def _blocks(arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]
 
 
 def write_parquet(path: Path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
-    """One ``fixed_size_list<float32>[D]`` column per strategy, written in row groups."""
+    """One ``fixed_size_list<float32>[D]`` column per strategy (other dtypes as stored; a
+    one-number-per-row column as a plain column), written in row groups."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(name, pa.list_(pa.float32(), array.shape[1])) for name, array in arrays.items()],
+    def column_type(array: np.ndarray) -> Any:
+        item = pa.from_numpy_dtype(array.dtype)
+        return item if array.ndim == 1 else pa.list_(item, array.shape[1])
+
+    schema = pa.schema([(name, column_type(array)) for name, array in arrays.items()],
                        metadata={f"seqpool.{k}": str(v) for k, v in metadata.items()})
     with atomic_path(path, mode="wb") as handle, pq.ParquetWriter(handle, schema) as writer:
         for block in _blocks(arrays):
-            columns = [pa.FixedSizeListArray.from_arrays(pa.array(block[name].reshape(-1)), block[name].shape[1])
+            columns = [pa.array(block[name]) if block[name].ndim == 1 else
+                       pa.FixedSizeListArray.from_arrays(pa.array(block[name].reshape(-1)), block[name].shape[1])
                        for name in arrays]
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
 
@@ -292,8 +339,9 @@ def write_safetensors(path: Path, arrays: Mapping[str, np.ndarray], metadata: Ma
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name, array in arrays.items():
-        size = array.shape[0] * array.shape[1] * 4
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + size]}
+        size = int(np.prod(array.shape)) * array.dtype.itemsize
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[array.dtype.str[1:]], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # the format asks for 8-byte aligned data
@@ -302,22 +350,77 @@ def write_safetensors(path: Path, arrays: Mapping[str, np.ndarray], metadata: Ma
         handle.write(encoded)
         for name, array in arrays.items():
             for start in range(0, len(array), _COPY_ROWS):
-                handle.write(np.ascontiguousarray(array[start:start + _COPY_ROWS], dtype="<f4").tobytes())
+                handle.write(np.ascontiguousarray(array[start:start + _COPY_ROWS],
+                                                  dtype=array.dtype.newbyteorder("<")).tobytes())
+
+
+_SAFETENSORS_DTYPES = {"f4": "F32", "f2": "F16", "i1": "I8", "u1": "U8", "i8": "I64"}
+#: The metadata key whose presence makes npy and jsonl outputs get a metadata file beside them.
+METADATA_SIDECAR_KEY = "compaction"
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``emb.npy`` -> ``emb.npy.json``: the metadata of formats that cannot hold any."""
+    return Path(str(path) + ".json")
+
+
+def write_sidecar(path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
+    with atomic_path(sidecar_path(path)) as handle:
+        handle.write(json.dumps(dict(metadata), indent=1))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``seqpool`` metadata of an output file (embedded, or in its ``.json`` file beside it)."""
+    path = Path(path)
+    fmt = detect_output_format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        raw = pq.read_schema(path).metadata or {}
+        return {k.decode()[len("seqpool."):]: v.decode() for k, v in raw.items() if k.startswith(b"seqpool.")}
+    if fmt == "safetensors":
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            return dict(json.loads(handle.read(size)).get("__metadata__") or {})
+    return _read_json_object(sidecar_path(path))
 
 
 _WRITERS: dict[str, Callable[[Path, Mapping[str, np.ndarray], Mapping[str, str]], None]] = {
     "parquet": write_parquet, "jsonl": write_jsonl, "safetensors": write_safetensors}
 
 
-def load_embeddings(path: str | os.PathLike, strategy: str | None = None) -> np.ndarray:
+def load_embeddings(path: str | os.PathLike, strategy: str | None = None, decode: bool = True) -> np.ndarray:
     """Read back one strategy's (N, D) float32 embeddings from any output format.
 
     ``strategy`` may be left out when the file holds one strategy (always true for npy).
+    Compact outputs (``precision`` int8, binary, ...) are decoded with the ranges stored in
+    the file's metadata (:class:`seqpool.quantize.Compaction`); ``decode=False`` returns the
+    stored codes. The chunk columns (``doc``, ``chunk``, ``char_start``, ``char_end``) load by name.
     """
+    from seqpool.quantize import Compaction
+
     path = Path(path)
+    compaction = Compaction.from_metadata(read_metadata(path))
+    arrays = _read_arrays(path)
+    if detect_output_format(path) == "npy":  # one array; its strategy: named, or the one with ranges
+        name = strategy or (next(iter(compaction.ranges)) if len(compaction.ranges) == 1 else path.name)
+        arrays = {name: arrays[path.name]}
+    vectors = [name for name in arrays if name not in CHUNK_COLUMNS]
+    if strategy is None:
+        if len(vectors) != 1:
+            raise SeqpoolError(f"{path} holds {', '.join(vectors) or 'no rows'}; name the strategy to load")
+        strategy = vectors[0]
+    if strategy not in arrays:
+        raise SeqpoolError(f"{path} has no {strategy!r} embeddings (it holds {', '.join(arrays)})")
+    if not decode or strategy in CHUNK_COLUMNS or compaction.is_identity:
+        return arrays[strategy]
+    return compaction.decode(strategy, arrays[strategy])
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     fmt = detect_output_format(path)
     if fmt == "npy":
-        return np.load(path)
+        return {path.name: np.load(path)}
     if fmt == "safetensors":
         from safetensors.numpy import load_file
 
@@ -331,17 +434,21 @@ def load_embeddings(path: str | os.PathLike, strategy: str | None = None) -> np.
         with open(path, encoding="utf-8") as handle:
             records = [json.loads(line) for line in handle]
         names = list(records[0]) if records else []
-        arrays = {name: np.asarray([r[name] for r in records], dtype=np.float32) for name in names}
-    if strategy is None:
-        if len(arrays) != 1:
-            raise SeqpoolError(f"{path} holds {', '.join(arrays) or 'no rows'}; name the strategy to load")
-        return next(iter(arrays.values()))
-    if strategy not in arrays:
-        raise SeqpoolError(f"{path} has no {strategy!r} embeddings (it holds {', '.join(arrays)})")
-    return arrays[strategy]
+        arrays = {name: _as_stored(np.asarray([r[name] for r in records])) for name in names}
+    return arrays
+
+
+def _as_stored(array: np.ndarray) -> np.ndarray:
+    """JSON numbers back as float32 (vectors) or int64 (codes, chunk columns)."""
+    return array.astype(np.float32) if array.dtype.kind == "f" or array.size == 0 else array
 
 
 def _fixed_size_lists(column: Any) -> np.ndarray:
+    import pyarrow as pa
+
+    if not pa.types.is_fixed_size_list(column.type):
+        return column.to_numpy()
     dim = column.type.list_size
     flat = column.combine_chunks().flatten() if column.num_chunks else []
-    return np.asarray(flat, dtype=np.float32).reshape(-1, dim)
+    dtype = column.type.value_type.to_pandas_dtype()
+    return np.asarray(flat, dtype=dtype).reshape(-1, dim)
