@@ -2,7 +2,7 @@
 
 The driver reads every input once with the shared reader (so rows are numbered exactly as
 the local engine numbers them, empty lines included), records row counts and digests, and
-cuts each input into fixed row ranges (:mod:`seqpool.distributed.layout`). Ray Data then
+cuts each input into fixed row ranges (:mod:`seqpool.io.shards`). Ray Data then
 streams the missing ranges: read tasks re-read their file and check each range's digest,
 an actor pool of :class:`Embedder` embeds, and the driver reassembles rows into their
 ranges and writes each finished range as one atomic parquet file. Which rows a file holds
@@ -36,7 +36,7 @@ from seqpool.distributed.dataset import (
     ray_session,
 )
 from seqpool.distributed.embedder import Embedder
-from seqpool.distributed.layout import (
+from seqpool.io.shards import (
     DEFAULT_SHARD_ROWS,
     MANIFEST,
     MANIFEST_VERSION,

@@ -1,4 +1,4 @@
-"""The output folder of a distributed run: parquet shards named by row range, and a manifest.
+"""The output folder of ``seqpool embed --engine ray``: parquet shards named by row range, and a manifest.
 
 ::
 
@@ -12,7 +12,8 @@ so what a shard holds never depends on how the engine batched or scheduled the w
 Each shard file is written atomically, so a shard file that exists is complete: resuming
 is "embed the ranges whose file is missing". Shards sort by name into input order.
 
-Nothing here imports Ray or torch: :func:`load_folder` reads a finished folder anywhere.
+Nothing here imports Ray or torch: :func:`load_folder` (behind ``load_embeddings(folder)``)
+reads a finished folder anywhere.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from seqpool.errors import SeqpoolError
+from seqpool.io.atomic import atomic_path
 
 MANIFEST = "_manifest.json"
 MANIFEST_VERSION = 1
@@ -85,8 +87,6 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def write_manifest(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
-    from seqpool.io import atomic_path
-
     with atomic_path(Path(folder) / MANIFEST) as handle:
         json.dump(manifest, handle, indent=1)
         handle.write("\n")
@@ -100,8 +100,6 @@ def write_shard(folder: str | os.PathLike, shard: Shard, source_path: str, vecto
     column per strategy (the layout ``seqpool embed -o x.parquet`` writes too)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from seqpool.io import atomic_path
 
     columns = {"source": pa.array([source_path] * shard.rows, type=pa.string()),
                "row": pa.array(np.arange(shard.first_row, shard.end, dtype=np.int64))}
