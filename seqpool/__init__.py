@@ -68,6 +68,8 @@ _EXPORTS: dict[str, str] = {
     "word_segment_ids": "seqpool.local",
     # evaluation, explanation, pipelines, sentence-transformers
     "evaluate": "seqpool.evaluation",
+    "EvaluationSettings": "seqpool.evaluation",
+    "embed_file": "seqpool.embed",
     "EvaluationResult": "seqpool.evaluation",
     "load_labelled": "seqpool.evaluation",
     "Explanation": "seqpool.explain",
@@ -90,7 +92,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from seqpool.classifier import PooledClassifier
     from seqpool.encoder import Encoder, word_embeddings
     from seqpool.errors import SeqpoolError
-    from seqpool.evaluation import EvaluationResult, evaluate, load_labelled
+    from seqpool.embed import embed_file
+    from seqpool.evaluation import EvaluationResult, EvaluationSettings, evaluate, load_labelled
     from seqpool.attentive_stats import AttentiveStatisticsPooling
     from seqpool.explain import Explanation
     from seqpool.expressions import parse_strategy

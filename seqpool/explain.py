@@ -37,7 +37,7 @@ from seqpool.layers import Pooler
 from seqpool.pooling import normalize_mask
 from seqpool.registry import get_strategy
 from seqpool.io.atomic import atomic_path
-from seqpool.serialization import atomic_write_text
+from seqpool.io.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from seqpool.classifier import PooledClassifier

@@ -16,19 +16,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from seqpool.errors import SeqpoolError
-from seqpool.io.atomic import atomic_path
+from seqpool.io.atomic import atomic_path, atomic_write_text  # noqa: F401  (atomic_write_text: old import path)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 _M = TypeVar("_M", bound=torch.nn.Module)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` through :func:`seqpool.io.atomic_path` (temp file, fsync, rename; umask
-    permissions; symlinks written through; devices streamed to, never replaced)."""
-    with atomic_path(path) as handle:
-        handle.write(text)
 
 
 def save_module(module: torch.nn.Module, config: dict[str, Any], directory: str | os.PathLike) -> Path:

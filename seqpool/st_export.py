@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from seqpool.errors import SeqpoolError
 from seqpool.registry import st_names, st_pooling_flags, st_pooling_modes
-from seqpool.serialization import atomic_write_text
+from seqpool.io.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from seqpool.encoder import Encoder

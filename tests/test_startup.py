@@ -64,6 +64,31 @@ def test_option_errors_do_not_import_torch(args):
     assert "torch" not in probe["heavy"] and "transformers" not in probe["heavy"], (args, probe["heavy"])
 
 
+@pytest.mark.parametrize("args, message", [
+    (["embed", "{txt}", "--batch-size", "0"], "--batch-size must be a whole number of at least 1"),
+    (["embed", "{txt}", "--chunk-size", "0"], "--chunk-size must be a whole number of at least 1"),
+    (["embed", "{txt}", "--strategy", "bogus"], "unknown pooling strategy 'bogus'"),
+    (["embed", "{missing}"], "input file not found"),
+    (["evaluate", "--train", "{jsonl}", "--folds", "1"], "--folds must be at least 2"),
+    (["evaluate", "--train", "{missing}.jsonl"], "input file not found"),
+])
+def test_value_errors_do_not_import_torch(tmp_path, args, message):
+    """A bad value or a missing file is reported before torch or transformers load (issue 13 class 6)."""
+    (tmp_path / "t.txt").write_text("a\nb\n", encoding="utf-8")
+    (tmp_path / "t.jsonl").write_text('{"text": "a", "label": 0}\n', encoding="utf-8")
+    paths = {"txt": tmp_path / "t.txt", "jsonl": tmp_path / "t.jsonl", "missing": tmp_path / "missing"}
+    probe = run_probe(cli_probe([arg.format(**paths) for arg in args]))
+    code, output = probe["out"]
+    assert code == 1 and message in output, output
+    assert "torch" not in probe["heavy"] and "transformers" not in probe["heavy"], (args, probe["heavy"])
+
+
+def test_evaluation_settings_do_not_import_torch():
+    probe = run_probe("from seqpool.evaluation import EvaluationSettings\nout = EvaluationSettings().folds")
+    assert probe["out"] == 10
+    assert "torch" not in probe["heavy"] and "sklearn" not in probe["heavy"], probe["heavy"]
+
+
 def test_strategies_does_not_import_torch():
     probe = run_probe(cli_probe(["strategies"]))
     assert probe["out"][0] == 0 and "mean" in probe["out"][1].split()
@@ -75,6 +100,18 @@ def test_every_public_name_resolves_to_its_module():
 
     for name, module in seqpool._EXPORTS.items():
         assert getattr(seqpool, name) is getattr(importlib.import_module(module), name), name
+    for name in ("EvaluationSettings", "load_embeddings", "embed_file", "evaluate", "Encoder"):
+        assert name in seqpool.__all__, name
+    from seqpool.embed import embed_file
+    from seqpool.evaluation.settings import EvaluationSettings
+    from seqpool.io.writers import load_embeddings
+
+    assert (seqpool.EvaluationSettings, seqpool.load_embeddings, seqpool.embed_file) == (
+        EvaluationSettings, load_embeddings, embed_file)
+    import seqpool.evaluation as evaluation
+
+    for name, module in evaluation._EXPORTS.items():  # the evaluation package is lazy the same way
+        assert getattr(evaluation, name) is getattr(importlib.import_module(module), name), name
     assert set(seqpool.__all__) <= set(dir(seqpool))
     with pytest.raises(AttributeError, match="no_such_name"):
         seqpool.no_such_name  # noqa: B018

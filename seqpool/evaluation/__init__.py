@@ -12,32 +12,50 @@
 - :mod:`.result`      :class:`EvaluationResult` and strict JSON
 - :mod:`.report`      the table and the plot (presentation only), output-path checks
 - :mod:`.run`         :func:`evaluate`, which checks everything cheap before anything expensive
+
+Names load on first use (like the package root), so ``EvaluationSettings`` and the checks
+before any encoding import neither torch nor scikit-learn.
 """
 
 from __future__ import annotations
 
-from seqpool.evaluation.cache import (EncodedStates, cache_write_problem, cached_states, default_cache_dir,
-                                      encode_states, encoder_fingerprint, states_cache_path)
-from seqpool.evaluation.classifiers import choose_c, fit_predict_learned, fit_predict_logistic
-from seqpool.evaluation.curve import learning_curve_samples
-from seqpool.evaluation.data import (LabelledTexts, check_cv_data, check_train_test, clean_label, labelled_texts,
-                                     load_labelled, read_hub)
-from seqpool.evaluation.protocol import cv_splits
-from seqpool.evaluation.report import check_output_paths, format_table, plot_result
-from seqpool.evaluation.result import Comparison, EvaluationResult, StrategyResult, versions
-from seqpool.evaluation.run import EvaluationWarning, TrainInput, evaluate, load_data
-from seqpool.evaluation.settings import (ALPHA, DEFAULT_C_GRID, DEFAULT_STRATEGIES, EvaluationSettings,
-                                         check_strategies, derive_seed)
-from seqpool.io import text_digest
-from seqpool.threads import limited_threads
+from typing import TYPE_CHECKING
 
+from seqpool._lazy import lazy_exports
 
-__all__ = [
-    "ALPHA", "Comparison", "DEFAULT_C_GRID", "DEFAULT_STRATEGIES", "EncodedStates", "EvaluationResult",
-    "EvaluationSettings", "EvaluationWarning", "LabelledTexts", "StrategyResult", "TrainInput",
-    "cache_write_problem", "cached_states", "check_cv_data", "check_output_paths", "check_strategies",
-    "check_train_test", "choose_c", "clean_label", "cv_splits", "default_cache_dir", "derive_seed",
-    "encode_states", "encoder_fingerprint", "evaluate", "fit_predict_learned", "fit_predict_logistic",
-    "format_table", "labelled_texts", "learning_curve_samples", "limited_threads", "load_data", "load_labelled",
-    "plot_result", "read_hub", "states_cache_path", "text_digest", "versions",
-]
+_MODULES: dict[str, tuple[str, ...]] = {
+    "cache": ("EncodedStates", "cache_write_problem", "cached_states", "default_cache_dir", "encode_states",
+              "encoder_fingerprint", "states_cache_path"),
+    "classifiers": ("choose_c", "fit_predict_learned", "fit_predict_logistic"),
+    "curve": ("learning_curve_samples",),
+    "data": ("LabelledTexts", "check_cv_data", "check_train_test", "clean_label", "labelled_texts",
+             "load_labelled", "read_hub"),
+    "protocol": ("cv_splits",),
+    "report": ("check_output_paths", "format_table", "plot_result"),
+    "result": ("Comparison", "EvaluationResult", "StrategyResult", "versions"),
+    "run": ("EvaluationWarning", "TrainInput", "evaluate", "load_data"),
+    "settings": ("ALPHA", "DEFAULT_C_GRID", "DEFAULT_STRATEGIES", "EvaluationSettings", "check_strategies",
+                 "derive_seed"),
+}
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {name: f"{__name__}.{module}" for module, names in _MODULES.items() for name in names}
+_EXPORTS.update(text_digest="seqpool.io", limited_threads="seqpool.threads")
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), tuple(_MODULES))
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from seqpool.evaluation.cache import (EncodedStates, cache_write_problem, cached_states, default_cache_dir,
+                                          encode_states, encoder_fingerprint, states_cache_path)
+    from seqpool.evaluation.classifiers import choose_c, fit_predict_learned, fit_predict_logistic
+    from seqpool.evaluation.curve import learning_curve_samples
+    from seqpool.evaluation.data import (LabelledTexts, check_cv_data, check_train_test, clean_label,
+                                         labelled_texts, load_labelled, read_hub)
+    from seqpool.evaluation.protocol import cv_splits
+    from seqpool.evaluation.report import check_output_paths, format_table, plot_result
+    from seqpool.evaluation.result import Comparison, EvaluationResult, StrategyResult, versions
+    from seqpool.evaluation.run import EvaluationWarning, TrainInput, evaluate, load_data
+    from seqpool.evaluation.settings import (ALPHA, DEFAULT_C_GRID, DEFAULT_STRATEGIES, EvaluationSettings,
+                                             check_strategies, derive_seed)
+    from seqpool.io import text_digest
+    from seqpool.threads import limited_threads

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from seqpool._version import __version__
-from seqpool.serialization import atomic_write_text
+from seqpool.io.atomic import atomic_write_text
 from seqpool.stats import clip_interval  # noqa: F401  (re-exported: protocol and curve use it)
 
 
@@ -60,6 +60,8 @@ class EvaluationResult:
     """Everything :func:`evaluate` measured; ``to_json`` / ``table`` / ``plot`` present it.
 
     ``warnings`` holds what the run told the user on stderr (e.g. a cache it could not write).
+    ``by_length`` holds the accuracy per token-length bin (``by_length=K``); ``saved`` describes
+    the classifier folder written by ``save_best``.
     """
 
     strategies: dict[str, StrategyResult]
@@ -70,6 +72,8 @@ class EvaluationResult:
     versions: dict[str, str]
     learning_curve: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    by_length: dict[str, Any] | None = None
+    saved: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({
@@ -79,6 +83,7 @@ class EvaluationResult:
                             for c in self.comparisons],
             "protocol": self.protocol, "timings": self.timings, "versions": self.versions,
             "learning_curve": self.learning_curve, "warnings": self.warnings,
+            "by_length": self.by_length, "saved_best": self.saved,
         })
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:

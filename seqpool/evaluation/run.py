@@ -21,19 +21,20 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from seqpool.errors import SeqpoolError
-from seqpool.evaluation.cache import (EncodedStates, cache_write_problem, cached_states, default_cache_dir,
-                                      encoder_fingerprint)
-from seqpool.evaluation.curve import plan_curve, run_learning_curve
 from seqpool.evaluation.data import LabelledTexts, check_cv_data, check_train_test, labelled_texts, load_labelled
-from seqpool.evaluation.protocol import Corpus, Fitter, cross_validate, is_learned, train_test
 from seqpool.evaluation.report import check_output_paths
-from seqpool.evaluation.result import EvaluationResult, versions
+from seqpool.evaluation.save_best import check_save_dir
 from seqpool.evaluation.settings import ALPHA, EvaluationSettings, check_strategies
 from seqpool.io import text_digest
 from seqpool.threads import limited_threads
+
+if TYPE_CHECKING:  # the encoding and fitting stages (torch, scipy, sklearn) import when they run,
+    # so a bad option, path or file is reported without loading them
+    from seqpool.evaluation.cache import EncodedStates
+    from seqpool.evaluation.result import EvaluationResult
 
 Log = Callable[[str], None]
 TrainInput = str | os.PathLike | LabelledTexts | tuple[Sequence[str], Sequence[Any]]
@@ -52,6 +53,8 @@ def evaluate(
     encoder: Any = None,
     json_path: str | os.PathLike | None = None,
     plot_path: str | os.PathLike | None = None,
+    save_best: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool | None = False,
     log: Log | None = None,
     warn: Log | None = None,
@@ -65,15 +68,19 @@ def evaluate(
     (``folds=5, seed=1``), which override ``settings``. ``encoder`` (an
     :class:`~seqpool.encoder.Encoder`) overrides ``model``/``layer``/``max_length``.
     ``json_path`` / ``plot_path`` are checked before anything is read and written at the end.
+    ``save_best`` names a folder for the winner fitted on all training data (a
+    :class:`~seqpool.classifier.PooledClassifier`, see :mod:`.save_best`); it must be new or
+    empty unless ``overwrite``, and is checked first too.
     ``log`` gets progress lines; ``warn`` gets warnings (default: :class:`EvaluationWarning`
     through :mod:`warnings`), which the result also records.
     """
     settings = EvaluationSettings.build(settings, overrides)
     names = check_strategies(strategies)
     check_output_paths(json_path, plot_path)
+    save_dir = check_save_dir(save_best, overwrite) if save_best is not None else None
     log = log or (lambda message: None)
     with limited_threads(settings.threads):
-        result = _evaluate(train, test, names, settings, encoder, progress, log, warn or _warn)
+        result = _evaluate(train, test, names, settings, encoder, progress, log, warn or _warn, save_dir)
     if json_path is not None:
         result.to_json(json_path)
         log(f"wrote {os.fspath(json_path)}")
@@ -120,7 +127,8 @@ def _as_labelled(data: TrainInput, settings: EvaluationSettings, split: str | No
 
 
 def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...], settings: EvaluationSettings,
-              encoder: Any, progress: bool | None, log: Log, warn: Log) -> EvaluationResult:
+              encoder: Any, progress: bool | None, log: Log, warn: Log,
+              save_dir: Path | None = None) -> EvaluationResult:
     told: list[str] = []
 
     def warn_and_record(message: str) -> None:
@@ -129,6 +137,12 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
 
     start = time.perf_counter()
     train_data, test_data = load_data(train, test, settings)
+    # the stages below need torch, scipy and sklearn: imported once the cheap checks have passed
+    from seqpool.evaluation.cache import cached_states
+    from seqpool.evaluation.curve import plan_curve, run_learning_curve
+    from seqpool.evaluation.protocol import Corpus, Fitter, cross_validate, is_learned, pairs, train_test
+    from seqpool.evaluation.result import EvaluationResult, versions
+
     curve_rows = plan_curve(train_data, test_data, settings.learning_curve, settings.folds, settings.seed)
     load_seconds = time.perf_counter() - start
 
@@ -166,6 +180,21 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
     curve_seconds = time.perf_counter() - curve_start if curve is not None else 0.0
 
     protocol.update(_protocol(names, settings, encoder, train_data, test_data, encoded))
+    best = next(name for name, res in results.items() if res.rank == 1)
+    length_analysis = None
+    if settings.by_length is not None:
+        from seqpool.evaluation.by_length import by_length
+
+        lengths = corpora[-1].states.lengths().numpy()
+        length_analysis = by_length(names, runs, lengths, settings.by_length, protocol, best,
+                                    lambda winner: pairs(names, winner, settings.all_pairs), settings.seed,
+                                    settings.n_resamples)
+    saved, save_seconds = None, 0.0
+    if save_dir is not None:
+        save_start = time.perf_counter()
+        saved = _save_best(best, corpora[0], train_data, settings, encoder, save_dir)
+        save_seconds = time.perf_counter() - save_start
+        log(f"saved {best} fitted on all {len(train_data)} training texts to {save_dir}")
     timings = {
         "load_data_seconds": load_seconds,
         "encode_seconds": sum(e.seconds for e in encoded if not e.cache_hit),
@@ -176,16 +205,39 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
         "fit_seconds_learned": sum(runs[s].seconds for s in names if is_learned(s)),
         "fit_seconds_by_strategy": {s: runs[s].seconds for s in names},
         "learning_curve_seconds": curve_seconds,
+        "save_best_seconds": save_seconds,
         "evaluation_seconds": pool_seconds + fit_seconds + curve_seconds,
         "total_seconds": time.perf_counter() - start,
     }
-    best = next(name for name, res in results.items() if res.rank == 1)
-    return EvaluationResult(results, comparisons, best, protocol, timings, versions(), curve, told)
+    return EvaluationResult(results, comparisons, best, protocol, timings, versions(), curve, told,
+                            length_analysis, saved)
+
+
+def _save_best(best: str, corpus: Any, data: LabelledTexts, settings: EvaluationSettings, encoder: Any,
+               directory: Path) -> dict[str, Any]:
+    """Fit the winner on every training row, save it atomically, and say what was saved."""
+    import numpy as np
+
+    from seqpool.evaluation.protocol import is_learned
+    from seqpool.evaluation.save_best import fit_best, save_atomically
+
+    layers = list(encoder.layers)
+    info = {"model": str(encoder.name_or_path), "layer": layers[0] if len(layers) == 1 else layers,
+            "max_length": encoder.max_length}
+    learned = is_learned(best)
+    pooled = None if learned else corpus.pooled[best]
+    model = fit_best(best, learned, corpus.states, pooled, corpus.labels, data.label_names, settings, info)
+    save_atomically(model, directory)
+    accuracy = float(np.mean(model.predict(corpus.states) == corpus.labels))
+    return {"strategy": best, "path": str(directory), "learned": learned, "examples": int(len(corpus.labels)),
+            "chosen_c": getattr(model, "chosen_c_", None), "training_accuracy": accuracy, "encoder": info}
 
 
 def _cache_folder(settings: EvaluationSettings, warn: Log) -> tuple[Path | None, bool]:
     """(cache folder or None, whether it can be written); an unwritable folder is a warning,
     given now (before encoding), and the run continues reading what is there."""
+    from seqpool.evaluation.cache import cache_write_problem, default_cache_dir
+
     if not settings.cache:
         return None, False
     directory = Path(settings.cache_dir).expanduser() if settings.cache_dir is not None else default_cache_dir()
@@ -199,6 +251,8 @@ def _cache_folder(settings: EvaluationSettings, warn: Log) -> tuple[Path | None,
 def _protocol(names: Sequence[str], settings: EvaluationSettings, encoder: Any, train: LabelledTexts,
               test: LabelledTexts | None, encoded: list[EncodedStates]) -> dict[str, Any]:
     """Everything needed to reproduce the numbers."""
+    from seqpool.evaluation.cache import encoder_fingerprint
+
     s = settings
     return {
         "seed": s.seed, "strategies": list(names), "metric": "accuracy", "secondary_metric": "macro_f1",

@@ -8,7 +8,7 @@
 Importing this package loads numpy but never torch.
 """
 
-from seqpool.io.atomic import atomic_path, atomic_replace, check_writable, resolve_output
+from seqpool.io.atomic import atomic_path, atomic_replace, atomic_write_text, check_writable, resolve_output
 from seqpool.io.digest import TextDigest, text_digest
 from seqpool.io.readers import (
     DEFAULT_CHUNK_SIZE,
@@ -35,7 +35,7 @@ from seqpool.io.writers import (
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE", "INPUT_FORMATS", "OUTPUT_FORMATS", "STDIN", "EmbeddingSpool", "Record", "TextDigest",
-    "TextSource", "atomic_path", "atomic_replace", "check_output_writable", "check_writable", "chunked",
+    "TextSource", "atomic_path", "atomic_replace", "atomic_write_text", "check_output_writable", "check_writable", "chunked",
     "default_output_path", "detect_input_format", "detect_output_format", "is_stream", "load_embeddings",
     "output_paths", "resolve_output", "text_digest", "write_jsonl", "write_parquet", "write_safetensors",
 ]

@@ -97,6 +97,13 @@ def atomic_path(path: str | os.PathLike, *, mode: str = "w", encoding: str | Non
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` through :func:`atomic_path` (temp file, fsync, rename; umask permissions;
+    symlinks written through; devices streamed to, never replaced)."""
+    with atomic_path(path) as handle:
+        handle.write(text)
+
+
 def atomic_replace(source: str | os.PathLike, path: str | os.PathLike) -> None:
     """Move the finished file ``source`` (in ``path``'s folder) to ``path`` by the same rules.
 
