@@ -208,7 +208,8 @@ class PoolingPipeline(Pipeline):
 def register_pipeline(task: str = TASK) -> None:
     """Make ``transformers.pipeline(task, model=...)`` build a :class:`PoolingPipeline`.
 
-    Cheap (a dict entry, no model loaded) and idempotent; ``import seqpool`` calls it.
+    Cheap (a dict entry, no model loaded) and idempotent; ``import seqpool.pipeline`` calls it
+    (plain ``import seqpool`` does not: it imports no transformers).
     """
     from transformers.pipelines import PIPELINE_REGISTRY
 

@@ -10,12 +10,45 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+import re
+from typing import Any, Mapping
 
 import click
 
 from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
+
+
+def as_flags(error: SeqpoolError, flags: Mapping[str, str]) -> SeqpoolError:
+    """``error`` with the Python parameters it names said as the command's flags (``flags``:
+    parameter, or a spelling such as ``tune=False``, -> flag), the one mapping every command uses.
+
+    Mapped: `` `name` ``; ``name=...`` / ``name=True`` (the flag alone); ``name=value`` (the flag,
+    a space, the value); a bare ``name`` where it cannot be an English word (it has an ``_``) or
+    where the error lists it in its ``parameters`` attribute (see
+    :func:`seqpool.evaluation.settings.parameter_error`). Names inside quotes or other
+    identifiers are left alone.
+    """
+    listed = set(getattr(error, "parameters", ()))
+    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
+    if not names:
+        return error
+    pattern = re.compile(rf"`(?P<tick>{names})`|(?<![\w'\"`/.-])(?P<name>{names})"
+                         rf"(?P<rest>=(?:\.\.\.|True)(?![\w'\"])|=(?=\S)|(?![\w'\"`=-]))")
+
+    def flag(match: re.Match[str]) -> str:
+        if match.group("tick"):
+            return flags[match.group("tick")]
+        name, rest = match.group("name"), match.group("rest")
+        if rest == "=":
+            return flags[name] + " "
+        if rest or "_" in name or "=" in name or name in listed:
+            return flags[name]
+        return match.group(0)
+
+    mapped = SeqpoolError(pattern.sub(flag, str(error)))
+    mapped.parameters = tuple(listed)  # type: ignore[attr-defined]
+    return mapped
 
 
 # command name -> (module, attribute, one-line help shown by ``seqpool --help``); the help

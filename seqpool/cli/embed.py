@@ -6,11 +6,11 @@ parameters (``text_field=...``), which are shown here as the matching flags.
 
 from __future__ import annotations
 
-import re
 import sys
 
 import click
 
+from seqpool.cli import as_flags as cli_as_flags
 from seqpool.errors import SeqpoolError
 from seqpool.io.readers import DEFAULT_CHUNK_SIZE, INPUT_FORMATS
 from seqpool.io.writers import OUTPUT_FORMATS
@@ -24,19 +24,11 @@ FLAGS = {"output": "-o/--output", "output_format": "--format", "input_format": "
          "window": "--window", "stride": "--stride", "chunk_output": "--chunk-output",
          "truncate_dim": "--truncate-dim", "precision": "--precision", "calibration": "--calibration",
          "skip_empty": "--skip-empty"}
-_NAMES = "|".join(sorted(FLAGS, key=len, reverse=True))
-_PARAMETER = re.compile(rf"`({_NAMES})`|\b({_NAMES})=(\.\.\.|True)?")
 
 
 def as_flags(error: SeqpoolError) -> SeqpoolError:
-    """``error`` with its parameter mentions (`` `name` ``, ``name=...``, ``name='x'``) shown as flags."""
-
-    def flag(match: re.Match[str]) -> str:
-        if match.group(1):
-            return FLAGS[match.group(1)]
-        return FLAGS[match.group(2)] + ("" if match.group(3) else " ")
-
-    return SeqpoolError(_PARAMETER.sub(flag, str(error)))
+    """``error`` with the parameters it names shown as ``seqpool embed``'s flags."""
+    return cli_as_flags(error, FLAGS)
 
 
 def parse_strategies(values: tuple[str, ...]) -> tuple[str, ...] | None:

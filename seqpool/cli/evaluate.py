@@ -10,10 +10,9 @@ the table on stdout (progress and warnings on stderr). Library errors name Pytho
 
 from __future__ import annotations
 
-import re
-
 import click
 
+from seqpool.cli import as_flags as cli_as_flags
 from seqpool.cli.embed import parse_layers
 from seqpool.errors import SeqpoolError
 
@@ -30,13 +29,8 @@ FLAGS = {
 
 
 def as_flags(error: SeqpoolError) -> SeqpoolError:
-    """``error`` with the parameters it names (its ``parameters`` attribute) said as flags."""
-    message = str(error)
-    for parameter in getattr(error, "parameters", ()):
-        flag = FLAGS.get(parameter)
-        if flag:
-            message = re.sub(rf"(?<![\w`'-]){re.escape(parameter)}(?![\w'])", flag, message)
-    return SeqpoolError(message)
+    """``error`` with the parameters it names shown as ``seqpool evaluate``'s flags."""
+    return cli_as_flags(error, FLAGS)
 
 
 def parse_c_grid(value: str | None) -> tuple[float, ...] | None:

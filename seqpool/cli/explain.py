@@ -13,7 +13,17 @@ from typing import Any, Sequence
 
 import click
 
+from seqpool.cli import as_flags as cli_as_flags
 from seqpool.errors import SeqpoolError
+
+#: Python parameter -> the flag that sets it, for messages raised by the library.
+FLAGS = {"input_path": "--input", "input_format": "--input-format", "text_field": "--text-field",
+         "html_path": "--html", "png_path": "--png", "model": "--model", "label": "--label"}
+
+
+def as_flags(error: SeqpoolError) -> SeqpoolError:
+    """``error`` with the parameters it names shown as ``seqpool explain``'s flags."""
+    return cli_as_flags(error, FLAGS)
 
 
 def resolve_label(label: str, labels: Sequence[Any]) -> Any:
@@ -64,7 +74,6 @@ def explain(texts: tuple[str, ...], classifier_dir: Path, model: str | None, inp
     Green words raise the score of the explained class, red words lower it. With mean
     pooling the contributions add up exactly to the logit minus the bias.
     """
-    from seqpool.cli.embed import as_flags
     from seqpool.io import TextSource, check_writable
 
     if png_path is not None and png_path.suffix.lower() != ".png":

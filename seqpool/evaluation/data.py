@@ -10,7 +10,6 @@ predict them, so each would count as an error without a word).
 
 from __future__ import annotations
 
-import re
 import math
 import os
 from dataclasses import dataclass
@@ -65,7 +64,7 @@ def read_local(source: str | os.PathLike, text_field: str = "text", label_field:
                input_format: str | None = None) -> tuple[list[Any], list[Any], list[int], str]:
     """(texts, raw labels, 1-based lines, name) through :class:`seqpool.io.TextSource`, the
     reader ``seqpool embed`` uses: same formats, stdin as ``-``, errors naming file and line."""
-    from seqpool.io import TextSource
+    from seqpool.io.readers import FieldError, TextSource
 
     text = os.fspath(source)
     reader = TextSource.open(text if text == _STDIN else str(Path(text).expanduser()), input_format=input_format,
@@ -78,28 +77,21 @@ def read_local(source: str | os.PathLike, text_field: str = "text", label_field:
             texts.append(record.text)
             labels.append(record.label)
             lines.append(record.line)
-    except SeqpoolError as error:
-        raise _with_row(error, len(texts) + 1) from None
+    except FieldError as error:
+        raise _in_evaluate_terms(error, len(texts) + 1) from None
     if not texts:
         raise SeqpoolError(f"{reader.name} is empty: it needs one labelled text per row")
     return texts, labels, lines, reader.name
 
 
-#: The reader's messages for a non-string text and a missing label, in evaluate's terms
-#: (with the row number the reader does not count, and the parameter that fixes it).
-_READER_MESSAGES = (
-    (re.compile(r"^(?P<where>.+, line \d+): field '.*' is (?P<kind>\w+), not a string$"),
-     "{where}, row {row}: text is {kind}, not a string"),
-    (re.compile(r"^(?P<where>.+, line \d+): no label field (?P<name>'.*') (?P<rest>\(fields: .*\))$"),
-     "{where}: no label column {name} {rest}; choose one with label_field"),
-)
-
-
-def _with_row(error: SeqpoolError, row: int) -> SeqpoolError:
-    for pattern, template in _READER_MESSAGES:
-        match = pattern.match(str(error))
-        if match:
-            return parameter_error(template.format(row=row, **match.groupdict()), "label_field")
+def _in_evaluate_terms(error: Any, row: int) -> SeqpoolError:
+    """A reader's :class:`~seqpool.io.readers.FieldError` in evaluate's terms: the row it counts
+    (the reader counts lines), columns, and the parameter that fixes a missing label."""
+    if error.role == "label":
+        return parameter_error(f"{error.where}: no label column {error.field!r} (fields: {', '.join(error.fields)}); "
+                               f"choose one with label_field", "label_field")
+    if error.found is not None:
+        return SeqpoolError(f"{error.where}, row {row}: text is {error.found}, not a string")
     return error
 
 

@@ -14,6 +14,7 @@ from seqpool.io.readers import (
     DEFAULT_CHUNK_SIZE,
     INPUT_FORMATS,
     STDIN,
+    FieldError,
     Record,
     TextSource,
     chunked,
@@ -34,7 +35,7 @@ from seqpool.io.writers import (
 )
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE", "INPUT_FORMATS", "OUTPUT_FORMATS", "STDIN", "EmbeddingSpool", "Record", "TextDigest",
+    "DEFAULT_CHUNK_SIZE", "FieldError", "INPUT_FORMATS", "OUTPUT_FORMATS", "STDIN", "EmbeddingSpool", "Record", "TextDigest",
     "TextSource", "atomic_path", "atomic_replace", "atomic_write_text", "check_output_writable", "check_writable", "chunked",
     "default_output_path", "detect_input_format", "detect_output_format", "is_stream", "load_embeddings",
     "output_paths", "resolve_output", "text_digest", "write_jsonl", "write_parquet", "write_safetensors",

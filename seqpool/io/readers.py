@@ -53,6 +53,18 @@ _INPUT_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".c
 _FIELD_FORMATS = ("jsonl", "json", "csv", "tsv", "parquet")
 
 
+class FieldError(SeqpoolError):
+    """A record lacks a field, or its text is not a string. Besides the message it keeps the
+    parts (``where``: file and line, ``field``, ``role``: "text" or "label", and the record's
+    ``fields`` or the ``found`` type name), so a caller can say it in its own terms without
+    parsing the message."""
+
+    def __init__(self, message: str, where: str, field: str, role: str, *,
+                 fields: Sequence[str] = (), found: str | None = None) -> None:
+        super().__init__(message)
+        self.where, self.field, self.role, self.fields, self.found = where, field, role, tuple(fields), found
+
+
 class Record(NamedTuple):
     """One row of a corpus: its 1-based line (row, for parquet) in the file, text and label.
 
@@ -215,8 +227,10 @@ class TextSource:
         label = None
         if self.label_field is not None:
             if self.label_field not in record:
-                raise SeqpoolError(f"{self._where(number)}: no label field {self.label_field!r} "
-                                   f"(fields: {', '.join(map(str, record))})")
+                fields = [str(key) for key in record]
+                raise FieldError(f"{self._where(number)}: no label field {self.label_field!r} (fields: "
+                                 f"{', '.join(fields)})", self._where(number), self.label_field, "label",
+                                 fields=fields)
             label = record[self.label_field]
         text = record[self.text_field]
         if escapes or not isinstance(text, str):  # only a \u escape can make a lone surrogate
@@ -354,7 +368,8 @@ def as_text(value: Any, where: str, field: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise SeqpoolError(f"{where}: field {field!r} is {type(value).__name__}, not a string")
+        raise FieldError(f"{where}: field {field!r} is {type(value).__name__}, not a string", where, field, "text",
+                         found=type(value).__name__)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:  # JSON allows "\ud800", a lone surrogate no tokenizer can take
