@@ -210,7 +210,7 @@ def test_embed_dataset_gpu_request_on_a_cluster_without_gpus(ray_cluster, tiny_b
     ds = ray.data.from_items([{"text": "x"}])
     with pytest.raises(SeqpoolError, match="num_gpus=1.*0 GPUs"):
         embed_dataset(ds, model=str(tiny_bert_dir), num_gpus=1)
-    with pytest.raises(SeqpoolError, match="workers must be"):
+    with pytest.raises(SeqpoolError, match="`workers` must be"):
         embed_dataset(ds, model=str(tiny_bert_dir), workers=0)
 
 
@@ -269,6 +269,54 @@ def test_resume_refuses_changed_inputs_or_settings(finished, tiny_bert_dir):
     finally:
         corpus[0].write_bytes(before)
     assert json.loads((out / MANIFEST).read_text())["complete"]  # untouched by the refused runs
+
+
+def cli(*args):
+    from click.testing import CliRunner
+
+    from seqpool.cli import main
+
+    return CliRunner().invoke(main, ["embed", *map(str, args)])
+
+
+def test_cli_engine_ray_embeds_several_inputs_quietly(ray_cluster, tmp_path, corpus, tiny_bert_dir,
+                                                     tiny_bert_encoder):
+    from seqpool.io import load_embeddings
+
+    out = tmp_path / "out"
+    result = cli(corpus[0], corpus[2], "--engine", "ray", "--model", tiny_bert_dir, "--strategy", "max",
+                 "--chunk-size", 4, "--workers", 1, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert result.output == ""  # --quiet: no progress, no summary, no Ray chatter
+    np.testing.assert_allclose(load_embeddings(out), expected(tiny_bert_encoder, [corpus[0], corpus[2]], "max"),
+                               atol=1e-6, rtol=0)
+    again = cli(corpus[0], corpus[2], "--engine", "ray", "--model", tiny_bert_dir, "--strategy", "max",
+                "--chunk-size", 4, "-o", out, "--resume")
+    assert again.exit_code == 0 and "as 6 parquet shards, 6 of them already done" in again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{a}", "{a}"], "2 INPUTs given; the local engine embeds one file"),
+    (["{a}", "--workers", "2"], "--ray-address and --workers need --engine ray"),
+    (["{a}", "--engine", "ray"], "name it with -o/--output"),
+    (["{a}", "--engine", "ray", "-o", "{out}", "--precision", "int8", "--skip-empty"],
+     "--skip-empty, --precision cannot be used with --engine ray"),
+    (["{a}", "--engine", "ray", "-o", "{out}", "--device", "mps"], "use cpu or cuda"),
+    (["{a}", "--engine", "ray", "-o", "{out}", "--chunk-size", "0"], "--chunk-size must be a whole number"),
+])
+def test_cli_engine_ray_refuses_bad_options_in_one_line(tmp_path, corpus, args, message):
+    pytest.importorskip("ray", reason="needs the ray extra")
+    result = cli(*[arg.format(a=corpus[0], out=tmp_path / "out") for arg in args])
+    assert result.exit_code == 1 and message in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_cli_without_the_ray_extra_names_it(monkeypatch, tmp_path, corpus):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = cli(corpus[0], "--engine", "ray", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        'Error: the Ray engine needs Ray, which is not installed; install it with: pip install "seqpool[ray]"']
 
 
 @pytest.mark.parametrize("case", ["missing", "no_match", "empty_folder", "bad_json", "stdin", "output_is_file",

@@ -23,7 +23,8 @@ FLAGS = {"output": "-o/--output", "output_format": "--format", "input_format": "
          "prompt_name": "--prompt-name", "long_texts": "--long-texts",
          "window": "--window", "stride": "--stride", "chunk_output": "--chunk-output",
          "truncate_dim": "--truncate-dim", "precision": "--precision", "calibration": "--calibration",
-         "skip_empty": "--skip-empty"}
+         "skip_empty": "--skip-empty", "workers": "--workers", "ray_address": "--ray-address",
+         "shard_rows": "--chunk-size"}
 
 
 def as_flags(error: SeqpoolError) -> SeqpoolError:
@@ -48,7 +49,7 @@ def parse_layers(value: str) -> int | tuple[int, ...]:
 
 
 @click.command()
-@click.argument("input_path", metavar="INPUT")
+@click.argument("input_paths", metavar="INPUT...", nargs=-1, required=True)
 @click.option("-o", "--output", help="Output file [default: INPUT with the format's extension].")
 @click.option("--format", "output_format", metavar="|".join(OUTPUT_FORMATS),
               help="Output format [default: from the output's extension, else npy].")
@@ -98,13 +99,21 @@ def parse_layers(value: str) -> int | tuple[int, ...]:
                    "stored in the metadata; binary packs 8 sign bits per byte. load_embeddings decodes them.")
 @click.option("--calibration", metavar="FILE", help="Texts (any input format) to fit the int8/uint8 ranges on.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last complete chunk.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: a Ray cluster (pip install \"seqpool[ray]\"); INPUT may then be "
+                   "several files, globs or folders, and -o names a folder of parquet shards.")
+@click.option("--ray-address", metavar="ADDR", help="Join this Ray cluster (auto, host:port, ray://host:port) "
+                                                    "[default: start a local Ray sized to this machine].")
+@click.option("--workers", type=int, help="Ray actors, one model each [default: one per CPU, or per GPU with "
+                                          "--device cuda]; each takes --threads CPUs [default: 1].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def embed(input_path: str, output: str | None, output_format: str | None, input_format: str | None,
+def embed(input_paths: tuple[str, ...], output: str | None, output_format: str | None, input_format: str | None,
           text_field: str | None, model: str | None, strategies: tuple[str, ...], layer: str, batch_size: int | None,
           max_length: int | None, normalize: bool | None, dtype: str, device: str | None, threads: int | None,
           skip_empty: bool, chunk_size: int, prompt: str | None, prompt_name: str | None,
           exclude_prompt: bool | None, long_texts: str, window: int | None, stride: int | None, chunk_output: bool,
-          truncate_dim: int | None, precision: str, calibration: str | None, resume: bool, quiet: bool) -> None:
+          truncate_dim: int | None, precision: str, calibration: str | None, resume: bool, engine: str,
+          ray_address: str | None, workers: int | None, quiet: bool) -> None:
     """Embed every text of INPUT (a file, or - for stdin) into one vector per row.
 
     \b
@@ -122,7 +131,30 @@ def embed(input_path: str, output: str | None, output_format: str | None, input_
     \b
     The output appears only when every row is written; until then rows are kept in
     OUTPUT.partial/, which --resume continues from.
+
+    \b
+    --engine ray: -o names a folder of parquet shards (source, row, one column per
+    strategy) with a _manifest.json; --chunk-size rows per shard; --resume embeds the
+    shards still missing. seqpool.load_embeddings(folder) reads it in input order.
     """
+    if engine == "ray":
+        local_only = {"--format": output_format, "--skip-empty": skip_empty, "--prompt": prompt,
+                      "--prompt-name": prompt_name, "--exclude-prompt": exclude_prompt,
+                      "--long-texts": long_texts != "truncate", "--window": window, "--stride": stride,
+                      "--chunk-output": chunk_output, "--truncate-dim": truncate_dim,
+                      "--precision": precision != "float32", "--calibration": calibration}
+        _embed_with_ray(input_paths, output, [flag for flag, value in local_only.items() if value],
+                        input_format=input_format, text_field=text_field, model=model, strategies=strategies,
+                        layer=layer, batch_size=batch_size, max_length=max_length, normalize=normalize, dtype=dtype,
+                        device=device, threads=threads, chunk_size=chunk_size, resume=resume,
+                        ray_address=ray_address, workers=workers, quiet=quiet)
+        return
+    if len(input_paths) != 1:
+        raise SeqpoolError(f"{len(input_paths)} INPUTs given; the local engine embeds one file (run it once per "
+                           f"file, or use --engine ray for several files, globs or folders)")
+    if ray_address is not None or workers is not None:
+        raise SeqpoolError("--ray-address and --workers need --engine ray")
+    input_path = input_paths[0]
     from seqpool.embed import EmbedInterrupted, embed_file
 
     def note(message: str) -> None:
@@ -151,3 +183,41 @@ def embed(input_path: str, output: str | None, output_format: str | None, input_
         if result.truncated:
             click.echo(f"{result.truncated} of {result.texts} texts were longer than the model's max length and were "
                        f"truncated; --long-texts chunk or late keeps all of them", err=True)
+
+
+def _embed_with_ray(input_paths: tuple[str, ...], output: str | None, refused: list[str], *,
+                    input_format: str | None, text_field: str | None, model: str | None,
+                    strategies: tuple[str, ...], layer: str, batch_size: int | None, max_length: int | None,
+                    normalize: bool | None, dtype: str, device: str | None, threads: int | None, chunk_size: int,
+                    resume: bool, ray_address: str | None, workers: int | None, quiet: bool) -> None:
+    """``--engine ray``: :func:`seqpool.distributed.embed_files`, with the flags mapped onto it
+    (``--threads``: CPUs per actor; ``--device cuda``: a GPU per actor; ``--chunk-size``: rows per shard)."""
+    from seqpool.embed import parse_dtype
+
+    if refused:
+        raise SeqpoolError(f"{', '.join(refused)} cannot be used with --engine ray (it writes every row at full "
+                           f"precision into a folder of parquet shards); use the local engine for it")
+    if output is None:
+        raise SeqpoolError("--engine ray writes a folder of parquet shards: name it with -o/--output")
+    if device not in (None, "cpu", "cuda"):
+        raise SeqpoolError(f"--device {device} with --engine ray: use cpu or cuda (each actor gets a GPU of its own)")
+    if threads is not None and threads < 1:
+        raise SeqpoolError(f"--threads must be at least 1, got {threads}")
+    from seqpool.distributed import embed_files
+
+    try:
+        result = embed_files(list(input_paths), output, model=model, strategies=parse_strategies(strategies),
+                             normalize=normalize, layer=parse_layers(layer), dtype=parse_dtype(dtype),
+                             max_length=max_length, batch_size=batch_size, input_format=input_format,
+                             text_field=text_field, ray_address=ray_address, workers=workers,
+                             num_cpus=threads or 1, num_gpus=1 if device == "cuda" else 0, shard_rows=chunk_size,
+                             resume=resume, progress=False if quiet else None)
+    except SeqpoolError as error:
+        raise as_flags(error) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted; rerun with --resume to keep the shards already written", err=True)
+        sys.exit(130)
+    if not quiet:
+        done = f", {result.resumed_shards} of them already done" if result.resumed_shards else ""
+        click.echo(f"wrote {result.rows} x {result.dim} embeddings ({', '.join(result.strategies)}) to "
+                   f"{result.folder}/ as {result.shards} parquet shards{done}", err=True)

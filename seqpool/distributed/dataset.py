@@ -65,7 +65,7 @@ def map_embedder(ds: Any, worker_class: type, *, workers: int | None, batch_size
 
 def check_workers(workers: Any) -> int:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise SeqpoolError(f"workers must be a whole number of actors, at least 1, got {workers!r}")
+        raise SeqpoolError(f"`workers` must be a whole number of actors, at least 1, got {workers!r}")
     return workers
 
 

@@ -463,5 +463,5 @@ def _as_user_error(error: BaseException) -> SeqpoolError:
 
 def _whole(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SeqpoolError(f"{name} must be a whole number, at least 1, got {value!r}")
+        raise SeqpoolError(f"`{name}` must be a whole number, at least 1, got {value!r}")
     return value

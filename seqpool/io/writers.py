@@ -400,6 +400,10 @@ def load_embeddings(path: str | os.PathLike, strategy: str | None = None, decode
     from seqpool.quantize import Compaction
 
     path = Path(path)
+    if path.is_dir():  # the parquet shards of `seqpool embed --engine ray`, in input order
+        from seqpool.io.shards import load_folder
+
+        return load_folder(path, strategy)
     compaction = Compaction.from_metadata(read_metadata(path))
     arrays = _read_arrays(path)
     if detect_output_format(path) == "npy":  # one array; its strategy: named, or the one with ranges
