@@ -187,7 +187,8 @@ class EncodePlan:
             chunks = self.chunk_spans[text]
             rows = np.arange(self.first_row[text], self.first_row[text] + len(chunks))
             return rows, _float(pool_spans(contextual, chunks, pool))
-        return np.array([text]), _float(pool_windows(states, spans, n_prefix, self.n_suffix, pool, self.exclude))
+        pooled = pool_windows(states, spans, n_prefix, self.n_suffix, pool, self.exclude)
+        return np.array([text]), {strategy: vector.unsqueeze(0).float() for strategy, vector in pooled.items()}
 
     def chunk_table(self) -> dict[str, np.ndarray]:
         """``doc``, ``chunk``, ``char_start``, ``char_end`` (int64) of every output row (chunk output)."""

@@ -247,3 +247,10 @@ def test_layer_expressions_work_with_windows_and_prompts(tiny_bert_encoder, stra
     long_vector = tiny_bert_encoder.encode([LONG], strategy, long_texts="chunk", prompt="the film: ",
                                            include_prompt=False)[strategy]
     assert long_vector.shape == truncated[:1].shape and np.isfinite(long_vector).all()
+
+
+def test_truncate_dim_with_windows(tiny_bert_encoder):
+    full = tiny_bert_encoder.encode(MIXED, ["mean", "max"], normalize=False, long_texts="chunk")
+    head = tiny_bert_encoder.encode(MIXED, ["mean", "max"], normalize=False, long_texts="chunk", truncate_dim=8)
+    for strategy in ("mean", "max"):
+        np.testing.assert_allclose(head[strategy], full[strategy][:, :8], atol=1e-6)

@@ -84,3 +84,18 @@ def test_pipeline_takes_the_same_prompt_arguments(make_st_model_dir, tmp_path):
         expected = encoder.encode(TEXTS, **kwargs)["weighted_mean"]
         for batch_size in (1, 3):
             np.testing.assert_allclose(np.stack(embed(TEXTS, batch_size=batch_size, **kwargs)), expected, atol=1e-5)
+
+
+def test_embedder_passes_prompts_and_long_text_options(tiny_bert_dir, tiny_bert_encoder):
+    from seqpool.distributed import Embedder
+
+    texts = ["the cat sat on the mat", "hello world, the cat sat on the mat. " * 12]
+    kwargs = {"prompt": "the film: ", "include_prompt": False, "long_texts": "chunk", "truncate_dim": 16}
+    embedder = Embedder(str(tiny_bert_dir), strategies="mean", **kwargs)
+    assert type(embedder)(**embedder.settings).settings == embedder.settings
+    assert embedder.describe()["vectors"] == kwargs
+    np.testing.assert_allclose(embedder.embed(texts)["mean"], tiny_bert_encoder.encode(texts, "mean", **kwargs)["mean"],
+                               atol=1e-6)
+    assert "vectors" not in Embedder(str(tiny_bert_dir)).describe()
+    with pytest.raises(SeqpoolError, match="`window` must be a positive"):
+        Embedder(str(tiny_bert_dir), long_texts="chunk", window=0)

@@ -36,8 +36,11 @@ class Embedder:
     def __init__(self, model: str | None = None, strategies: Sequence[str] | str | None = None,
                  normalize: bool | None = None, layer: int | Sequence[int] = -1, dtype: str | None = None,
                  max_length: int | None = None, batch_size: int | None = None, device: str | None = None,
-                 text_column: str = "text"):
+                 text_column: str = "text", prompt: str | None = None, prompt_name: str | None = None,
+                 include_prompt: bool | None = None, long_texts: str = "truncate", window: int | None = None,
+                 stride: int | None = None, truncate_dim: int | None = None):
         from seqpool.pooling import check_strategy  # the registry's check: unknown names fail here
+        from seqpool.vector_options import VectorOptions
 
         if isinstance(strategies, str):
             strategies = [strategies]
@@ -56,6 +59,9 @@ class Embedder:
         self.batch_size = batch_size
         self.device = device
         self.text_column = text_column
+        # prompts, long texts, Matryoshka truncation: checked here, on the driver, before any worker starts
+        self.vectors = VectorOptions(prompt, prompt_name, include_prompt, long_texts, window, stride,
+                                     truncate_dim=truncate_dim)
         if self.strategies is not None and text_column in self.strategies:
             raise SeqpoolError(f"text_column {text_column!r} is also a strategy name; its vectors would "
                                f"overwrite the texts, so rename the column")
@@ -65,7 +71,14 @@ class Embedder:
         """The constructor arguments: ``type(e)(**e.settings)`` builds an equal Embedder."""
         return {"model": self.model, "strategies": self.strategies, "normalize": self.normalize,
                 "layer": self.layer, "dtype": self.dtype, "max_length": self.max_length,
-                "batch_size": self.batch_size, "device": self.device, "text_column": self.text_column}
+                "batch_size": self.batch_size, "device": self.device, "text_column": self.text_column,
+                **self.vector_settings}
+
+    @property
+    def vector_settings(self) -> dict[str, Any]:
+        """The prompt / long-text / truncate_dim arguments that differ from their defaults."""
+        defaults = type(self.vectors)().encode_kwargs()
+        return {key: value for key, value in self.vectors.encode_kwargs().items() if value != defaults[key]}
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{key}={value!r}" for key, value in self.settings.items() if value is not None)
@@ -106,7 +119,7 @@ class Embedder:
         return {"model": encoder.name_or_path, "strategies": list(self.resolved_strategies()),
                 "normalize": self.resolved_normalize(), "layers": list(encoder.layers),
                 "max_length": encoder.max_length, "dtype": str(encoder.dtype).removeprefix("torch."),
-                "dims": widths}
+                "dims": widths, **({"vectors": self.vector_settings} if self.vector_settings else {})}
 
     def resolved_strategies(self) -> tuple[str, ...]:
         return self.strategies or (self.encoder.default_strategy,)
@@ -119,7 +132,7 @@ class Embedder:
     def embed(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """One float32 ``(N, D)`` array per strategy for ``texts``, in order."""
         return self.encoder.encode(list(texts), self.resolved_strategies(), batch_size=self.batch_size,
-                                   normalize=self.resolved_normalize())
+                                   normalize=self.resolved_normalize(), **self.vectors.encode_kwargs())
 
     def __call__(self, batch: Any) -> Any:
         texts = self._texts(batch)
