@@ -75,9 +75,8 @@ def run_learning_curve(strategies: Sequence[str], fitter: Fitter, train: Corpus,
                    for e in range(s.curve_experiments)]
         for name in strategies:
             runs = Runs()
-            for experiment, rows in enumerate(samples):
-                fitter.run(runs, name, train, rows, test, test_rows,
-                           derive_seed(s.seed, "curve", per_class, experiment))
+            fitter.run_many(runs, name, train, test, [(rows, test_rows, derive_seed(s.seed, "curve", per_class, e))
+                                                      for e, rows in enumerate(samples)])
             boot = stats.bootstrap_mean(runs.correct_matrix(), n_resamples=s.n_resamples,
                                         seed=derive_seed(s.seed, "bootstrap", per_class))
             curve[name].append({"n_per_class": per_class, "mean": boot.estimate, "ci95": clip_interval(boot.ci),

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import seqpool.stats as stats
-from seqpool.evaluation.classifiers import accuracy_and_f1, fit_predict_learned, fit_predict_logistic
+from seqpool.evaluation.classifiers import accuracy_and_f1, fit_predict_learned, fit_predict_logistic_many
 from seqpool.evaluation.result import Comparison, StrategyResult, clip_interval
 from seqpool.evaluation.settings import ALPHA, EvaluationSettings, derive_seed
 from seqpool.layer_plan import LayerPlan
@@ -60,12 +60,15 @@ class Runs:
     correct: list[np.ndarray] = field(default_factory=list)
     chosen_c: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    rows: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, y_true: np.ndarray, y_pred: np.ndarray, chosen_c: float | None, seconds: float) -> None:
+    def add(self, y_true: np.ndarray, y_pred: np.ndarray, chosen_c: float | None, seconds: float,
+            rows: np.ndarray | None = None) -> None:
         correct, f1 = accuracy_and_f1(y_true, y_pred)
         self.accuracy.append(float(correct.mean()))
         self.macro_f1.append(f1)
         self.correct.append(correct)
+        self.rows.append(np.arange(len(correct)) if rows is None else np.asarray(rows))
         if chosen_c is not None:
             self.chosen_c.append(chosen_c)
         self.seconds += seconds
@@ -85,18 +88,30 @@ class Fitter:
 
     def run(self, runs: Runs, strategy: str, train: Corpus, train_rows: np.ndarray, test: Corpus,
             test_rows: np.ndarray, seed: int) -> None:
-        start = time.perf_counter()
-        chosen_c = None
+        self.run_many(runs, strategy, train, test, [(train_rows, test_rows, seed)])
+
+    def run_many(self, runs: Runs, strategy: str, train: Corpus, test: Corpus,
+                 tasks: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> None:
+        """Every (train rows, test rows, seed) task of one strategy, in order. Parameter-free
+        strategies solve all tasks' logistic regressions (every inner fold and C) together."""
         if is_learned(strategy):
-            name, train_states, test_states, pooler_kwargs = self.learned_input(strategy, train, train_rows, test)
-            predicted = fit_predict_learned(name, train_states, train.labels[train_rows], test_states, test_rows,
-                                            self.num_labels, seed, self.settings.learned_options, pooler_kwargs)
-        else:
-            s = self.settings
-            predicted, chosen_c = fit_predict_logistic(
-                train.pooled[strategy][train_rows], train.labels[train_rows], test.pooled[strategy][test_rows],
-                c_grid=s.c_grid, tune=s.tune, inner_folds=s.inner_folds, seed=seed)
-        runs.add(test.labels[test_rows], predicted, chosen_c, time.perf_counter() - start)
+            for train_rows, test_rows, seed in tasks:
+                start = time.perf_counter()
+                name, train_states, test_states, pooler_kwargs = self.learned_input(strategy, train, train_rows,
+                                                                                    test)
+                predicted = fit_predict_learned(name, train_states, train.labels[train_rows], test_states, test_rows,
+                                                self.num_labels, seed, self.settings.learned_options, pooler_kwargs)
+                runs.add(test.labels[test_rows], predicted, None, time.perf_counter() - start, test_rows)
+            return
+        s = self.settings
+        start = time.perf_counter()
+        x_test = None if test is train else test.pooled[strategy]
+        outcomes = fit_predict_logistic_many(train.pooled[strategy], train.labels, tasks, c_grid=s.c_grid,
+                                             tune=s.tune, inner_folds=s.inner_folds, num_classes=self.num_labels,
+                                             x_test=x_test)
+        share = (time.perf_counter() - start) / max(len(tasks), 1)
+        for (predicted, chosen_c), (_, test_rows, _) in zip(outcomes, tasks):
+            runs.add(test.labels[test_rows], predicted, chosen_c, share, test_rows)
 
     def learned_input(self, strategy: str, train: Corpus, train_rows: np.ndarray,
                       test: Corpus) -> tuple[str, TokenStates, TokenStates, dict[str, Any]]:
@@ -130,11 +145,10 @@ def cross_validate(names: Sequence[str], fitter: Fitter, corpus: Corpus, log: Lo
     n_test = float(np.mean([len(test) for partition in splits for _, test in partition]))
     runs = {name: Runs() for name in names}
     seed_tables: dict[str, np.ndarray] = {}
+    tasks = [(train_rows, test_rows, derive_seed(s.seed, "fit", repeat, fold))
+             for repeat, partition in enumerate(splits) for fold, (train_rows, test_rows) in enumerate(partition)]
     for name in names:
-        for repeat, partition in enumerate(splits):
-            for fold, (train_rows, test_rows) in enumerate(partition):
-                fitter.run(runs[name], name, corpus, train_rows, corpus, test_rows,
-                           derive_seed(s.seed, "fit", repeat, fold))
+        fitter.run_many(runs[name], name, corpus, corpus, tasks)
         if is_learned(name) and s.seed_variance and len(splits) > 1:
             seed_tables[name] = _seed_table(name, fitter, corpus, splits, runs[name])
         log(f"{name}: {np.mean(runs[name].accuracy):.4f} ({runs[name].seconds:.1f} s)")
