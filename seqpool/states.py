@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -142,7 +142,9 @@ class TokenStates:
         means the batches do not belong to these texts, and is refused rather than guessed.
         """
         pieces: dict[int, Tensor] = {}
-        for rows, hidden, mask in batches:
+        width: int | None = None
+        for number, (rows, hidden, mask) in enumerate(batches):
+            width = _check_batch(number, rows, hidden, mask, width)
             states = hidden if dtype is None else hidden.to(dtype)
             for row, row_states, row_mask in zip(np.asarray(rows).tolist(), states, mask):
                 if row in pieces:
@@ -152,9 +154,26 @@ class TokenStates:
         if sorted(pieces) != list(range(count)):
             raise SeqpoolError(f"batches cover rows {len(pieces)} of {count}: some texts are missing or repeated")
         if count == 0:
-            width = 0
-            return cls(torch.zeros(0, width), torch.zeros(1, dtype=torch.int64))
+            return cls(torch.zeros(0, 0), torch.zeros(1, dtype=torch.int64))
         ordered = [pieces[row] for row in range(count)]
         offsets = torch.zeros(count + 1, dtype=torch.int64)
         offsets[1:] = torch.tensor([len(p) for p in ordered]).cumsum(0)
         return cls(torch.cat(ordered), offsets)
+
+
+def _check_batch(number: int, rows: Any, hidden: Any, mask: Any, width: int | None) -> int:
+    """One (rows, hidden, mask) batch is (B,), (B, T, D) and (B, T), and D matches the batches
+    before it; returns D. Mismatches are the caller's batches, so they are SeqpoolErrors."""
+    if not isinstance(hidden, Tensor) or hidden.dim() != 3:
+        raise SeqpoolError(f"batch {number}: hidden states must be a (batch, tokens, dim) tensor, got "
+                           f"{tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__}")
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(hidden.shape[:2]):
+        raise SeqpoolError(f"batch {number}: the attention mask must be (batch, tokens) = {tuple(hidden.shape[:2])}, "
+                           f"got {tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
+    if len(np.asarray(rows).reshape(-1)) != hidden.shape[0]:
+        raise SeqpoolError(f"batch {number}: {len(np.asarray(rows).reshape(-1))} row indices for "
+                           f"{hidden.shape[0]} rows of states")
+    if width is not None and hidden.shape[2] != width:
+        raise SeqpoolError(f"batch {number}: states of width {hidden.shape[2]}, but earlier batches have {width}; "
+                           f"all batches must come from one encoder")
+    return int(hidden.shape[2])

@@ -400,6 +400,8 @@ def load_embeddings(path: str | os.PathLike, strategy: str | None = None, decode
     from seqpool.quantize import Compaction
 
     path = Path(path)
+    if not path.exists():
+        raise SeqpoolError(f"{path} not found: give the output file (or folder) of seqpool embed")
     if path.is_dir():  # the parquet shards of `seqpool embed --engine ray`, in input order
         from seqpool.io.shards import load_folder
 
