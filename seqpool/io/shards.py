@@ -128,6 +128,20 @@ def finished_shards(folder: str | os.PathLike, shards: Iterable[Shard]) -> set[S
     return done
 
 
+def choose_strategy(where: object, vectors: Sequence[str], strategy: str | None,
+                    loadable: Sequence[str] | None = None) -> str:
+    """The strategy to load from an output at ``where`` that holds ``vectors``: ``strategy``, or
+    the only one held; ``loadable`` (default ``vectors``) are the names that may be asked for."""
+    loadable = vectors if loadable is None else loadable
+    if strategy is None:
+        if len(vectors) != 1:
+            raise SeqpoolError(f"{where} holds {', '.join(vectors) or 'no rows'}; name the strategy to load")
+        return vectors[0]
+    if strategy not in loadable:
+        raise SeqpoolError(f"{where} has no {strategy!r} embeddings (it holds {', '.join(loadable)})")
+    return strategy
+
+
 def load_folder(folder: str | os.PathLike, strategy: str | None = None) -> np.ndarray:
     """One strategy's ``(N, D)`` vectors from a finished run's folder, in input order
     (inputs as listed in the manifest, rows in order within each)."""
@@ -139,13 +153,7 @@ def load_folder(folder: str | os.PathLike, strategy: str | None = None) -> np.nd
         raise SeqpoolError(f"{folder} is a folder without {MANIFEST}: not the output of `seqpool embed --engine ray`")
     if not manifest.get("complete"):
         raise SeqpoolError(f"{folder} holds an unfinished run; rerun the same command with --resume to finish it")
-    strategies = manifest["settings"]["strategies"]
-    if strategy is None:
-        if len(strategies) != 1:
-            raise SeqpoolError(f"{folder} holds {', '.join(strategies)}; name the strategy to load")
-        strategy = strategies[0]
-    if strategy not in strategies:
-        raise SeqpoolError(f"{folder} has no {strategy!r} embeddings (it holds {', '.join(strategies)})")
+    strategy = choose_strategy(folder, manifest["settings"]["strategies"], strategy)
     shards = plan_shards([source["rows"] for source in manifest["inputs"]], manifest["settings"]["shard_rows"])
     out = np.empty((sum(shard.rows for shard in shards), manifest["settings"]["dims"][strategy]), dtype=np.float32)
     start = 0

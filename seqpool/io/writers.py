@@ -411,13 +411,10 @@ def load_embeddings(path: str | os.PathLike, strategy: str | None = None, decode
     if detect_output_format(path) == "npy":  # one array; its strategy: named, or the one with ranges
         name = strategy or (next(iter(compaction.ranges)) if len(compaction.ranges) == 1 else path.name)
         arrays = {name: arrays[path.name]}
+    from seqpool.io.shards import choose_strategy
+
     vectors = [name for name in arrays if name not in CHUNK_COLUMNS]
-    if strategy is None:
-        if len(vectors) != 1:
-            raise SeqpoolError(f"{path} holds {', '.join(vectors) or 'no rows'}; name the strategy to load")
-        strategy = vectors[0]
-    if strategy not in arrays:
-        raise SeqpoolError(f"{path} has no {strategy!r} embeddings (it holds {', '.join(arrays)})")
+    strategy = choose_strategy(path, vectors, strategy, list(arrays))
     if not decode or strategy in CHUNK_COLUMNS or compaction.is_identity:
         return arrays[strategy]
     return compaction.decode(strategy, arrays[strategy])
