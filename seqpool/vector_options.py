@@ -51,7 +51,8 @@ def window_sizes(options: LongTextOptions, max_length: int, n_special: int,
     the options fit the model (callable as soon as the tokenizer is known, before any text)."""
     window = max_length if options.window is None or options.mode == "late" else options.window
     if window > max_length:
-        raise SeqpoolError(f"`window` {window} exceeds the model's max_length {max_length}; pass at most {max_length}")
+        raise SeqpoolError(f"`window` {window} exceeds the {max_length} tokens the model takes (`max_length`); "
+                           f"pass at most {max_length}")
     size = window - n_special - prompt_tokens
     if size < 1:
         raise SeqpoolError(f"a `window` of {window} tokens leaves no room for text after {n_special} special tokens "

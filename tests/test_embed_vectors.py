@@ -162,7 +162,7 @@ def test_bad_options_fail_before_the_model_loads(corpus, tmp_path, args, message
 
 @pytest.mark.parametrize("args,message", [
     (["--prompt-name", "query"], "--prompt-name 'query' is not among the model's prompts"),
-    (["--long-texts", "chunk", "--window", "65"], "--window 65 exceeds the model's max_length 64"),
+    (["--long-texts", "chunk", "--window", "65"], "--window 65 exceeds the 64 tokens the model takes (--max-length)"),
     (["--truncate-dim", "33"], "--truncate-dim 33 exceeds the embedding width 32"),
 ])
 def test_options_checked_against_the_model_before_reading_the_corpus(corpus, tmp_path, tiny_bert_dir, args,

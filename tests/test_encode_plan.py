@@ -124,7 +124,7 @@ def test_options_are_checked():
         LongTextOptions("truncate", chunk_output=True)
     with pytest.raises(SeqpoolError, match="exceeds the 4-token chunks"):
         LongTextOptions("late", window=4, stride=5)
-    with pytest.raises(SeqpoolError, match="exceeds the model's max_length 10"):
+    with pytest.raises(SeqpoolError, match="exceeds the 10 tokens the model takes"):
         window_sizes(LongTextOptions("chunk", window=11), 10, 2)
     with pytest.raises(SeqpoolError, match="no room for text"):
         window_sizes(LongTextOptions("chunk", window=5), 10, 2, prompt_tokens=3)

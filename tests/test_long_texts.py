@@ -230,7 +230,7 @@ def test_truncate_dim_keeps_the_head_and_renormalises(tiny_bert_encoder):
 
 
 def test_long_text_option_errors(tiny_bert_encoder):
-    with pytest.raises(SeqpoolError, match="exceeds the model's max_length 64"):
+    with pytest.raises(SeqpoolError, match="exceeds the 64 tokens the model takes"):
         tiny_bert_encoder.encode(["x"], long_texts="chunk", window=65)
     with pytest.raises(SeqpoolError, match="unknown `long_texts`"):
         tiny_bert_encoder.encode(["x"], long_texts="split")
