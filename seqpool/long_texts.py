@@ -21,7 +21,8 @@ it. A strategy pools the merged sequence exactly as it pools one encoded text, s
 * ``last``: the last window's last token.
 * ``max``: the maximum over every token state of every window, overlaps included (max does
   not double count, so nothing is averaged first).
-* any other parameter-free strategy (registered or a plugin): the merged sequence.
+* any other parameter-free strategy (registered, a plugin, or an expression such as ``cls+max``
+  or ``mean@-2``): the merged sequence.
 
 A text that fits one window gives exactly its one window's states: ``chunk`` equals
 ``truncate`` for every text under the limit.
