@@ -24,7 +24,8 @@ FLAGS = {
     "curve_experiments": "--curve-experiments", "text_field": "--text-field", "label_field": "--label-field",
     "input_format": "--input-format", "split": "--split", "test_split": "--test-split", "strategies": "--strategies",
     "max_length": "--max-length", "batch_size": "--batch-size", "threads": "--threads", "cache_dir": "--cache-dir",
-    "json_path": "--json", "plot_path": "--plot", "layer": "--layer", "device": "--device", "model": "--model",
+    "json_path": "--json", "plot_path": "--plot", "by_length": "--by-length", "save_best": "--save-best",
+    "overwrite=True": "--overwrite", "layer": "--layer", "device": "--device", "model": "--model",
 }
 
 
@@ -90,6 +91,12 @@ def parse_c_grid(value: str | None) -> tuple[float, ...] | None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every number to this JSON file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write per-strategy score distributions with CIs to this image (.png/.pdf/.svg).")
+@click.option("--by-length", type=int, metavar="K",
+              help="Also score every strategy in K token-length quantile bins, with CIs and paired tests per bin.")
+@click.option("--save-best", "save_best", type=click.Path(file_okay=False),
+              help="Fit the winning strategy on all training data and save it as a PooledClassifier folder "
+                   "(for seqpool explain --classifier and the pipeline); must be new or empty.")
+@click.option("--overwrite", is_flag=True, help="Let --save-best replace a non-empty folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr (warnings are still shown).")
 def evaluate(train: str, test: str | None, input_format: str | None, text_field: str, label_field: str,
              split: str | None, test_split: str, strategies: str | None, folds: int, repeats: int, seed: int,
@@ -97,7 +104,8 @@ def evaluate(train: str, test: str | None, input_format: str | None, text_field:
              inner_folds: int, max_epochs: int | None, all_pairs: bool, seed_variance: bool,
              learning_curve: str | None, curve_experiments: int, cache_dir: str | None, no_cache: bool,
              batch_size: int | None, device: str | None, threads: int | None, json_path: str | None,
-             plot_path: str | None, quiet: bool) -> None:
+             plot_path: str | None, by_length: int | None, save_best: str | None, overwrite: bool,
+             quiet: bool) -> None:
     """Compare pooling strategies on a labelled corpus, with honest statistics.
 
     \b
@@ -125,12 +133,14 @@ def evaluate(train: str, test: str | None, input_format: str | None, text_field:
             folds=folds, repeats=repeats, seed=seed, tune=not no_tune, c_grid=parse_c_grid(c_grid) or DEFAULT_C_GRID,
             inner_folds=inner_folds, learned_options={"max_epochs": max_epochs} if max_epochs is not None else None,
             seed_variance=seed_variance, all_pairs=all_pairs, learning_curve=learning_curve,
-            curve_experiments=curve_experiments, text_field=text_field, label_field=label_field,
+            curve_experiments=curve_experiments, by_length=by_length, text_field=text_field,
+            label_field=label_field,
             input_format=input_format, split=split, test_split=test_split, model=model, layer=parse_layers(layer),
             max_length=max_length, device=device, batch_size=batch_size, threads=threads, cache=not no_cache,
             cache_dir=cache_dir)
         result = run_evaluation(train, test, strategies, settings=settings, json_path=json_path,
-                                plot_path=plot_path, progress=None if not quiet else False, log=log, warn=warn)
+                                plot_path=plot_path, save_best=save_best, overwrite=overwrite,
+                                progress=None if not quiet else False, log=log, warn=warn)
     except SeqpoolError as error:
         raise as_flags(error) from None
     click.echo(result.table(), nl=False)

@@ -90,6 +90,13 @@ def format_table(result: EvaluationResult) -> str:
     lines += ["", _verdict(result, deltas), _method_note(result), _variance_note(result), _timing_note(result)]
     if result.learning_curve:
         lines += ["", _curve_table(result.learning_curve)]
+    if result.by_length:
+        lines += ["", _length_table(result.by_length, result.best)]
+    if result.saved:
+        saved = result.saved
+        c = f", C={saved['chosen_c']:g}" if saved.get("chosen_c") is not None else ""
+        lines += ["", f"Saved {saved['strategy']} fitted on all {saved['examples']} training texts{c} to "
+                      f"{saved['path']} (training accuracy {_percent(saved['training_accuracy'])} %)."]
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
@@ -165,6 +172,33 @@ def _curve_table(curve: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _length_table(analysis: dict[str, Any], best: str) -> str:
+    """Accuracy % [95% CI] per token-length bin, then each bin's differences to the best."""
+    bins = analysis["bins"]
+    header = ["strategy", *[f"{b['min_tokens']}-{b['max_tokens']} tok (n={b['examples']})" for b in bins]]
+    rows = [[name, *[f"{_percent(point['mean'], 1)} {_interval(point['ci95'], 1)}" for point in points]]
+            for name, points in analysis["strategies"].items()]
+    deltas: dict[str, list[str]] = {}
+    for comparisons in analysis["comparisons"]:
+        seen = set()
+        for c in comparisons:
+            if best not in (c["a"], c["b"]):
+                continue
+            other, sign = (c["b"], -1.0) if c["a"] == best else (c["a"], 1.0)
+            ci = None if c["ci95"] is None else tuple(sorted(sign * x + 0.0 for x in c["ci95"]))
+            deltas.setdefault(other, []).append(f"{100 * sign * c['diff']:+.1f} {_interval(ci, 1, (-1.0, 1.0))}"
+                                                + (" *" if c["significant"] else ""))
+            seen.add(other)
+        for other in set(deltas) - seen:
+            deltas[other].append("-")
+    rows += [[f"Δ {name} - {best}", *cells] for name, cells in deltas.items()]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [f"By length: accuracy % [95% CI] in {len(bins)} token-length quantile bins "
+             f"(requested {analysis['k']}); {analysis['ci_method']}; '*' = significant at {ALPHA}"]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
 def check_output_paths(json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None) -> None:
     """Fail before the (long) evaluation if an output file could not be written.
 
@@ -208,12 +242,14 @@ def plot_result(result: EvaluationResult, path: str | os.PathLike) -> Path:
     check_output_paths(plot_path=path)
     path = Path(path)
     order = sorted(result.strategies, key=lambda name: result.strategies[name].rank)
-    panels = 2 if result.learning_curve else 1
+    panels = 1 + bool(result.learning_curve) + bool(result.by_length)
     figure, axes = plt.subplots(1, panels, figsize=(max(6.0, 1.1 * len(order)) + 5 * (panels - 1), 4.5),
                                 squeeze=False)
     _plot_scores(axes[0][0], result, order)
     if result.learning_curve:
         _plot_curve(axes[0][1], result.learning_curve)
+    if result.by_length:
+        _plot_by_length(axes[0][-1], result.by_length)
     figure.tight_layout()
     suffix = path.suffix.lstrip(".").lower()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,6 +275,21 @@ def _plot_scores(axis: Any, result: EvaluationResult, order: list[str]) -> None:
     axis.set_ylabel(f"accuracy % (dots: per {unit}; bar: mean, 95% CI)")
     axis.set_title(f"best: {result.best}")
     axis.grid(axis="y", alpha=0.3)
+
+
+def _plot_by_length(axis: Any, analysis: dict[str, Any]) -> None:
+    labels = [f"{b['min_tokens']}-{b['max_tokens']}" for b in analysis["bins"]]
+    for name, points in analysis["strategies"].items():
+        means = 100 * np.asarray([p["mean"] for p in points], dtype=float)
+        lows, highs = (100 * np.asarray([p["ci95"][i] for p in points], dtype=float) for i in (0, 1))
+        axis.plot(range(len(points)), means, marker="o", label=name)
+        axis.fill_between(range(len(points)), lows, highs, alpha=0.12)
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set_xlabel("tokens per text (quantile bins)")
+    axis.set_ylabel("accuracy % (95% CI)")
+    axis.set_title("by length")
+    axis.legend(fontsize="small")
+    axis.grid(alpha=0.3)
 
 
 def _plot_curve(axis: Any, curve: dict[str, Any]) -> None:

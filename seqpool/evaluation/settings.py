@@ -30,7 +30,7 @@ DEFAULT_C_GRID: tuple[float, ...] = tuple(2.0 ** k for k in range(-2, 4))
 #: Comparisons with a Holm-adjusted p-value below this are reported as significant.
 ALPHA = 0.05
 
-_SEED_STREAMS = {"split": 1, "fit": 2, "inner": 3, "bootstrap": 4, "curve": 5, "holdout": 6}
+_SEED_STREAMS = {"split": 1, "fit": 2, "inner": 3, "bootstrap": 4, "curve": 5, "holdout": 6, "final": 7}
 
 
 def parameter_error(message: str, *parameters: str) -> SeqpoolError:
@@ -86,7 +86,9 @@ class EvaluationSettings:
     ``learned_options`` go to :meth:`PooledClassifier.fit`. ``seed_variance`` (CV,
     ``repeats > 1``) adds fits that split a learned strategy's variance into split and seed
     parts. ``learning_curve`` lists examples per class for balanced subsamples, each drawn
-    ``curve_experiments`` times. ``model``/``layer``/``max_length``/``device``/``dtype`` build
+    ``curve_experiments`` times. ``by_length`` (K) also scores every strategy in K token-length
+    quantile bins (ties kept together, so fewer bins when lengths repeat).
+    ``model``/``layer``/``max_length``/``device``/``dtype`` build
     the encoder; ``threads`` caps torch and BLAS threads for the run.
     """
 
@@ -101,6 +103,7 @@ class EvaluationSettings:
     all_pairs: bool = False
     learning_curve: tuple[int, ...] = ()
     curve_experiments: int = 10
+    by_length: int | None = None
     n_resamples: int = 9999
     text_field: str = "text"
     label_field: str = "label"
@@ -134,6 +137,8 @@ class EvaluationSettings:
         at_least = {"folds": 2, "repeats": 1, "curve_experiments": 1, "n_resamples": 1}
         for name, minimum in at_least.items():
             _check_count(name, getattr(self, name), minimum)
+        if self.by_length is not None:
+            _check_count("by_length", self.by_length, 2, " (the number of token-length bins)")
         for name in ("max_length", "batch_size", "threads"):
             if getattr(self, name) is not None:
                 _check_count(name, getattr(self, name), 1)
