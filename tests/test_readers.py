@@ -253,3 +253,10 @@ def test_regular_files_are_not_streams(tmp_path):
     assert not is_stream(path) and is_stream("-") and is_stream("/dev/null")
     with pytest.raises(SeqpoolError, match="parquet cannot be read from the stream"):
         TextSource.open("/dev/null", input_format="parquet")
+
+
+def test_tsv_quoted_line_breaks_are_kept_as_written(tmp_path):
+    """A quoted TSV field spanning lines keeps each break (\\r\\n or \\n) as the writer wrote it."""
+    path = tmp_path / "c.tsv"
+    path.write_bytes(b'id\ttext\r\n0\t"a\r\nb\nc"\r\n1\tplain\r\n')
+    assert [r.text for r in records(path)] == ["a\r\nb\nc", "plain"]

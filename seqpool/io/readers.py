@@ -122,6 +122,8 @@ class TextSource:
         structured formats, so naming one for a txt input is an error, never ignored.
         """
         path = str(path)
+        if path != STDIN and not os.path.exists(path):  # the plainest fact first: a mistyped name
+            raise SeqpoolError(f"input file not found: {path}")
         fmt = choose(input_format or ("txt" if path == STDIN else detect_input_format(path)),
                      INPUT_FORMATS, "input format")
         if fmt == "txt":
@@ -133,8 +135,6 @@ class TextSource:
         if path == STDIN:
             if fmt == "parquet":
                 raise SeqpoolError("parquet cannot be read from stdin (it needs seeking); pass the file path")
-        elif not os.path.exists(path):
-            raise SeqpoolError(f"input file not found: {path}")
         elif os.path.isdir(path):
             raise SeqpoolError(f"input {path} is a directory; pass a file with one text per line")
         elif fmt == "parquet" and is_stream(path):
@@ -413,11 +413,13 @@ def _tsv_rows(lines: Iterator[tuple[int, str]], name: str) -> Iterator[tuple[int
             continue
         fields = []
         start, position = number, 0
+        ending = raw[len(line):]  # "\n" or "\r\n": inside a quoted field it is text, kept as written
         while True:
             if line.startswith('"', position):
                 parsed = _quoted_field(line, position)
                 if parsed is None:  # closes on a later line, or never
-                    value, line, position, number = _multiline_field(line, position, lines, name, start)
+                    value, line, ending, position, number = _multiline_field(line, ending, position, lines, name,
+                                                                             start)
                     fields.append(value)
                 elif parsed[1] is not None:
                     fields.append(parsed[0])
@@ -462,14 +464,16 @@ def _quoted_field(line: str, position: int) -> tuple[str, int | None] | None:
     return "", None
 
 
-def _multiline_field(line: str, position: int, lines: Iterator[tuple[int, str]], name: str,
-                     start: int) -> tuple[str, str, int, int]:
-    """A quoted field continued over later lines: (value, last line, position after it, its number)."""
+def _multiline_field(line: str, ending: str, position: int, lines: Iterator[tuple[int, str]], name: str,
+                     start: int) -> tuple[str, str, str, int, int]:
+    """A quoted field continued over later lines, each line break kept as written (``ending``:
+    the break after ``line``): (value, last line, its break, position after the field, its number)."""
     text = line[position:]
     number = start
     for number, raw in lines:
         piece = strip_newline(raw)
-        text += "\n" + piece
+        text += ending + piece
+        ending = raw[len(piece):]
         if '"' not in piece:
             if "\t" in piece:
                 break
@@ -483,7 +487,7 @@ def _multiline_field(line: str, position: int, lines: Iterator[tuple[int, str]],
         consumed = end - (len(text) - len(piece))
         if end is None or "\t" in value:
             break
-        return value, piece, consumed, number
+        return value, piece, ending, consumed, number
     raise SeqpoolError(f"{name}, line {start}: a field starts with a quote that does not close as a quoted "
                        f"TSV field (checked to line {number}); TSV quotes are literal unless a whole field is "
                        f"quoted as csv writers write it")
