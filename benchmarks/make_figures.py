@@ -8,7 +8,7 @@
 The classifier is trained on the token states ``evaluate`` cached, so the corpus is encoded once.
 Both files are written atomically by the library functions the commands use.
 
-    .venv/bin/python benchmarks/make_figures.py                     # ~20 min on 2 busy CPU cores: the learned fits dominate
+    .venv/bin/python benchmarks/make_figures.py          # ~20 min on 2 busy CPU cores (learned fits dominate)
     .venv/bin/python benchmarks/make_figures.py --texts 200 --folds 3 --out /tmp/figures   # a quick look
 
 Data: ``shared/data/senteval`` beside the repository (or ``--data``).
