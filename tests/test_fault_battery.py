@@ -102,6 +102,7 @@ EMBED_ERRORS = [
 
 EVALUATE_ERRORS = [
     ("one fold", ["evaluate", "--train", "{w}/data.jsonl", "--folds", "1"], "--folds"),
+    ("split of a local file", ["evaluate", "--train", "{w}/data.jsonl", "--split", "validation"], "--split"),
     ("zero repeats", ["evaluate", "--train", "{w}/data.jsonl", "--repeats", "0"], "--repeats"),
     ("threads 0", ["evaluate", "--train", "{w}/data.jsonl", "--threads", "0"], "threads"),
     ("unknown strategy", ["evaluate", "--train", "{w}/data.jsonl", "--strategies", "mean,bogus"], "bogus"),

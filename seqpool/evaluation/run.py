@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from seqpool.errors import SeqpoolError
-from seqpool.evaluation.data import LabelledTexts, check_cv_data, check_train_test, labelled_texts, load_labelled
+from seqpool.evaluation.data import (LabelledTexts, check_cv_data, check_train_test, is_local, labelled_texts,
+                                     load_labelled)
 from seqpool.evaluation.report import check_output_paths
 from seqpool.evaluation.save_best import check_save_dir
-from seqpool.evaluation.settings import ALPHA, EvaluationSettings, check_strategies
+from seqpool.evaluation.settings import ALPHA, EvaluationSettings, check_strategies, parameter_error
 from seqpool.io import text_digest
 from seqpool.threads import limited_threads
 
@@ -98,6 +99,9 @@ def load_data(train: TrainInput, test: TrainInput | None,
               settings: EvaluationSettings) -> tuple[LabelledTexts, LabelledTexts | None]:
     """Both sides read, labelled in one class order and checked against the protocol."""
     s = settings
+    if s.split is not None and not isinstance(train, (LabelledTexts, tuple)) and is_local(train):
+        raise parameter_error(f"split={s.split!r} picks a split of a Hub dataset, but {os.fspath(train)} is a local "
+                              f"file (read whole); drop split", "split")
     train_data = _as_labelled(train, s, s.split)
     test_data = None
     if test is not None:
