@@ -10,7 +10,8 @@ Output rows (``chunk_output=True``): ``chunk`` mode gives one row per window, po
 the window were a text of its own; ``late`` gives one row per chunk of ``window`` text tokens
 (``stride`` apart, default ``window``: disjoint), pooled from token states computed with
 the most context the model takes. :meth:`EncodePlan.chunk_table` says which text and which
-characters each row covers.
+characters each row covers. Without chunk rows, ``late`` gives each text the vector pooled from
+those same full-context states (the same as ``chunk`` with windows of the model's full length).
 """
 
 from __future__ import annotations
