@@ -102,6 +102,8 @@ class PooledClassifier(nn.Module):
             batch_size=batch_size, validation_fraction=validation_fraction)
         if num_labels < 2:
             raise SeqpoolError(f"a classifier needs at least 2 classes, got {num_labels}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise SeqpoolError(f"dim must be the encoder's hidden size (a whole number >= 1), got {dim!r}")
         with torch.random.fork_rng(devices=[]):  # initial weights from ``seed``, the global RNG untouched
             torch.manual_seed(seed)
             self.pooler = Pooler(strategy, dim, **pooler_kwargs)
@@ -182,6 +184,7 @@ class PooledClassifier(nn.Module):
         overrides = {"seed": seed, "validation_fraction": validation_fraction, "max_epochs": max_epochs,
                      "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size}
         settings = replace(self.training_settings, **{k: v for k, v in overrides.items() if v is not None})
+        self._check_states(states)
         y = _check_targets(y, len(states), self.num_labels)
         train_rows, val_rows = _validation_split(y, settings.validation_fraction, settings.seed)
         devices = sorted({p.device.index or 0 for p in self.parameters() if p.device.type == "cuda"})
@@ -227,9 +230,10 @@ class PooledClassifier(nn.Module):
     def predict_logits(self, states: TokenStates, indices: Sequence[int] | np.ndarray | None = None,
                        batch_size: int = 256) -> np.ndarray:
         """Float32 (N, num_labels) logits for the chosen texts, in the given order."""
+        self._check_states(states)
+        rows = states._indices(indices)
         was_training = self.training
         self.eval()
-        rows = np.arange(len(states)) if indices is None else np.asarray(indices, dtype=np.int64)
         logits = np.zeros((len(rows), self.num_labels), dtype=np.float32)
         by_length = np.argsort(states.lengths().numpy()[rows], kind="stable")  # less padding per batch
         for start in range(0, len(rows), batch_size):
@@ -238,6 +242,13 @@ class PooledClassifier(nn.Module):
             logits[positions] = self(hidden, mask).numpy()
         self.train(was_training)
         return logits
+
+    def _check_states(self, states: TokenStates) -> None:
+        if not isinstance(states, TokenStates):
+            raise SeqpoolError(f"states must be TokenStates (Encoder.token_states(texts)), got {type(states).__name__}")
+        if len(states) and states.dim != self.dim:
+            raise SeqpoolError(f"this classifier takes {self.dim}-dim token states, got {states.dim}; use states of "
+                               f"the encoder it is built for")
 
     def predict(self, states: TokenStates, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Predicted class indices (map through ``labels`` for names)."""

@@ -555,7 +555,10 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     """
     if isinstance(texts, str):
         raise SeqpoolError("texts must be a list of strings, not a single string; wrap it: [text]")
-    texts = list(texts)
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise SeqpoolError(f"texts must be a list of strings, got {type(texts).__name__}") from None
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise SeqpoolError(f"texts[{index}] is {type(text).__name__}, not str")

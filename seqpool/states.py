@@ -51,9 +51,17 @@ class TokenStates:
         return self.offsets.diff()
 
     def _indices(self, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
+        """Text indices as int64, each in ``0 .. len - 1`` (every method that takes ``indices`` checks here)."""
         if indices is None:
             return np.arange(len(self))
-        return np.asarray(indices, dtype=np.int64).reshape(-1)
+        array = np.asarray(indices).reshape(-1)
+        if array.size and not np.issubdtype(array.dtype, np.integer):
+            raise SeqpoolError(f"indices must be integers, got {array.dtype}")
+        array = array.astype(np.int64)
+        if array.size and (array.min() < 0 or array.max() >= len(self)):
+            bad = int(array[(array < 0) | (array >= len(self))][0])
+            raise SeqpoolError(f"index {bad} is out of range for {len(self)} texts (indices run 0..{len(self) - 1})")
+        return array
 
     def padded(self, indices: Sequence[int] | np.ndarray | None = None,
                dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
@@ -130,7 +138,15 @@ class TokenStates:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TokenStates":
-        tensors = load_file(str(path))
+        """The states :meth:`save` wrote; a missing or foreign file is a SeqpoolError naming it."""
+        try:
+            tensors = load_file(str(path))
+        except FileNotFoundError:
+            raise SeqpoolError(f"{path} not found: no token states were saved there") from None
+        except Exception as error:  # safetensors raises its own types for a damaged or foreign file
+            raise SeqpoolError(f"{path} is not a token-states file: {type(error).__name__}: {error}") from None
+        if set(tensors) != {"states", "offsets"}:
+            raise SeqpoolError(f"{path} is not a token-states file: it holds {', '.join(sorted(tensors))}")
         return cls(tensors["states"], tensors["offsets"])
 
     @classmethod

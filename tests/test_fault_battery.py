@@ -329,3 +329,42 @@ def test_load_embeddings_of_a_missing_file_is_a_seqpool_error(tmp_path):
 
     with pytest.raises(SeqpoolError, match="none.npy"):
         load_embeddings(tmp_path / "none.npy")
+
+
+def test_token_states_indices_and_files_are_checked(tmp_path):
+    from seqpool.states import TokenStates
+
+    states = TokenStates.from_batches([([0, 1], torch.randn(2, 3, 4), torch.ones(2, 3))])
+    for bad, says in (([5], "index 5 is out of range"), ([-1], "index -1"), ([0.5], "integers")):
+        with pytest.raises(SeqpoolError, match=says):
+            states.subset(bad)
+        with pytest.raises(SeqpoolError, match=says):
+            states.padded(bad)
+    assert len(states.subset([])) == 0 and len(states.subset([1, 1, 0])) == 3
+    with pytest.raises(SeqpoolError, match="not found"):
+        TokenStates.load(tmp_path / "none.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(SeqpoolError, match="not a token-states file"):
+        TokenStates.load(tmp_path / "junk.safetensors")
+
+
+def test_classifier_refuses_states_of_another_width():
+    from seqpool.classifier import PooledClassifier
+    from seqpool.states import TokenStates
+
+    states = TokenStates.from_batches([([0, 1], torch.randn(2, 3, 8), torch.ones(2, 3))])
+    with pytest.raises(SeqpoolError, match="dim must be"):
+        PooledClassifier("mean", 0, 2)
+    classifier = PooledClassifier("mean", 4, 2)
+    with pytest.raises(SeqpoolError, match="takes 4-dim token states, got 8"):
+        classifier.fit(states, np.array([0, 1]))
+    with pytest.raises(SeqpoolError, match="takes 4-dim token states, got 8"):
+        classifier.predict(states)
+    with pytest.raises(SeqpoolError, match="index 2 is out of range"):
+        PooledClassifier("mean", 8, 2).predict(states, [2])
+
+
+def test_encoder_texts_that_are_not_a_list(tiny_bert_encoder):
+    for texts in (None, 3):
+        with pytest.raises(SeqpoolError, match="texts must be a list of strings"):
+            tiny_bert_encoder.encode(texts)
