@@ -92,3 +92,16 @@ def test_raw_linear_folds_the_standardisation_in():
     weight, bias = binary.raw_linear(0, 0, 2)
     logits = x2 @ weight.T + bias
     assert np.array_equal(logits.argmax(1), binary.predict(x2, 0, 0))
+
+
+def test_tasks_split_into_memory_bounded_groups_give_the_same_choices(monkeypatch):
+    import seqpool.evaluation.classifiers as classifiers
+
+    x, y = problem(n=160, seed=6)
+    outer = list(StratifiedKFold(4, shuffle=True, random_state=0).split(x, y))
+    tasks = [(train, test, i) for i, (train, test) in enumerate(outer)]
+    together = fit_predict_logistic_many(x, y, tasks, c_grid=GRID[:3], tune=True, inner_folds=3)
+    monkeypatch.setattr(classifiers, "LOGIT_BUDGET", 1)  # one task per solve
+    apart = fit_predict_logistic_many(x, y, tasks, c_grid=GRID[:3], tune=True, inner_folds=3)
+    assert [c for _, c in together] == [c for _, c in apart]
+    assert all(np.mean(a == b) >= 0.97 for (a, _), (b, _) in zip(together, apart))

@@ -81,11 +81,26 @@ def fit_predict_logistic_many(x: np.ndarray, y: np.ndarray, tasks: Sequence[Task
     problems) is solved in one batched L-BFGS run (:mod:`.logistic`), with the same inner splits,
     the same objective and the same tie rule as :func:`choose_c` with scikit-learn.
     """
-    from seqpool.evaluation.logistic import fit_logistic_problems
-
     x_test = x if x_test is None else x_test
     num_classes = int(num_classes if num_classes is not None else y.max() + 1)
     grid = sorted(float(c) for c in c_grid)
+    # tasks are solved in groups whose logits fit in about 256 MB (float64), a fixed plan
+    per_task = len(x) * (inner_folds + 1) * len(grid) * (1 if num_classes == 2 else num_classes)
+    size = max(1, int(LOGIT_BUDGET // max(per_task, 1)))
+    outcomes: list[tuple[np.ndarray, float]] = []
+    for start in range(0, len(tasks), size):
+        outcomes += _solve_tasks(x, y, tasks[start:start + size], grid, tune, inner_folds, num_classes, x_test)
+    return outcomes
+
+
+#: Most logits (rows x problems x outputs) one batched solve holds: 3.2e7 float64 = 256 MB.
+LOGIT_BUDGET = 32_000_000
+
+
+def _solve_tasks(x: np.ndarray, y: np.ndarray, tasks: Sequence[Task], grid: list[float], tune: bool,
+                 inner_folds: int, num_classes: int, x_test: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    from seqpool.evaluation.logistic import fit_logistic_problems
+
     row_sets: list[np.ndarray] = []
     plans: list[tuple[int, list[np.ndarray] | float]] = []
     for train_rows, _, seed in tasks:
