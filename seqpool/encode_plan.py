@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seqpool.batching import DEFAULT_BATCH_SIZE, DEFAULT_TOKEN_BUDGET, check_texts, pack_batches, positive
 from seqpool.errors import SeqpoolError
 from seqpool.long_texts import (
     Span,
@@ -122,8 +123,6 @@ class EncodePlan:
         """Input indices per model batch: by length for truncation, in plan order for windows."""
         lengths = [len(ids) for ids in self.inputs]
         if self.options.mode == "truncate":
-            from seqpool.encoder import pack_batches
-
             return pack_batches(lengths, batch_size, token_budget)
         batches: list[np.ndarray] = []
         start = 0
@@ -237,7 +236,6 @@ def encode_texts(encoder: Any, texts: Sequence[str], strategies: Sequence[str] |
     """The body of ``Encoder.encode`` / ``encode_chunks``: plan the inputs, run them through the
     encoder (every layer block of the strategies from one pass), assemble rows, truncate
     (Matryoshka) and normalise. Sets ``encoder.last_stats``."""
-    from seqpool.encoder import DEFAULT_BATCH_SIZE, DEFAULT_TOKEN_BUDGET, _positive, check_texts
     from seqpool.pooling import check_strategy
     from seqpool.progress import progress_bar
     from seqpool.prompts import resolve_prompt
@@ -259,7 +257,7 @@ def encode_texts(encoder: Any, texts: Sequence[str], strategies: Sequence[str] |
     plan = EncodePlan(encoder.text_pieces(texts, prompt, offsets=options.chunk_output), prefix, suffix,
                       encoder.max_length, options, encoder.prompt_length(prompt) if prompt and not include else 0,
                       getattr(encoder.tokenizer, "truncation_side", "right"))
-    batches = plan.batches(_positive(batch_size, DEFAULT_BATCH_SIZE, "batch_size"), DEFAULT_TOKEN_BUDGET)
+    batches = plan.batches(positive(batch_size, DEFAULT_BATCH_SIZE, "batch_size"), DEFAULT_TOKEN_BUDGET)
     out = {s: np.zeros((plan.num_rows, truncate_dim or widths[s]), dtype=np.float32) for s in layers.strategies}
     states = encoder.run_inputs(plan.inputs, batches, layers.blocks)
     with progress_bar(len(texts), progress) as bar:

@@ -22,6 +22,13 @@ import torch
 from torch import Tensor
 
 from seqpool.devices import DEVICE_TYPES, native_bf16_cpu, resolve_device, resolve_dtype  # noqa: F401 (public here)
+from seqpool.batching import (  # noqa: F401  (re-exported: seqpool.encoder.pack_batches and friends)
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_TOKEN_BUDGET,
+    check_texts,
+    pack_batches,
+)
+from seqpool.batching import positive as _positive
 from seqpool.encode_plan import EncodeStats, TextPieces, encode_texts
 from seqpool.errors import SeqpoolError
 from seqpool.layer_plan import LayerKey, LayerPlan, average_layers, plan_layers
@@ -35,13 +42,6 @@ from seqpool.st_config import sentence_transformers_defaults, strategy_from_st_p
 from seqpool.states import Batch, TokenStates
 from seqpool.threads import available_cpus, limited_threads
 from seqpool.vector_options import LongTextOptions
-
-#: Longest texts first, at most this many texts per batch ...
-DEFAULT_BATCH_SIZE = 256
-#: ... and at most this many (padded) tokens per batch. Small enough that a layer's
-#: activations stay in CPU cache: on a 2-core CPU, MiniLM ran ~1.6x faster with 1-2k
-#: tokens per batch than with 16k (benchmarks/embed_throughput.py).
-DEFAULT_TOKEN_BUDGET = 2048
 
 # sentence-transformers Pooling config -> seqpool strategy (first match wins, in ST's order):
 # views of the registry's records, kept under their old names.
@@ -58,33 +58,6 @@ def default_model_path() -> str:
 
 #: Weights larger than this many values are fingerprinted by an evenly strided sample.
 _FINGERPRINT_VALUES = 1 << 20
-
-
-def pack_batches(lengths: Sequence[int], batch_size: int, token_budget: int,
-                 min_tokens: int | None = None) -> list[np.ndarray]:
-    """Group text indices, longest first, so each batch's padded size stays under the budget.
-
-    A batch holds at most ``batch_size`` texts and at most ``token_budget`` padded tokens
-    (texts x longest text); a single text longer than the budget still gets its own batch.
-    A batch also ends where the token length drops, once it holds ``min_tokens`` tokens
-    (default: an eighth of the budget): then most batches have no padding at all, and
-    the model runs them without an attention mask.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    min_tokens = max(1, token_budget // 8) if min_tokens is None else min_tokens
-    order = np.argsort(-lengths, kind="stable")
-    sorted_lengths = lengths[order]
-    batches: list[np.ndarray] = []
-    start = 0
-    while start < len(order):
-        longest = max(int(sorted_lengths[start]), 1)
-        size = max(1, min(batch_size, token_budget // longest))
-        same_length = int(np.searchsorted(-sorted_lengths[start:start + size], -sorted_lengths[start], "right"))
-        if same_length < size and same_length * longest >= min_tokens:
-            size = same_length
-        batches.append(order[start:start + size])
-        start += size
-    return batches
 
 
 class Encoder:
@@ -543,44 +516,6 @@ def word_embeddings(encoder: Encoder, texts: Sequence[str], reduce: str = "mean"
 def _looks_like_path(name: str) -> bool:
     """A local path rather than a Hub id ("org/name" has one slash and no leading dot)."""
     return name.startswith((".", "~", "/", os.sep)) or name.count("/") > 1 or "\\" in name
-
-
-def check_texts(texts: Sequence[str]) -> list[str]:
-    """``texts`` as a list of valid Unicode strings, or a :class:`SeqpoolError` naming the
-    first bad item.
-
-    Checked once at every entry that hands texts to the tokenizer, so a user mistake (a
-    single string, a ``None``, a lone surrogate from a JSON escape such as ``"\\ud800"``)
-    is one clear line instead of a tokenizer traceback deep inside a batch.
-    """
-    if isinstance(texts, str):
-        raise SeqpoolError("texts must be a list of strings, not a single string; wrap it: [text]")
-    try:
-        texts = list(texts)
-    except TypeError:
-        raise SeqpoolError(f"texts must be a list of strings, got {type(texts).__name__}") from None
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise SeqpoolError(f"texts[{index}] is {type(text).__name__}, not str")
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as error:
-                code = ord(text[error.start])
-                raise SeqpoolError(f"texts[{index}] holds a lone surrogate U+{code:04X} at character {error.start}, "
-                                   f"which is not valid Unicode; fix or drop that text (decoding with "
-                                   f"errors='replace' turns it into U+FFFD)") from None
-    return texts
-
-
-def _positive(value: int | None, default: int, name: str) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise SeqpoolError(f"{name} must be a whole number, got {value!r}")
-    if int(value) < 1:
-        raise SeqpoolError(f"{name} must be at least 1, got {value}")
-    return int(value)
 
 
 @contextlib.contextmanager
