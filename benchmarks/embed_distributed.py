@@ -60,6 +60,13 @@ def cpu_flags() -> str:
     return " ".join(sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))) or "none"
 
 
+def report(name: str, elapsed: float, local: float, lines: int, difference: float | None,
+           net: float | None = None) -> None:
+    net = elapsed if net is None else net
+    print(f"{name:<22}{elapsed:>8.1f}{lines / elapsed:>9.0f}{local / elapsed:>7.2f}{lines / net:>10.0f}"
+          f"{local / net:>8.2f}  {'' if difference is None else f'{difference:.1e}'}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=20_000)
@@ -76,21 +83,20 @@ def main() -> None:
               f"{os.getloadavg()[0]:.2f}", flush=True)
         ray_start = timed([sys.executable, "-c", "import ray; ray.init(include_dashboard=False, "
                                                  "logging_level=40, log_to_driver=False); ray.shutdown()"])
+        print(f"starting + stopping Ray alone: {ray_start:.1f} s\n")
+        print(f"{'engine':<22}{'wall s':>8}{'texts/s':>9}{'ratio':>7}{'texts/s*':>10}{'ratio*':>8}  max|diff|",
+              flush=True)
         local = timed([*CLI, "embed", str(corpus), "-o", str(folder / "local.npy"), "-q"])
         reference = np.load(folder / "local.npy")
-        rows = [("local (one process)", local, None)]
+        report("local (one process)", local, local, args.lines, None)
         for workers in args.workers:
             out = folder / f"ray_{workers}"
             elapsed = timed([*CLI, "embed", str(corpus), "--engine", "ray", "--workers", str(workers),
                              "-o", str(out), "-q"])
             difference = float(np.abs(load_folder(out) - reference).max())
-            rows.append((f"ray, {workers} actor{'s' * (workers > 1)}", elapsed, difference))
-        print(f"load average at end {os.getloadavg()[0]:.2f}; starting + stopping Ray alone: {ray_start:.1f} s\n")
-        print(f"{'engine':<22}{'wall s':>8}{'texts/s':>9}{'ratio':>7}{'texts/s*':>10}{'ratio*':>8}  max|diff|")
-        for name, elapsed, difference in rows:
-            net = elapsed if difference is None else max(elapsed - ray_start, 1e-9)
-            print(f"{name:<22}{elapsed:>8.1f}{args.lines / elapsed:>9.0f}{local / elapsed:>7.2f}"
-                  f"{args.lines / net:>10.0f}{local / net:>8.2f}  {'' if difference is None else f'{difference:.1e}'}")
+            report(f"ray, {workers} actor{'s' * (workers > 1)}", elapsed, local, args.lines, difference,
+                   net=max(elapsed - ray_start, 1e-9))
+        print(f"\nload average at end {os.getloadavg()[0]:.2f}")
         print("\n* without the fixed cost of starting and stopping Ray")
 
 

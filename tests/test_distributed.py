@@ -239,10 +239,10 @@ def test_files_equal_local_embedding_in_input_order(finished, tiny_bert_encoder)
 
 
 def test_load_embeddings_reads_the_folder(finished):
-    from seqpool.io import load_embeddings
+    import seqpool
 
     _, out, _ = finished
-    np.testing.assert_array_equal(load_embeddings(out, "max"), load_folder(out, "max"))
+    np.testing.assert_array_equal(seqpool.load_embeddings(out, "max"), load_folder(out, "max"))
     with pytest.raises(SeqpoolError, match="holds mean, max; name the strategy"):
         load_folder(out)
 
