@@ -196,7 +196,7 @@ def explain(texts: Sequence[str], classifier: "PooledClassifier | str | os.PathL
     it is rebuilt from the classifier's config (or the packaged default model). Merging
     subwords into words needs a fast tokenizer (the default of ``AutoTokenizer``).
     """
-    from seqpool.encoder import check_texts
+    from seqpool.batching import check_texts
 
     texts = check_texts(texts)
     classifier = load_classifier(classifier)
