@@ -299,8 +299,10 @@ def test_cli_engine_ray_embeds_several_inputs_quietly(ray_cluster, tmp_path, cor
     (["{a}", "{a}"], "2 INPUTs given; the local engine embeds one file"),
     (["{a}", "--workers", "2"], "--ray-address and --workers need --engine ray"),
     (["{a}", "--engine", "ray"], "name it with -o/--output"),
-    (["{a}", "--engine", "ray", "-o", "{out}", "--precision", "int8", "--skip-empty"],
-     "--skip-empty, --precision cannot be used with --engine ray"),
+    (["{a}", "--engine", "ray", "-o", "{out}", "--long-texts", "late", "--chunk-output", "--skip-empty"],
+     "--skip-empty, --chunk-output cannot be used with --engine ray"),
+    (["{a}", "--engine", "ray", "-o", "{out}", "--precision", "binary", "--calibration", "{a}"],
+     "--calibration fits int8/uint8 ranges"),
     (["{a}", "--engine", "ray", "-o", "{out}", "--device", "mps"], "use cpu or cuda"),
     (["{a}", "--engine", "ray", "-o", "{out}", "--chunk-size", "0"], "--chunk-size must be a whole number"),
 ])
@@ -309,6 +311,94 @@ def test_cli_engine_ray_refuses_bad_options_in_one_line(tmp_path, corpus, args, 
     result = cli(*[arg.format(a=corpus[0], out=tmp_path / "out") for arg in args])
     assert result.exit_code == 1 and message in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def _local(tmp_path, name, *args):
+    """The local engine's output for the same options: the reference the Ray engine must equal."""
+    out = tmp_path / f"{name}.parquet"
+    result = cli(*args, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_cli_engine_ray_prompt_and_exclude_prompt_equal_local_and_resume_refuses_a_new_prompt(
+        ray_cluster, tmp_path, corpus, tiny_bert_dir):
+    from seqpool.io import load_embeddings
+
+    options = ["--model", tiny_bert_dir, "--strategy", "mean,cls", "--prompt", "query: ", "--exclude-prompt"]
+    out = tmp_path / "out"
+    result = cli(corpus[0], "--engine", "ray", *options, "--chunk-size", 5, "--workers", 1, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    local = _local(tmp_path, "local", corpus[0], *options)
+    plain = _local(tmp_path, "plain", corpus[0], "--model", tiny_bert_dir, "--strategy", "mean,cls")
+    for strategy in ("mean", "cls"):
+        ray_vectors = load_embeddings(out, strategy)
+        np.testing.assert_allclose(ray_vectors, load_embeddings(local, strategy), atol=1e-6, rtol=0)
+        assert np.abs(ray_vectors - load_embeddings(plain, strategy)).max() > 1e-3  # the prompt took effect
+    assert json.loads((out / MANIFEST).read_text())["settings"]["vectors"] == {"prompt": "query: ",
+                                                                               "include_prompt": False}
+    again = cli(corpus[0], "--engine", "ray", *options[:-3], "--prompt", "passage: ", "--exclude-prompt",
+                "--chunk-size", 5, "-o", out, "--resume")
+    assert again.exit_code == 1 and "cannot resume" in again.stderr and "'passage: '" in again.stderr, again.output
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_cli_engine_ray_chunks_long_texts_as_local_does(ray_cluster, tmp_path, tiny_bert_dir):
+    from seqpool.io import load_embeddings
+
+    words = "the cat sat on the mat and a very good film about a dog".split()
+    lines = [" ".join(words[i % 7:] * (3 + i)) for i in range(7)] + ["short text", ""]
+    corpus = write_lines(tmp_path / "long.txt", lines)
+    options = ["--model", tiny_bert_dir, "--strategy", "mean,max", "--long-texts", "chunk", "--window", 16,
+               "--stride", 12]
+    out = tmp_path / "out"
+    result = cli(corpus, "--engine", "ray", *options, "--chunk-size", 4, "--workers", 1, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    local = _local(tmp_path, "local", corpus, *options)
+    truncated = _local(tmp_path, "truncated", corpus, "--model", tiny_bert_dir, "--strategy", "mean,max")
+    for strategy in ("mean", "max"):
+        np.testing.assert_allclose(load_embeddings(out, strategy), load_embeddings(local, strategy), atol=1e-6, rtol=0)
+    assert np.abs(load_embeddings(out, "mean")[:7] - load_embeddings(truncated, "mean")[:7]).max() > 1e-3
+
+
+def test_cli_engine_ray_int8_codes_equal_local_with_one_calibration_and_survive_resume(
+        ray_cluster, tmp_path, corpus, tiny_bert_dir):
+    from seqpool.io import load_embeddings
+
+    calibration = write_lines(tmp_path / "calibration.txt", LINES[::2] + ["a dog", "an awful film"])
+    options = ["--model", tiny_bert_dir, "--strategy", "mean", "--truncate-dim", 24, "--precision", "int8",
+               "--calibration", calibration]
+    out = tmp_path / "out"
+    ray_args = [corpus[0], "--engine", "ray", *options, "--chunk-size", 3, "--workers", 1, "-o", out]
+    assert cli(*ray_args, "-q").exit_code == 0
+    local = _local(tmp_path, "local", corpus[0], *options)
+    codes = load_embeddings(out, decode=False)
+    assert codes.dtype == np.int8 and codes.shape == (len(LINES), 24)
+    np.testing.assert_array_equal(codes, load_embeddings(local, decode=False))
+    np.testing.assert_allclose(load_embeddings(out), load_embeddings(local), atol=1e-6, rtol=0)
+    manifest = json.loads((out / MANIFEST).read_text())
+    ranges = np.asarray(manifest["compaction"]["ranges"]["mean"])
+    assert ranges.shape == (2, 24) and manifest["settings"]["vectors"]["precision"] == "int8"
+    # a resumed run quantises with the stored ranges, even if the calibration file changed since
+    (out / "part-00000-000000000003-000000000006.parquet").unlink()
+    manifest["complete"] = False
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    write_lines(calibration, ["zzz"] * 3)
+    assert cli(*ray_args, "--resume", "-q").exit_code == 0
+    np.testing.assert_array_equal(load_embeddings(out, decode=False), codes)
+    changed = cli(*[arg if arg != "int8" else "uint8" for arg in ray_args], "--resume")
+    assert changed.exit_code == 1 and "precision" in changed.stderr
+
+
+def test_ray_int8_without_calibration_fits_on_the_first_shard_as_local_fits_its_first_chunk(
+        ray_cluster, tmp_path, corpus, tiny_bert_dir):
+    from seqpool.io import load_embeddings
+
+    options = ["--model", tiny_bert_dir, "--precision", "int8", "--chunk-size", 6]
+    out = tmp_path / "out"
+    assert cli(corpus[0], "--engine", "ray", *options, "--workers", 1, "-o", out, "-q").exit_code == 0
+    local = _local(tmp_path, "local", corpus[0], *options)
+    np.testing.assert_array_equal(load_embeddings(out, decode=False), load_embeddings(local, decode=False))
 
 
 def test_cli_without_the_ray_extra_names_it(monkeypatch, tmp_path, corpus):

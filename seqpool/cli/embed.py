@@ -7,6 +7,7 @@ parameters (``text_field=...``), which are shown here as the matching flags.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -138,16 +139,15 @@ def embed(input_paths: tuple[str, ...], output: str | None, output_format: str |
     shards still missing. seqpool.load_embeddings(folder) reads it in input order.
     """
     if engine == "ray":
-        local_only = {"--format": output_format, "--skip-empty": skip_empty, "--prompt": prompt,
-                      "--prompt-name": prompt_name, "--exclude-prompt": exclude_prompt,
-                      "--long-texts": long_texts != "truncate", "--window": window, "--stride": stride,
-                      "--chunk-output": chunk_output, "--truncate-dim": truncate_dim,
-                      "--precision": precision != "float32", "--calibration": calibration}
+        local_only = {"--format": output_format, "--skip-empty": skip_empty, "--chunk-output": chunk_output}
         _embed_with_ray(input_paths, output, [flag for flag, value in local_only.items() if value],
                         input_format=input_format, text_field=text_field, model=model, strategies=strategies,
                         layer=layer, batch_size=batch_size, max_length=max_length, normalize=normalize, dtype=dtype,
                         device=device, threads=threads, chunk_size=chunk_size, resume=resume,
-                        ray_address=ray_address, workers=workers, quiet=quiet)
+                        ray_address=ray_address, workers=workers, quiet=quiet, prompt=prompt,
+                        prompt_name=prompt_name, include_prompt=False if exclude_prompt else None,
+                        long_texts=long_texts, window=window, stride=stride, truncate_dim=truncate_dim,
+                        precision=precision, calibration=calibration)
         return
     if len(input_paths) != 1:
         raise SeqpoolError(f"{len(input_paths)} INPUTs given; the local engine embeds one file (run it once per "
@@ -189,14 +189,16 @@ def _embed_with_ray(input_paths: tuple[str, ...], output: str | None, refused: l
                     input_format: str | None, text_field: str | None, model: str | None,
                     strategies: tuple[str, ...], layer: str, batch_size: int | None, max_length: int | None,
                     normalize: bool | None, dtype: str, device: str | None, threads: int | None, chunk_size: int,
-                    resume: bool, ray_address: str | None, workers: int | None, quiet: bool) -> None:
+                    resume: bool, ray_address: str | None, workers: int | None, quiet: bool,
+                    **vector_options: Any) -> None:
     """``--engine ray``: :func:`seqpool.distributed.embed_files`, with the flags mapped onto it
-    (``--threads``: CPUs per actor; ``--device cuda``: a GPU per actor; ``--chunk-size``: rows per shard)."""
+    (``--threads``: CPUs per actor; ``--device cuda``: a GPU per actor; ``--chunk-size``: rows per shard;
+    prompt, long-text and compact-vector flags as for the local engine)."""
     from seqpool.embed import parse_dtype
 
     if refused:
-        raise SeqpoolError(f"{', '.join(refused)} cannot be used with --engine ray (it writes every row at full "
-                           f"precision into a folder of parquet shards); use the local engine for it")
+        raise SeqpoolError(f"{', '.join(refused)} cannot be used with --engine ray (it writes one row per input "
+                           f"row into a folder of parquet shards); use the local engine for it")
     if output is None:
         raise SeqpoolError("--engine ray writes a folder of parquet shards: name it with -o/--output")
     if device not in (None, "cpu", "cuda"):
@@ -211,7 +213,7 @@ def _embed_with_ray(input_paths: tuple[str, ...], output: str | None, refused: l
                              max_length=max_length, batch_size=batch_size, input_format=input_format,
                              text_field=text_field, ray_address=ray_address, workers=workers,
                              num_cpus=threads or 1, num_gpus=1 if device == "cuda" else 0, shard_rows=chunk_size,
-                             resume=resume, progress=False if quiet else None)
+                             resume=resume, progress=False if quiet else None, **vector_options)
     except SeqpoolError as error:
         raise as_flags(error) from None
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ is fixed by the plan, never by Ray's blocks or scheduling, so:
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import time
@@ -87,7 +88,10 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
                 text_field: str | None = None, ray_address: str | None = None, workers: int | None = None,
                 num_cpus: float = 1, num_gpus: float = 0, shard_rows: int = DEFAULT_SHARD_ROWS,
                 rows_per_call: int = DEFAULT_RAY_BATCH_SIZE, resume: bool = False, progress: bool | None = None,
-                max_attempts: int = 3, embedder: Embedder | None = None) -> FilesResult:
+                max_attempts: int = 3, embedder: Embedder | None = None, prompt: str | None = None,
+                prompt_name: str | None = None, include_prompt: bool | None = None, long_texts: str = "truncate",
+                window: int | None = None, stride: int | None = None, truncate_dim: int | None = None,
+                precision: str = "float32", calibration: str | os.PathLike | None = None) -> FilesResult:
     """Embed every row of ``inputs`` on a Ray cluster into parquet shards under ``output_dir``.
 
     ``inputs``: files, globs (``data/*.jsonl``, ``**`` too) or folders (every file inside,
@@ -102,9 +106,21 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
     ``rows_per_call`` rows go to an actor at a time (the Encoder batches them further by
     ``batch_size`` and its token budget): what a restarted actor redoes.
 
-    ``load_embeddings(output_dir)`` reads the result back in input order. ``resume=True``
+    Prompts, long texts and ``truncate_dim`` are :class:`Embedder`'s (one vector per text:
+    row-per-chunk output does not fit the one-row-per-input-row shards). ``precision``
+    (:mod:`seqpool.quantize`) is applied by the driver as it writes each shard; int8/uint8
+    ranges are fitted once, before any actor starts, on ``calibration``'s texts or else on the
+    first shard's vectors (embedded on the driver, and written as that shard), and kept in the
+    manifest, so every shard and every resumed run uses the same buckets.
+
+    ``load_embeddings(output_dir)`` reads the result back in input order (decoded). ``resume=True``
     continues an interrupted run with the same inputs and settings; anything else is an error.
     """
+    from seqpool.quantize import Compaction
+    from seqpool.vector_options import VectorOptions
+
+    calibration = None if calibration is None else os.path.abspath(str(calibration))
+    VectorOptions(precision=precision, calibration=calibration)  # torch-free checks, before any input is read
     shard_rows = _whole(shard_rows, "shard_rows")
     max_attempts = _whole(max_attempts, "max_attempts")
     workers = None if workers is None else check_workers(workers)
@@ -113,11 +129,21 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
     folder = Path(output_dir)
     previous = _check_output_folder(folder, resume)
     paths = expand_inputs(inputs, folder)
+    if calibration is not None:
+        from seqpool.io import TextSource
+
+        TextSource.open(calibration)  # exists and is readable, before the model loads
     sources = [_scan(path, input_format, text_field, shard_rows) for path in paths]
     if embedder is None:
         embedder = Embedder(model=model, strategies=strategies, normalize=normalize, layer=layer, dtype=dtype,
-                            max_length=max_length, batch_size=batch_size)
+                            max_length=max_length, batch_size=batch_size, prompt=prompt, prompt_name=prompt_name,
+                            include_prompt=include_prompt, long_texts=long_texts, window=window, stride=stride,
+                            truncate_dim=truncate_dim)
     settings = {**embedder.describe(), "batch_size": batch_size, "shard_rows": shard_rows}
+    compact = {"precision": precision} if precision != "float32" else {}
+    compact.update({"calibration": calibration} if calibration is not None else {})
+    if compact:  # a resume with another precision or calibration is refused like any changed setting
+        settings["vectors"] = {**settings.get("vectors", {}), **compact}
     dims = settings["dims"]
     manifest = {"version": MANIFEST_VERSION, "complete": False, "inputs": [source.record() for source in sources],
                 "settings": settings, "shards": []}
@@ -128,15 +154,23 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
         done = finished_shards(folder, plan)
         for stale in folder.glob(".part-*.tmp"):  # a temporary file of a write the kill interrupted
             stale.unlink(missing_ok=True)
+    compaction = Compaction.from_metadata(previous) if previous is not None and "compaction" in previous \
+        else Compaction(precision)
+    first = _fit_ranges(compaction, embedder, sources, plan, done, shard_rows, calibration)
+    if not compaction.is_identity:
+        manifest.update(_compaction_record(compaction))
     created = not folder.exists()
     folder.mkdir(exist_ok=True)
     recorder = _ManifestRecorder(folder, manifest, done)
     try:
-        missing = [shard for shard in plan if shard not in done]
+        if first is not None:  # the shard the ranges were fitted on: embedded already
+            write_shard(folder, first[0], sources[first[0].source].path, _encoded(compaction, first[1]))
+            recorder.add(first[0])
+        missing = [shard for shard in plan if shard not in recorder.done]
         if missing:
-            _embed_missing(missing, sources, embedder, recorder, shard_rows=shard_rows, dims=dims, ray_address=ray_address,
-                           workers=workers, batch_size=rows_per_call, num_cpus=num_cpus, num_gpus=num_gpus,
-                           progress=progress, max_attempts=max_attempts)
+            _embed_missing(missing, sources, embedder, recorder, compaction, shard_rows=shard_rows, dims=dims,
+                           ray_address=ray_address, workers=workers, batch_size=rows_per_call, num_cpus=num_cpus,
+                           num_gpus=num_gpus, progress=progress, max_attempts=max_attempts)
     except BaseException:
         if created and not recorder.done:
             shutil.rmtree(folder, ignore_errors=True)  # nothing was embedded: leave nothing behind
@@ -146,6 +180,44 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
     recorder.finish()
     return FilesResult(folder, sum(source.rows for source in sources), dims[settings["strategies"][0]],
                        tuple(settings["strategies"]), len(plan), len(done))
+
+
+def _fit_ranges(compaction: Any, embedder: Embedder, sources: list[_Input], plan: list[Shard], done: set[Shard],
+                shard_rows: int, calibration: str | None) -> tuple[Shard, dict[str, np.ndarray]] | None:
+    """Fit int8/uint8 ranges once, on the driver (kept as they are when resuming): on the
+    calibration texts, else on the first shard's vectors, which are returned to be written."""
+    if not compaction.needs_ranges or compaction.ranges or not plan:
+        return None
+    from seqpool.io import TextSource, text_digest
+
+    if calibration is not None:
+        for name, vectors in embedder.embed(list(TextSource.open(calibration).texts())).items():
+            compaction.fit(name, vectors)
+        return None
+    shard = plan[0]
+    source = sources[shard.source]
+    texts = next(iter(TextSource.open(source.path, source.format, source.text_field).chunks(shard_rows)))
+    if text_digest(texts) != source.shard_digests[0]:
+        raise SeqpoolError(f"{source.path} changed while it was being embedded (rows 0-{len(texts) - 1} differ "
+                           f"from the first read); rerun")
+    vectors = embedder.embed(texts)
+    for name, array in vectors.items():
+        compaction.fit(name, array)
+    return None if shard in done else (shard, vectors)
+
+
+def _compaction_record(compaction: Any) -> dict[str, Any]:
+    """``{"compaction": {...}}`` for the manifest (what ``Compaction.from_metadata`` reads back)."""
+    from seqpool.quantize import METADATA_KEY
+
+    return {METADATA_KEY: json.loads(compaction.to_metadata()[METADATA_KEY])}
+
+
+def _encoded(compaction: Any, vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A shard's stored columns: the float vectors, or their codes with the run's fixed ranges."""
+    if compaction.is_identity:
+        return vectors
+    return {name: compaction.encode(name, array) for name, array in vectors.items()}
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -291,7 +363,8 @@ class _ManifestRecorder:
 # -- the Ray run -----------------------------------------------------------------------------------
 
 
-def _embed_missing(missing: list[Shard], sources: list[_Input], embedder: Embedder, recorder: _ManifestRecorder, *,
+def _embed_missing(missing: list[Shard], sources: list[_Input], embedder: Embedder, recorder: _ManifestRecorder,
+                   compaction: Any, *,
                    shard_rows: int, dims: dict[str, int], ray_address: str | None, workers: int | None,
                    batch_size: int, num_cpus: float, num_gpus: float, progress: bool | None,
                    max_attempts: int) -> None:
@@ -313,7 +386,7 @@ def _embed_missing(missing: list[Shard], sources: list[_Input], embedder: Embedd
                     if error:
                         failed[shard] = error
                         continue
-                    write_shard(recorder.folder, shard, paths[shard.source], vectors)
+                    write_shard(recorder.folder, shard, paths[shard.source], _encoded(compaction, vectors))
                     recorder.add(shard)
                     bar.update(shard.rows)
             except Exception as error:  # Ray's own failure (a read task, the cluster): one line

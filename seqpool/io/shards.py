@@ -96,15 +96,17 @@ def write_manifest(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> No
 
 
 def write_shard(folder: str | os.PathLike, shard: Shard, source_path: str, vectors: Mapping[str, np.ndarray]) -> Path:
-    """Write one shard's rows atomically: ``source``, ``row`` and a fixed-size float32 list
-    column per strategy (the layout ``seqpool embed -o x.parquet`` writes too)."""
+    """Write one shard's rows atomically: ``source``, ``row`` and a fixed-size list column per
+    strategy (the layout ``seqpool embed -o x.parquet`` writes too): float32 vectors, or the
+    codes of a compact precision in their own dtype."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     columns = {"source": pa.array([source_path] * shard.rows, type=pa.string()),
                "row": pa.array(np.arange(shard.first_row, shard.end, dtype=np.int64))}
     for name, array in vectors.items():
-        array = np.ascontiguousarray(array, dtype=np.float32)
+        array = np.ascontiguousarray(array)
+        array = array.astype(np.float32) if array.dtype.kind == "f" and array.dtype != np.float16 else array
         columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1])
     path = Path(folder) / shard.name
     with atomic_path(path, mode="wb") as handle:
@@ -142,10 +144,14 @@ def choose_strategy(where: object, vectors: Sequence[str], strategy: str | None,
     return strategy
 
 
-def load_folder(folder: str | os.PathLike, strategy: str | None = None) -> np.ndarray:
+def load_folder(folder: str | os.PathLike, strategy: str | None = None, decode: bool = True) -> np.ndarray:
     """One strategy's ``(N, D)`` vectors from a finished run's folder, in input order
-    (inputs as listed in the manifest, rows in order within each)."""
+    (inputs as listed in the manifest, rows in order within each). Compact precisions are
+    decoded with the ranges in the manifest (as ``load_embeddings`` decodes a local output);
+    ``decode=False`` returns the stored codes."""
     import pyarrow.parquet as pq
+
+    from seqpool.quantize import Compaction
 
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -154,14 +160,23 @@ def load_folder(folder: str | os.PathLike, strategy: str | None = None) -> np.nd
     if not manifest.get("complete"):
         raise SeqpoolError(f"{folder} holds an unfinished run; rerun the same command with --resume to finish it")
     strategy = choose_strategy(folder, manifest["settings"]["strategies"], strategy)
+    compaction = Compaction.from_metadata(manifest)
+    compaction.dim = manifest["settings"]["dims"][strategy]  # the width before binary packing
     shards = plan_shards([source["rows"] for source in manifest["inputs"]], manifest["settings"]["shard_rows"])
-    out = np.empty((sum(shard.rows for shard in shards), manifest["settings"]["dims"][strategy]), dtype=np.float32)
-    start = 0
+    parts = []
     for shard in shards:
         path = folder / shard.name
         if not path.is_file():
             raise SeqpoolError(f"{path} is missing; rerun the command with --resume to embed it again")
         column = pq.read_table(path, columns=[strategy]).column(strategy).combine_chunks()
-        out[start:start + shard.rows] = np.asarray(column.flatten(), dtype=np.float32).reshape(shard.rows, -1)
-        start += shard.rows
-    return out
+        parts.append(np.asarray(column.flatten()).reshape(shard.rows, -1))
+    if not parts:  # every input empty: (0, D), as a local output of an empty input
+        if decode or compaction.is_identity:
+            return np.empty((0, compaction.dim), dtype=np.float32)
+        from seqpool.quantize import output_dtype, output_width
+
+        return np.empty((0, output_width(compaction.dim, compaction.precision)), dtype=output_dtype(compaction.precision))
+    codes = np.concatenate(parts)
+    if compaction.is_identity:
+        return codes.astype(np.float32, copy=False)
+    return compaction.decode(strategy, codes) if decode else codes

@@ -405,7 +405,7 @@ def load_embeddings(path: str | os.PathLike, strategy: str | None = None, decode
     if path.is_dir():  # the parquet shards of `seqpool embed --engine ray`, in input order
         from seqpool.io.shards import load_folder
 
-        return load_folder(path, strategy)
+        return load_folder(path, strategy, decode)
     compaction = Compaction.from_metadata(read_metadata(path))
     arrays = _read_arrays(path)
     if detect_output_format(path) == "npy":  # one array; its strategy: named, or the one with ranges
