@@ -91,7 +91,8 @@ def parse_layers(value: str) -> int | tuple[int, ...]:
 @click.option("--stride", type=int, help="Tokens between window starts [default: 3/4 window (chunk), "
                                          "one window (late)].")
 @click.option("--chunk-output", is_flag=True, help="One row per chunk (chunk/late) with doc, chunk, char_start and "
-                                                   "char_end columns (parquet, jsonl or safetensors).")
+                                                   "char_end columns (parquet, jsonl or safetensors; local "
+                                                   "engine only).")
 @click.option("--truncate-dim", type=int, help="Keep the first N dimensions (Matryoshka models); renormalised "
                                                "when normalising.")
 @click.option("--precision", default="float32", show_default=True,
@@ -136,7 +137,10 @@ def embed(input_paths: tuple[str, ...], output: str | None, output_format: str |
     \b
     --engine ray: -o names a folder of parquet shards (source, row, one column per
     strategy) with a _manifest.json; --chunk-size rows per shard; --resume embeds the
-    shards still missing. seqpool.load_embeddings(folder) reads it in input order.
+    shards still missing. Prompts, --long-texts, --truncate-dim and --precision work as
+    locally (int8/uint8 ranges: fitted once, kept in the manifest); --format, --skip-empty
+    and --chunk-output are local only. seqpool.load_embeddings(folder) reads it in input
+    order, decoded.
     """
     if engine == "ray":
         local_only = {"--format": output_format, "--skip-empty": skip_empty, "--chunk-output": chunk_output}
