@@ -118,6 +118,7 @@ def _solve_tasks(x: np.ndarray, y: np.ndarray, tasks: Sequence[Task], grid: list
     # machine OpenMP's busy-waiting made them 4x slower; one thread is also reproducible.
     with limited_threads(1):
         models = fit_logistic_problems(x, y, row_sets, c_values, num_classes)
+    predicted = models.predict_all(x) if any(not isinstance(plan, float) for _, plan in plans) else None
     outcomes = []
     for (refit, plan), (_, test_rows, _) in zip(plans, tasks):
         if isinstance(plan, float):
@@ -126,8 +127,8 @@ def _solve_tasks(x: np.ndarray, y: np.ndarray, tasks: Sequence[Task], grid: list
             correct = np.zeros(len(grid))
             for fold, val_rows in enumerate(plan):
                 for j, c in enumerate(grid):
-                    predicted = models.predict(x[val_rows], refit - len(plan) + fold, c_values.index(c))
-                    correct[j] += np.sum(predicted == y[val_rows])
+                    votes = predicted[val_rows, refit - len(plan) + fold, c_values.index(c)]
+                    correct[j] += np.sum(votes == y[val_rows])
             chosen = grid[int(np.argmax(correct))]
         outcomes.append((models.predict(x_test[np.asarray(test_rows)], refit, c_values.index(chosen)), chosen))
     return outcomes

@@ -53,8 +53,18 @@ class LinearModels:
 
     def predict(self, x: np.ndarray, row_set: int, c_index: int) -> np.ndarray:
         """Class indices predicted by problem (row_set, c_index)."""
-        logits = self.decision(x, row_set, c_index)
-        return (logits[:, 0] > 0).astype(np.int64) if logits.shape[1] == 1 else logits.argmax(axis=1)
+        return _classes(self.decision(x, row_set, c_index))
+
+    def predict_all(self, x: np.ndarray) -> np.ndarray:
+        """(n, sets, Cs) class indices of every problem on raw features ``x``, from one product:
+        the standardisation is folded into the weights (as :meth:`raw_linear` does), so all
+        problems share one ``x @ W`` instead of a standardised copy of ``x`` per problem."""
+        weight = self.weights / self.scale[:, None, :, None]  # (sets, Cs, dim, outputs)
+        bias = self.bias - np.einsum("sd,scdo->sco", self.mean, weight)
+        sets, cs, dim, outputs = weight.shape
+        flat = weight.transpose(2, 0, 1, 3).reshape(dim, sets * cs * outputs)
+        logits = np.asarray(x, dtype=np.float64) @ flat + bias.reshape(-1)
+        return _classes(logits.reshape(len(x), sets * cs, outputs)).reshape(len(x), sets, cs)
 
     def raw_linear(self, row_set: int, c_index: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         """(num_classes, dim) weight and (num_classes,) bias acting on raw (unstandardised) features,
@@ -68,16 +78,26 @@ class LinearModels:
         return weight.T.copy(), bias.copy()
 
 
+def _classes(logits: np.ndarray) -> np.ndarray:
+    """Class indices from (..., outputs) logits: the sign of a single logit, else the argmax."""
+    return (logits[..., 0] > 0).astype(np.int64) if logits.shape[-1] == 1 else logits.argmax(axis=-1)
+
+
 def set_statistics(x: np.ndarray, row_sets: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """StandardScaler's mean and scale (population std, 1 where it is 0) of every row set."""
-    means, scales = [], []
-    for rows in row_sets:
-        part = x[rows]
-        mean = part.mean(axis=0)
-        std = part.std(axis=0)
-        means.append(mean)
-        scales.append(np.where(std < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0), 1.0, std))
-    return np.stack(means), np.stack(scales)
+    """StandardScaler's mean and scale (population std, 1 where it is 0) of every row set.
+
+    Two products for all sets at once (``weights^T x`` and ``weights^T x^2``, a row's weight
+    being how often the set holds it over the set's size), on ``x`` centred by its overall mean
+    so the second moment loses no precision to a large mean.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    center = x.mean(axis=0)
+    centred = x - center
+    weights = np.stack([np.bincount(rows, minlength=len(x)) / max(len(rows), 1) for rows in row_sets], axis=1)
+    shifted_mean = weights.T @ centred
+    variance = np.maximum(weights.T @ (centred * centred) - shifted_mean ** 2, 0.0)
+    mean, std = shifted_mean + center, np.sqrt(variance)
+    return mean, np.where(std < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0), 1.0, std)
 
 
 def _preconditioners(x: np.ndarray, lambdas: np.ndarray) -> torch.Tensor:
@@ -128,6 +148,7 @@ def fit_logistic_problems(x: np.ndarray, y: np.ndarray, row_sets: Sequence[np.nd
     features_t = features.t().contiguous()  # X^T for the gradient's product, laid out for it
     problems = sets * cs
     weight_per_problem = row_weight_t[:, :, None].expand(-1, sets, cs).reshape(len(used), problems)
+    weighted_targets = weight_per_problem * target_values if outputs == 1 else None
 
     def evaluate(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every problem's objective (P,) and its gradient (P, size), P = sets * Cs, by hand
@@ -137,18 +158,20 @@ def fit_logistic_problems(x: np.ndarray, y: np.ndarray, row_sets: Sequence[np.nd
         w = weights_of(u)  # standardised-space weights (sets, Cs, dim, outputs)
         raw = (w * inverse_scale[:, None, :, None]).permute(2, 0, 1, 3).reshape(dim, problems * outputs)
         bias = b - torch.einsum("sd,scdo->sco", shift, w)
-        logits = (features @ raw).view(-1, problems, outputs) + bias.reshape(1, problems, outputs)
+        logits = torch.addmm(bias.reshape(1, -1), features, raw).view(-1, problems, outputs)
+        # (n, P) passes dominate once the products are batched: in-place where a value is not reused
         if outputs == 1:
             z = logits[..., 0]
-            loss = torch.nn.functional.softplus(z) - target_values * z  # (n, P)
-            residual = (torch.sigmoid(z) - target_values)[..., None]  # dloss/dlogit (n, P, 1)
+            # weighted sum of softplus(z) - y z per problem; dloss/dlogit = sigmoid(z) - y
+            values = torch.nn.functional.softplus(z).mul_(weight_per_problem).sum(dim=0) \
+                - (z * weighted_targets).sum(dim=0)
+            residual = torch.sigmoid(z).sub_(target_values).mul_(weight_per_problem)[..., None]  # (n, P, 1)
         else:
             log_norm = torch.logsumexp(logits, dim=-1)
-            loss = log_norm - (logits * one_hot).sum(-1)
-            residual = torch.exp(logits - log_norm[..., None]) - one_hot  # (n, P, K)
+            values = ((log_norm - (logits * one_hot).sum(-1)) * weight_per_problem).sum(dim=0)
+            residual = (torch.exp(logits - log_norm[..., None]) - one_hot) * weight_per_problem[..., None]
         penalty = 0.5 * lambdas_t * w.square().sum(dim=(2, 3))  # (sets, Cs)
-        values = (loss * weight_per_problem).sum(dim=0) + penalty.reshape(-1)
-        residual = residual * weight_per_problem[..., None]
+        values = values + penalty.reshape(-1)
         grad_bias = residual.sum(dim=0).view(sets, cs, outputs)
         grad_raw = (features_t @ residual.reshape(len(used), -1)).view(dim, sets, cs, outputs).permute(1, 2, 0, 3)
         grad_w = grad_raw * inverse_scale[:, None, :, None] - shift[:, None, :, None] * grad_bias[:, :, None, :]
