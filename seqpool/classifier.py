@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
 from seqpool.layers import Pooler
-from seqpool.pooling import normalize_mask
+from seqpool.pooling import masked_mean, normalize_mask
 from seqpool.serialization import CONFIG_NAME, REQUIRED, config_fields, load_state, read_config, save_module
 from seqpool.states import TokenStates
 
@@ -144,21 +144,31 @@ class PooledClassifier(nn.Module):
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """(B, num_labels) logits."""
-        pooled = self.pooler(self.standardize(hidden_states, attention_mask), attention_mask)
-        return self.head(pooled.float())
+        return self._logits(self.standardize(hidden_states, attention_mask), attention_mask)
+
+    def _logits(self, standardized: Tensor, attention_mask: Tensor) -> Tensor:
+        """Logits of states already standardised (padding zero): what :meth:`forward` does after
+        :meth:`standardize`, shared with training, which standardises while it gathers a batch."""
+        return self.head(self.pooler(standardized, attention_mask).float())
+
+    def _standardized_batch(self, states: TokenStates, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        """``standardize(*states.padded(rows))`` in one gather: only real tokens are standardised
+        and padding is zero from the start (no masking pass over the padded batch)."""
+        return states.padded(rows, transform=lambda tokens: (tokens - self.shift) * self.scale)
 
     def fit_standardization(self, states: TokenStates) -> None:
         """Per-channel mean and 1/std of the real tokens of ``states``.
 
-        Accumulated in float64 chunk by chunk, so no float64 copy of every token is made.
+        Chunk by chunk (float32 sums of a few thousand tokens, added up in float64), so no
+        float64 copy of every token is made.
         """
         count = states.states.shape[0]
         total = torch.zeros(self.dim, dtype=torch.float64)
         squares = torch.zeros(self.dim, dtype=torch.float64)
-        for start in range(0, count, 65536):
-            chunk = states.states[start:start + 65536].double()
-            total += chunk.sum(dim=0)
-            squares += chunk.square().sum(dim=0)
+        for start in range(0, count, 8192):  # float32 partial sums of 8192 tokens, added up in float64
+            chunk = states.states[start:start + 8192].float()
+            total += chunk.sum(dim=0).double()
+            squares += chunk.square().sum(dim=0).double()
         mean = total / max(count, 1)
         variance = (squares - count * mean.square()).clamp(min=0.0) / max(count - 1, 1)
         self.shift.copy_(mean.float())
@@ -200,23 +210,37 @@ class PooledClassifier(nn.Module):
         """The epochs of :meth:`fit`: AdamW steps, early stopping, best weights restored."""
         generator = torch.Generator().manual_seed(settings.seed)
         self.fit_standardization(states.subset(train_rows))
-        optimizer = torch.optim.AdamW(self.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        optimizer = torch.optim.AdamW(self.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
+                                      **_fast_adamw(self))
         targets = torch.as_tensor(y, dtype=torch.long)
+        lengths = states.lengths().numpy()
+        val_order = val_rows[np.argsort(lengths[val_rows], kind="stable")]
+        val_targets = targets[val_order]
+        if self.pooler.pools_from_mean:  # e.g. se_mean: each text pooled once, training runs on (N, D) means
+            means = self._standardized_means(states)
+            logits_of = lambda rows: self.head(self.pooler.from_mean(means[rows]).float())  # noqa: E731
+            epoch_batches = lambda: _shuffled_batches(train_rows, settings.batch_size, generator)  # noqa: E731
+            val_batches = [val_order]
+        else:
+            logits_of = lambda rows: self._logits(*self._standardized_batch(states, rows))  # noqa: E731
+            epoch_batches = lambda: length_bucketed_batches(train_rows, lengths, settings.batch_size,  # noqa: E731
+                                                            generator)
+            val_batches = [val_order[start:start + _PREDICT_BATCH] for start in range(0, len(val_order),
+                                                                                        _PREDICT_BATCH)]
         best = (-1.0, float("inf"))
         best_state, stale, self.history_ = copy.deepcopy(self.state_dict()), 0, []
         for epoch in range(settings.max_epochs):
             self.train()
-            order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
-            for start in range(0, len(order), settings.batch_size):
-                rows = order[start:start + settings.batch_size]
-                hidden, mask = states.padded(rows)
-                loss = nn.functional.cross_entropy(self(hidden, mask), targets[rows])
+            for rows in epoch_batches():
+                loss = nn.functional.cross_entropy(logits_of(rows), targets[rows])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            val_logits = torch.from_numpy(self.predict_logits(states, val_rows))
-            val_loss = float(nn.functional.cross_entropy(val_logits, targets[val_rows]))
-            val_acc = float((val_logits.argmax(1) == targets[val_rows]).float().mean())
+            self.eval()
+            with torch.no_grad():
+                val_logits = torch.cat([logits_of(rows) for rows in val_batches])
+            val_loss = float(nn.functional.cross_entropy(val_logits, val_targets))
+            val_acc = float((val_logits.argmax(1) == val_targets).float().mean())
             self.history_.append({"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc})
             if (val_acc, -val_loss) > (best[0], -best[1]):
                 best, best_state, stale = (val_acc, val_loss), copy.deepcopy(self.state_dict()), 0
@@ -225,6 +249,15 @@ class PooledClassifier(nn.Module):
                 if stale >= settings.patience:
                     break
         self.load_state_dict(best_state)
+
+    @torch.no_grad()
+    def _standardized_means(self, states: TokenStates) -> Tensor:
+        """(N, D) float32 masked means of every text's standardised states (length-sorted batches)."""
+        means = torch.zeros(len(states), self.dim)
+        for rows in np.array_split(states.length_sorted(), max(1, -(-len(states) // _PREDICT_BATCH))):
+            hidden, mask = self._standardized_batch(states, rows)
+            means[torch.from_numpy(rows)] = masked_mean(hidden, mask).float()
+        return means
 
     @torch.no_grad()
     def predict_logits(self, states: TokenStates, indices: Sequence[int] | np.ndarray | None = None,
@@ -238,8 +271,8 @@ class PooledClassifier(nn.Module):
         by_length = np.argsort(states.lengths().numpy()[rows], kind="stable")  # less padding per batch
         for start in range(0, len(rows), batch_size):
             positions = by_length[start:start + batch_size]
-            hidden, mask = states.padded(rows[positions])
-            logits[positions] = self(hidden, mask).numpy()
+            hidden, mask = self._standardized_batch(states, rows[positions])
+            logits[positions] = self._logits(hidden, mask).numpy()
         self.train(was_training)
         return logits
 
@@ -292,6 +325,48 @@ class PooledClassifier(nn.Module):
         except (TypeError, SeqpoolError) as error:  # e.g. pooler_kwargs the strategy does not take
             raise SeqpoolError(f"{path} does not describe a valid PooledClassifier: {error}") from None
         return load_state(model, directory).eval()
+
+
+#: Rows per batch when only predicting (no gradients: larger batches, fewer steps).
+_PREDICT_BATCH = 256
+#: Length buckets hold this many batches: shuffled enough to keep SGD's randomness, sorted
+#: enough that a batch pads to about its own length rather than the corpus' longest text.
+_BATCHES_PER_BUCKET = 16
+
+
+def _fast_adamw(module: nn.Module) -> dict[str, bool]:
+    """AdamW's fused kernel when every parameter is a float tensor on the CPU or CUDA: one kernel
+    per step instead of a dozen small ops per parameter, which dominate the step of a small
+    pooler (the same update rule; only the rounding of its arithmetic differs)."""
+    parameters = list(module.parameters())
+    fusable = parameters and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
+    return {"fused": True} if fusable else {}
+
+
+def _shuffled_batches(rows: np.ndarray, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
+    """One epoch's batches of ``rows`` in a random order drawn from ``generator``."""
+    order = rows[torch.randperm(len(rows), generator=generator).numpy()]
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def length_bucketed_batches(rows: np.ndarray, lengths: np.ndarray, batch_size: int,
+                            generator: torch.Generator) -> list[np.ndarray]:
+    """One epoch's batches of ``rows``: shuffled, cut into buckets of ``_BATCHES_PER_BUCKET``
+    batches, each bucket sorted by length and cut into batches, and the batches shuffled.
+
+    Random batches of short texts pad to the longest text in them (on SentEval MR about twice
+    the mean length), so most of an epoch's work is padding; "sortish" batches (as fastai's
+    ``SortishSampler``) cut that while every epoch still sees new batch compositions and
+    orders. All draws come from ``generator``: the seed fixes every batch.
+    """
+    order = rows[torch.randperm(len(rows), generator=generator).numpy()]
+    bucket = batch_size * _BATCHES_PER_BUCKET
+    batches = []
+    for start in range(0, len(order), bucket):
+        chunk = order[start:start + bucket]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def _check_targets(y: Sequence[int] | np.ndarray, count: int, num_labels: int) -> np.ndarray:

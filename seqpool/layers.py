@@ -96,8 +96,12 @@ class AttentionPooling(nn.Module):
         Float32 at least (float64 when the states or the module are float64).
         """
         mask = _width_checked_mask(hidden_states, attention_mask, self.dim, "AttentionPooling")
-        states = fill_padding(hidden_states, mask).to(self._parameter_dtype())
-        dtype = torch.promote_types(upcast(hidden_states).dtype, states.dtype)
+        return self._weights(fill_padding(hidden_states, mask), mask)
+
+    def _weights(self, filled: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`attention_weights` of states whose padding is already zero (``filled``)."""
+        states = filled.to(self._parameter_dtype())
+        dtype = torch.promote_types(upcast(filled).dtype, states.dtype)
         scores = self.score(states).to(dtype)  # (B, T, heads)
         scores = scores.masked_fill(~mask.unsqueeze(-1), torch.finfo(dtype).min)
         weights = torch.softmax(scores, dim=1) * mask.any(dim=1).to(dtype)[:, None, None]
@@ -107,10 +111,10 @@ class AttentionPooling(nn.Module):
         self, hidden_states: Tensor, attention_mask: Tensor | None = None, return_weights: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Pool to (B, heads*dim); with ``return_weights`` also return the (B, heads, T) weights."""
-        mask = normalize_mask(hidden_states, attention_mask)
-        weights = self.attention_weights(hidden_states, mask)
-        states = fill_padding(hidden_states.to(weights.dtype), mask)
-        pooled = torch.einsum("bht,btd->bhd", self.dropout(weights), states)
+        mask = _width_checked_mask(hidden_states, attention_mask, self.dim, "AttentionPooling")
+        filled = fill_padding(hidden_states, mask)  # once: it feeds both the scores and the weighted sum
+        weights = self._weights(filled, mask)
+        pooled = torch.einsum("bht,btd->bhd", self.dropout(weights), filled.to(weights.dtype))
         pooled = pooled.reshape(hidden_states.shape[0], self.output_dim).to(hidden_states.dtype)
         return (pooled, weights) if return_weights else pooled
 
@@ -161,9 +165,11 @@ class SqueezeExcitation(nn.Module):
     def channel_weights(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """(B, D) excitation gates (float32 at least) computed from the masked squeeze."""
         mask = _width_checked_mask(hidden_states, attention_mask, self.dim, "SqueezeExcitation")
-        squeezed = masked_mean(upcast(hidden_states), mask)
-        dtype = self.fc1.weight.dtype
-        return upcast(self.gate(self.fc2(self.act(self.fc1(squeezed.to(dtype))))))
+        return self.excite(masked_mean(upcast(hidden_states), mask))
+
+    def excite(self, squeezed: Tensor) -> Tensor:
+        """(B, D) gates (float32 at least) from the (B, D) squeezed states."""
+        return upcast(self.gate(self.fc2(self.act(self.fc1(squeezed.to(self.fc1.weight.dtype))))))
 
     def scaled_states(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """The (B, T, D) output before it is cast back to the input dtype (float32 at least).
@@ -181,12 +187,21 @@ class SqueezeExcitation(nn.Module):
 class SqueezeExcitationMean(SqueezeExcitation):
     """The ``se_mean`` strategy: :class:`SqueezeExcitation` gates, then the masked mean -> (B, D).
 
-    Pools the float32 gated states, so fp16/bf16 tokens are not rounded before the mean.
+    Computed as the float32 masked mean times the gates (equal to the mean of the gated
+    states), so fp16/bf16 tokens are not rounded before the mean.
     """
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        scaled = self.scaled_states(hidden_states, attention_mask)
-        return masked_mean(scaled, attention_mask).to(hidden_states.dtype)
+        # The gates are one scale per channel, the same for every token, so they commute with
+        # the mean: mean(h * g) = mean(h) * g. Gating the (B, D) mean instead of the (B, T, D)
+        # states makes the module one masked mean, which is what makes training it cheap.
+        mask = _width_checked_mask(hidden_states, attention_mask, self.dim, "SqueezeExcitation")
+        return self.from_mean(masked_mean(upcast(hidden_states), mask)).to(hidden_states.dtype)
+
+    def from_mean(self, mean: Tensor) -> Tensor:
+        """The pooled (B, D) vectors from the (B, D) masked mean of the states: all this module
+        needs of the tokens, so a trainer can pool each text once and train on the means."""
+        return mean * self.excite(mean)
 
 
 def attention_token_weights(hidden_states: Tensor, attention_mask: Tensor, module: AttentionPooling) -> Tensor:
@@ -241,6 +256,18 @@ class Pooler(nn.Module):
     @property
     def is_learned(self) -> bool:
         return self.module is not None
+
+    @property
+    def pools_from_mean(self) -> bool:
+        """Whether the output depends on the tokens only through their masked mean (the module
+        has ``from_mean``, as ``se_mean`` does): then ``forward(h, m) == from_mean(masked_mean(h, m))``."""
+        return callable(getattr(self.module, "from_mean", None))
+
+    def from_mean(self, mean: Tensor) -> Tensor:
+        """Pool from the (B, D) masked mean of the states (see :attr:`pools_from_mean`)."""
+        if not self.pools_from_mean:
+            raise SeqpoolError(f"strategy {self.strategy!r} needs every token, not only their mean")
+        return self.module.from_mean(mean)
 
     def forward(
         self, hidden_states: Tensor, attention_mask: Tensor | None = None, return_weights: bool = False

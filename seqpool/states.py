@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -63,9 +63,14 @@ class TokenStates:
             raise SeqpoolError(f"index {bad} is out of range for {len(self)} texts (indices run 0..{len(self) - 1})")
         return array
 
-    def padded(self, indices: Sequence[int] | np.ndarray | None = None,
-               dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-        """Right-padded (B, T_max, D) states and (B, T_max) bool mask for the chosen texts."""
+    def padded(self, indices: Sequence[int] | np.ndarray | None = None, dtype: torch.dtype = torch.float32,
+               transform: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Right-padded (B, T_max, D) states and (B, T_max) bool mask for the chosen texts.
+
+        ``transform`` maps the real tokens' (n_tokens, D) states (already in ``dtype``) before
+        they are placed, e.g. a standardisation: only real tokens are touched, and padding stays
+        exactly zero, with no masking pass over the padded batch.
+        """
         rows = self._indices(indices)
         starts = self.offsets[torch.from_numpy(rows)]
         lengths = self.offsets[torch.from_numpy(rows) + 1] - starts
@@ -73,7 +78,8 @@ class TokenStates:
         mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
         token_index = (starts.unsqueeze(1) + torch.arange(width).unsqueeze(0))[mask]
         hidden = torch.zeros(len(rows), width, self.dim, dtype=dtype)
-        hidden[mask] = self.states[token_index].to(dtype)
+        values = self.states[token_index].to(dtype)
+        hidden[mask] = values if transform is None else transform(values)
         return hidden, mask
 
     def iter_batches(self, indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 256,
