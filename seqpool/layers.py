@@ -260,8 +260,10 @@ class Pooler(nn.Module):
     @property
     def pools_from_mean(self) -> bool:
         """Whether the output depends on the tokens only through their masked mean (the module
-        has ``from_mean``, as ``se_mean`` does): then ``forward(h, m) == from_mean(masked_mean(h, m))``."""
-        return callable(getattr(self.module, "from_mean", None))
+        has ``from_mean`` and does not set ``pools_from_mean`` false, as ``se_mean`` and
+        ``scalar_mix`` with the mean): then ``forward(h, m) == from_mean(masked_mean(h, m))``."""
+        module = self.module
+        return callable(getattr(module, "from_mean", None)) and bool(getattr(module, "pools_from_mean", True))
 
     def from_mean(self, mean: Tensor) -> Tensor:
         """Pool from the (B, D) masked mean of the states (see :attr:`pools_from_mean`)."""

@@ -125,6 +125,20 @@ class ScalarMixPooling(nn.Module):
         return pool(mixed, mask, self.strategy).to(stacked.dtype)
 
     @property
+    def pools_from_mean(self) -> bool:
+        """With ``mean`` the mix commutes with the pooling (both are linear): mixing each
+        layer's mean gives the mean of the mix, so a trainer may pool each text once."""
+        return self.strategy == "mean"
+
+    def from_mean(self, mean: Tensor) -> Tensor:
+        """(B, D) pooled vectors from the (B, L * D) masked means of the layers side by side."""
+        if not self.pools_from_mean:
+            raise SeqpoolError(f"scalar_mix with strategy {self.strategy!r} needs every token, not their mean")
+        layers = mean.reshape(mean.shape[0], self.num_layers, -1)
+        weights = (self.mix.layer_weights() * self.mix.gamma).to(layers.dtype)
+        return torch.einsum("l,bld->bd", weights, layers)
+
+    @property
     def config(self) -> dict[str, Any]:
         return {"seqpool_type": "ScalarMixPooling", "seqpool_version": __version__, "num_layers": self.num_layers,
                 "strategy": self.strategy, "gamma": self.mix.gamma_init, "learn_gamma": self.mix.learn_gamma}

@@ -16,7 +16,9 @@ import torch
 from seqpool.classifier import PooledClassifier, length_bucketed_batches
 from seqpool.evaluation.logistic import fit_logistic_problems, set_statistics
 from seqpool.layers import Pooler, SqueezeExcitationMean
+from seqpool.errors import SeqpoolError
 from seqpool.pooling import masked_mean
+from seqpool.scalar_mix import ScalarMixPooling
 from seqpool.states import TokenStates
 
 
@@ -75,6 +77,23 @@ def test_se_mean_from_the_mean_equals_gating_every_token():
     assert pooler.pools_from_mean
     assert torch.allclose(pooler.from_mean(masked_mean(hidden, mask)), pooler(hidden, mask), atol=1e-12)
     assert not Pooler("attention", dim=8).pools_from_mean
+
+
+@pytest.mark.parametrize("strategy", ["mean", "max"])
+def test_scalar_mix_pools_from_the_mean_only_with_the_mean(strategy):
+    module = ScalarMixPooling(3, strategy=strategy).double()
+    with torch.no_grad():
+        module.mix.weights.copy_(torch.tensor([0.3, -1.0, 0.5]))
+        module.mix.gamma.fill_(1.7)
+    hidden = torch.randn(2, 4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    assert module.pools_from_mean == (strategy == "mean")
+    if strategy == "mean":
+        assert torch.allclose(module.from_mean(masked_mean(hidden, mask)), module(hidden, mask), atol=1e-12)
+        assert Pooler("scalar_mix", dim=12, num_layers=3).pools_from_mean
+    else:
+        with pytest.raises(SeqpoolError, match="needs every token"):
+            module.from_mean(masked_mean(hidden, mask))
 
 
 def _toy_states(n: int = 120, dim: int = 6, seed: int = 3) -> tuple[TokenStates, np.ndarray]:
