@@ -214,7 +214,7 @@ class PooledClassifier(nn.Module):
                                       **_fast_adamw(self))
         targets = torch.as_tensor(y, dtype=torch.long)
         lengths = states.lengths().numpy()
-        val_order = val_rows[np.argsort(lengths[val_rows], kind="stable")]
+        val_order = states.length_sorted(val_rows)
         val_targets = targets[val_order]
         if self.pooler.pools_from_mean:  # e.g. se_mean: each text pooled once, training runs on (N, D) means
             means = self._standardized_means(states)

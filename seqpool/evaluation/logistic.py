@@ -57,10 +57,9 @@ class LinearModels:
 
     def predict_all(self, x: np.ndarray) -> np.ndarray:
         """(n, sets, Cs) class indices of every problem on raw features ``x``, from one product:
-        the standardisation is folded into the weights (as :meth:`raw_linear` does), so all
+        the standardisation is folded into the weights (:meth:`_folded`), so all
         problems share one ``x @ W`` instead of a standardised copy of ``x`` per problem."""
-        weight = self.weights / self.scale[:, None, :, None]  # (sets, Cs, dim, outputs)
-        bias = self.bias - np.einsum("sd,scdo->sco", self.mean, weight)
+        weight, bias = self._folded()
         sets, cs, dim, outputs = weight.shape
         flat = weight.transpose(2, 0, 1, 3).reshape(dim, sets * cs * outputs)
         logits = np.asarray(x, dtype=np.float64) @ flat + bias.reshape(-1)
@@ -70,12 +69,18 @@ class LinearModels:
         """(num_classes, dim) weight and (num_classes,) bias acting on raw (unstandardised) features,
         with the standardisation folded in; two classes become the logits ``(0, z)``, which give the
         same argmax and softmax as the sigmoid."""
-        weight = self.weights[row_set, c_index] / self.scale[row_set][:, None]  # (dim, outputs)
-        bias = self.bias[row_set, c_index] - self.mean[row_set] @ weight
+        weights, biases = self._folded()
+        weight, bias = weights[row_set, c_index], biases[row_set, c_index]  # (dim, outputs), (outputs,)
         if weight.shape[1] == 1 and num_classes == 2:
             weight = np.concatenate([np.zeros_like(weight), weight], axis=1)
             bias = np.concatenate([np.zeros_like(bias), bias])
         return weight.T.copy(), bias.copy()
+
+    def _folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sets, Cs, dim, outputs) weights and (sets, Cs, outputs) biases of every problem acting on
+        raw features: ``((x - mean) / scale) @ w + b == x @ (w / scale) + (b - mean @ (w / scale))``."""
+        weight = self.weights / self.scale[:, None, :, None]
+        return weight, self.bias - np.einsum("sd,scdo->sco", self.mean, weight)
 
 
 def _classes(logits: np.ndarray) -> np.ndarray:
