@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
 from seqpool.layers import Pooler
-from seqpool.pooling import masked_mean, normalize_mask
+from seqpool.pooling import normalize_mask
 from seqpool.serialization import CONFIG_NAME, REQUIRED, config_fields, load_state, read_config, save_module
 from seqpool.states import TokenStates
 
@@ -144,12 +144,14 @@ class PooledClassifier(nn.Module):
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """(B, num_labels) logits."""
-        return self._logits(self.standardize(hidden_states, attention_mask), attention_mask)
+        mask = normalize_mask(hidden_states, attention_mask)
+        return self._logits(self.standardize(hidden_states, mask), mask)
 
-    def _logits(self, standardized: Tensor, attention_mask: Tensor) -> Tensor:
-        """Logits of states already standardised (padding zero): what :meth:`forward` does after
-        :meth:`standardize`, shared with training, which standardises while it gathers a batch."""
-        return self.head(self.pooler(standardized, attention_mask).float())
+    def _logits(self, standardized: Tensor, mask: Tensor) -> Tensor:
+        """Logits of states already standardised with padding zero and a (B, T) bool mask: what
+        :meth:`forward` does after :meth:`standardize`, shared with training, which gathers
+        batches that way."""
+        return self.head(self.pooler.pool_filled(standardized, mask).float())
 
     def _standardized_batch(self, states: TokenStates, rows: np.ndarray) -> tuple[Tensor, Tensor]:
         """``standardize(*states.padded(rows))`` in one gather: only real tokens are standardised
@@ -222,7 +224,10 @@ class PooledClassifier(nn.Module):
             epoch_batches = lambda: _shuffled_batches(train_rows, settings.batch_size, generator)  # noqa: E731
             val_batches = [val_order]
         else:
-            logits_of = lambda rows: self._logits(*self._standardized_batch(states, rows))  # noqa: E731
+            batch_of = _standardized_copy(states, self.shift, self.scale)  # one gather per batch
+            if batch_of is None:  # too large to copy: convert and standardise while gathering
+                batch_of = lambda rows: self._standardized_batch(states, rows)  # noqa: E731
+            logits_of = lambda rows: self._logits(*batch_of(rows))  # noqa: E731
             epoch_batches = lambda: length_bucketed_batches(train_rows, lengths, settings.batch_size,  # noqa: E731
                                                             generator)
             val_batches = [val_order[start:start + _PREDICT_BATCH] for start in range(0, len(val_order),
@@ -252,12 +257,10 @@ class PooledClassifier(nn.Module):
 
     @torch.no_grad()
     def _standardized_means(self, states: TokenStates) -> Tensor:
-        """(N, D) float32 masked means of every text's standardised states (length-sorted batches)."""
-        means = torch.zeros(len(states), self.dim)
-        for rows in np.array_split(states.length_sorted(), max(1, -(-len(states) // _PREDICT_BATCH))):
-            hidden, mask = self._standardized_batch(states, rows)
-            means[torch.from_numpy(rows)] = masked_mean(hidden, mask).float()
-        return means
+        """(N, D) float32 masked means of every text's standardised states: the standardisation
+        is affine, so it commutes with the mean and is applied to the raw means."""
+        means = (states.means() - self.shift) * self.scale
+        return means.masked_fill(states.lengths().unsqueeze(1) == 0, 0.0)  # a text without tokens pools to 0
 
     @torch.no_grad()
     def predict_logits(self, states: TokenStates, indices: Sequence[int] | np.ndarray | None = None,
@@ -332,6 +335,44 @@ _PREDICT_BATCH = 256
 #: Length buckets hold this many batches: shuffled enough to keep SGD's randomness, sorted
 #: enough that a batch pads to about its own length rather than the corpus' longest text.
 _BATCHES_PER_BUCKET = 16
+
+
+#: Largest float32 copy of the training tokens a fit makes (bytes); above it, batches are
+#: converted and standardised as they are gathered.
+TRAINING_COPY_BYTES = 1 << 30
+
+
+class _StandardizedTokens:
+    """The training texts' tokens standardised once, in float32, with a zero row after them.
+
+    An epoch gathers every training token again; from this copy a batch is one gather (a
+    padding position points at the zero row), with no conversion, standardisation or
+    masking pass per batch. Calling it gives what ``_standardized_batch`` gives.
+    """
+
+    def __init__(self, states: TokenStates, shift: Tensor, scale: Tensor):
+        count = states.states.shape[0]
+        self.tokens = torch.empty(count + 1, states.dim)
+        self.tokens[count] = 0.0
+        for start in range(0, count, 8192):  # chunks: no full-size temporaries
+            end = min(start + 8192, count)
+            self.tokens[start:end] = (states.states[start:end].float() - shift) * scale
+        self.offsets, self.lengths, self.padding_row = states.offsets, states.lengths(), count
+
+    def __call__(self, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        index = torch.as_tensor(np.ascontiguousarray(rows, dtype=np.int64))
+        lengths = self.lengths[index]
+        positions = torch.arange(int(lengths.max()) if len(index) else 0)
+        mask = positions < lengths.unsqueeze(1)
+        tokens = torch.where(mask, self.offsets[index].unsqueeze(1) + positions, self.padding_row)
+        return self.tokens[tokens], mask
+
+
+def _standardized_copy(states: TokenStates, shift: Tensor, scale: Tensor) -> _StandardizedTokens | None:
+    """A :class:`_StandardizedTokens` of ``states`` when its copy fits :data:`TRAINING_COPY_BYTES`."""
+    if (states.states.shape[0] + 1) * states.dim * 4 > TRAINING_COPY_BYTES:
+        return None
+    return _StandardizedTokens(states, shift, scale)
 
 
 def _fast_adamw(module: nn.Module) -> dict[str, bool]:

@@ -113,10 +113,18 @@ class AttentionPooling(nn.Module):
         """Pool to (B, heads*dim); with ``return_weights`` also return the (B, heads, T) weights."""
         mask = _width_checked_mask(hidden_states, attention_mask, self.dim, "AttentionPooling")
         filled = fill_padding(hidden_states, mask)  # once: it feeds both the scores and the weighted sum
+        pooled, weights = self._pool(filled, mask)
+        return (pooled, weights) if return_weights else pooled
+
+    def pool_filled(self, filled: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`forward` of states whose padding is already zero, with a (B, T) bool mask:
+        training batches are gathered that way, so the masking pass over (B, T, D) is skipped."""
+        return self._pool(filled, mask)[0]
+
+    def _pool(self, filled: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         weights = self._weights(filled, mask)
         pooled = torch.einsum("bht,btd->bhd", self.dropout(weights), filled.to(weights.dtype))
-        pooled = pooled.reshape(hidden_states.shape[0], self.output_dim).to(hidden_states.dtype)
-        return (pooled, weights) if return_weights else pooled
+        return pooled.reshape(filled.shape[0], self.output_dim).to(filled.dtype), weights
 
     def _parameter_dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -270,6 +278,12 @@ class Pooler(nn.Module):
         if not self.pools_from_mean:
             raise SeqpoolError(f"strategy {self.strategy!r} needs every token, not only their mean")
         return self.module.from_mean(mean)
+
+    def pool_filled(self, filled: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`forward` of states whose padding is already zero, with a (B, T) bool mask:
+        a module with its own ``pool_filled`` then skips its masking pass over the states."""
+        pool = getattr(self.module, "pool_filled", None)
+        return pool(filled, mask) if callable(pool) else self(filled, mask)
 
     def forward(
         self, hidden_states: Tensor, attention_mask: Tensor | None = None, return_weights: bool = False

@@ -106,6 +106,15 @@ class TokenStates:
                 pooled[strategy][rows] = vectors.float().numpy()
         return pooled
 
+    def means(self) -> Tensor:
+        """(N, D) float32 mean of each text's tokens (zeros for a text with none), from segment
+        sums over the flat states: no padded batch is built."""
+        sums = torch.zeros(len(self), self.dim)
+        owner = torch.repeat_interleave(torch.arange(len(self)), self.lengths())
+        for start in range(0, self.states.shape[0], 8192):  # float32 chunks, no full-size copy
+            sums.index_add_(0, owner[start:start + 8192], self.states[start:start + 8192].float())
+        return sums / self.lengths().clamp(min=1).unsqueeze(1).float()
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> "TokenStates":
         """A new TokenStates with the chosen texts, in the given order."""
         rows = torch.from_numpy(self._indices(indices))

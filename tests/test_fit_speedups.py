@@ -4,7 +4,9 @@
   product, against a loop over the sets / problems;
 * learned poolers: length-bucketed batches cover every row once per epoch and are fixed by
   the seed; ``se_mean`` pooled from the mean equals gating the tokens; a classifier trained on
-  pre-pooled means predicts with the token path it is saved with.
+  pre-pooled means predicts with the token path it is saved with; batches gathered from the
+  standardised training copy are the ones a transforming gather gives (and train the same
+  weights); means from segment sums; ``pool_filled`` is ``forward`` on zero-padded states.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from seqpool.classifier import PooledClassifier, length_bucketed_batches
+from seqpool import classifier
+from seqpool.classifier import PooledClassifier, _standardized_copy, length_bucketed_batches
 from seqpool.evaluation.logistic import fit_logistic_problems, set_statistics
 from seqpool.layers import Pooler, SqueezeExcitationMean
 from seqpool.errors import SeqpoolError
@@ -120,3 +123,44 @@ def test_training_shortcuts_learn_and_match_the_saved_forward(strategy):
     hidden, mask = states.padded()
     with torch.no_grad():
         assert np.allclose(model(hidden, mask).numpy(), model.predict_logits(states), atol=1e-5)
+
+
+def test_the_standardised_training_copy_gathers_what_the_transforming_gather_gives():
+    states, _ = _toy_states()
+    empty = TokenStates(states.states, torch.cat([states.offsets[:3], states.offsets[2:]]))  # text 2 has no token
+    model = PooledClassifier("attention", states.dim, 2)
+    model.fit_standardization(empty)
+    copy = _standardized_copy(empty, model.shift, model.scale)
+    for rows in (np.array([5, 2, 17, 0]), np.array([2]), np.arange(len(empty))[::-1]):
+        hidden, mask = copy(rows)
+        expected_hidden, expected_mask = model._standardized_batch(empty, rows)
+        assert torch.equal(mask, expected_mask) and torch.equal(hidden, expected_hidden)
+
+
+def test_a_fit_too_large_to_copy_trains_the_same_weights(monkeypatch):
+    states, y = _toy_states()
+    copied = PooledClassifier("attention", states.dim, 2, max_epochs=3).fit(states, y, seed=2)
+    monkeypatch.setattr(classifier, "TRAINING_COPY_BYTES", 0)
+    assert classifier._standardized_copy(states, copied.shift, copied.scale) is None
+    gathered = PooledClassifier("attention", states.dim, 2, max_epochs=3).fit(states, y, seed=2)
+    for name, value in copied.state_dict().items():
+        assert torch.equal(value, gathered.state_dict()[name]), name
+
+
+def test_means_from_segment_sums_match_the_padded_masked_mean():
+    states, _ = _toy_states()
+    states = TokenStates(states.states, torch.cat([states.offsets[:3], states.offsets[2:]]))  # an empty text
+    hidden, mask = states.padded()
+    means = states.means()
+    assert means.dtype == torch.float32 and torch.equal(means[2], torch.zeros(states.dim))
+    assert torch.allclose(means, masked_mean(hidden, mask).float(), atol=1e-6)
+
+
+def test_pool_filled_is_forward_on_states_with_zero_padding():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    filled = hidden.masked_fill(~mask.unsqueeze(-1), 0.0)
+    for pooler in (Pooler("attention", dim=8, heads=2), Pooler("se_mean", dim=8), Pooler("max")):
+        pooler.eval()
+        assert torch.equal(pooler.pool_filled(filled, mask), pooler(hidden, mask)), pooler.strategy
