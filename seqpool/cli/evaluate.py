@@ -87,7 +87,7 @@ def parse_c_grid(value: str | None) -> tuple[float, ...] | None:
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the token-state cache.")
 @click.option("--batch-size", type=int, help="Most texts per encoder batch.")
 @click.option("--device", help="torch device for the encoder [default: cpu].")
-@click.option("--threads", type=int, help="Cap torch/BLAS threads (1 is fastest on a busy machine).")
+@click.option("--threads", type=int, help="CPUs to use: encoder threads, and single-threaded fit workers (default: all).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every number to this JSON file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write per-strategy score distributions with CIs to this image (.png/.pdf/.svg).")

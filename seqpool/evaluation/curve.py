@@ -13,9 +13,10 @@ import numpy as np
 import seqpool.stats as stats
 from seqpool.errors import SeqpoolError
 from seqpool.evaluation.data import LabelledTexts
-from seqpool.evaluation.protocol import Corpus, Fitter, Runs
+from seqpool.evaluation.protocol import Corpus, Jobs, fit_all
 from seqpool.evaluation.result import clip_interval
 from seqpool.evaluation.settings import derive_seed, parameter_error
+from seqpool.evaluation.workers import FitWorkers
 
 Log = Callable[[str], None]
 
@@ -61,22 +62,26 @@ def plan_curve(train: LabelledTexts, test: LabelledTexts | None, sizes: Sequence
     return pool_rows, test_rows, description
 
 
-def run_learning_curve(strategies: Sequence[str], fitter: Fitter, train: Corpus, pool_rows: np.ndarray,
+def run_learning_curve(strategies: Sequence[str], workers: FitWorkers, train: Corpus, pool_rows: np.ndarray,
                        test: Corpus, test_rows: np.ndarray, log: Log) -> dict[str, Any]:
     """Accuracy +- CI per strategy and per examples-per-class, over balanced subsamples.
 
     The CI resamples experiments and test examples (both are random), like seeds x examples.
     """
-    s = fitter.settings
-    curve: dict[str, list[dict[str, Any]]] = {name: [] for name in strategies}
+    s = workers.fitter.settings
+    jobs: Jobs = {}
     for per_class in s.learning_curve:
         samples = [learning_curve_samples(train.labels, pool_rows, per_class,
                                           derive_seed(s.seed, "curve", per_class, e))
                    for e in range(s.curve_experiments)]
         for name in strategies:
-            runs = Runs()
-            fitter.run_many(runs, name, train, test, [(rows, test_rows, derive_seed(s.seed, "curve", per_class, e))
-                                                      for e, rows in enumerate(samples)])
+            jobs[per_class, name] = (name, train, test, [(rows, test_rows, derive_seed(s.seed, "curve", per_class, e))
+                                                          for e, rows in enumerate(samples)])
+    fitted, _ = fit_all(workers, jobs)
+    curve: dict[str, list[dict[str, Any]]] = {name: [] for name in strategies}
+    for per_class in s.learning_curve:
+        for name in strategies:
+            runs = fitted[per_class, name]
             boot = stats.bootstrap_mean(runs.correct_matrix(), n_resamples=s.n_resamples,
                                         seed=derive_seed(s.seed, "bootstrap", per_class))
             curve[name].append({"n_per_class": per_class, "mean": boot.estimate, "ci95": clip_interval(boot.ci),

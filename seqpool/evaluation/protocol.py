@@ -20,9 +20,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import seqpool.stats as stats
-from seqpool.evaluation.classifiers import accuracy_and_f1, fit_predict_learned, fit_predict_logistic_many
+from seqpool.evaluation.classifiers import Task, accuracy_and_f1, fit_predict_learned, fit_predict_logistic_many
 from seqpool.evaluation.result import Comparison, StrategyResult, clip_interval
 from seqpool.evaluation.settings import ALPHA, EvaluationSettings, derive_seed
+from seqpool.evaluation.workers import FitWorkers
 from seqpool.layer_plan import LayerPlan
 from seqpool.registry import LEARNED, get_strategy
 from seqpool.states import TokenStates
@@ -73,6 +74,15 @@ class Runs:
             self.chosen_c.append(chosen_c)
         self.seconds += seconds
 
+    def extend(self, other: "Runs") -> None:
+        """Append ``other``'s runs after these (jobs of one strategy fitted apart, merged in order)."""
+        self.accuracy += other.accuracy
+        self.macro_f1 += other.macro_f1
+        self.correct += other.correct
+        self.chosen_c += other.chosen_c
+        self.rows += other.rows
+        self.seconds += other.seconds
+
     def correct_matrix(self) -> np.ndarray:
         return np.vstack(self.correct).astype(np.float64)
 
@@ -86,12 +96,13 @@ class Fitter:
     #: which channels of the cached states each learned strategy trains on (None: all of them)
     plan: LayerPlan | None = None
 
-    def run(self, runs: Runs, strategy: str, train: Corpus, train_rows: np.ndarray, test: Corpus,
-            test_rows: np.ndarray, seed: int) -> None:
-        self.run_many(runs, strategy, train, test, [(train_rows, test_rows, seed)])
+    def fitted(self, strategy: str, train: Corpus, test: Corpus, tasks: Sequence[Task]) -> Runs:
+        """The :class:`Runs` of :meth:`run_many` on fresh runs: one job of :class:`FitWorkers`."""
+        runs = Runs()
+        self.run_many(runs, strategy, train, test, tasks)
+        return runs
 
-    def run_many(self, runs: Runs, strategy: str, train: Corpus, test: Corpus,
-                 tasks: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> None:
+    def run_many(self, runs: Runs, strategy: str, train: Corpus, test: Corpus, tasks: Sequence[Task]) -> None:
         """Every (train rows, test rows, seed) task of one strategy, in order. Parameter-free
         strategies solve all tasks' logistic regressions (every inner fold and C) together."""
         if is_learned(strategy):
@@ -137,60 +148,89 @@ def cv_splits(labels: np.ndarray, folds: int, repeats: int, seed: int) -> Splits
 Outcome = tuple[dict[str, Runs], dict[str, StrategyResult], list[Comparison], dict[str, Any]]
 
 
-def cross_validate(names: Sequence[str], fitter: Fitter, corpus: Corpus, log: Log) -> Outcome:
+Jobs = dict[Any, tuple[str, Corpus, Corpus, list[Task]]]
+
+
+def fit_all(workers: FitWorkers, jobs: Jobs, log: Log | None = None) -> tuple[dict[Any, Runs], dict[str, float]]:
+    """The :class:`Runs` of every ``key: (strategy, train, test, tasks)``, fitted on ``workers``,
+    and the wall seconds the parameter-free and the learned fits took.
+
+    A parameter-free strategy's tasks are one job (its logistic regressions are solved
+    together); a learned strategy's tasks are a job each, so its folds run side by side.
+    Parameter-free jobs go first, so each kind's wall time is known; ``log`` gets a line per
+    strategy-name key, in that order.
+    """
+    keys = sorted(jobs, key=lambda key: is_learned(jobs[key][0]))  # stable: parameter-free first
+    pieces: list[tuple[Any, Task | None]] = []
+    for key in keys:
+        strategy, _, _, tasks = jobs[key]
+        pieces += [(key, task) for task in tasks] if is_learned(strategy) else [(key, None)]
+    runs = {key: Runs() for key in keys}
+    walls = {"parameter_free": 0.0, "learned": 0.0}
+    start = time.perf_counter()
+    outcomes = workers.run([(*jobs[key][:3], [task] if task is not None else jobs[key][3]) for key, task in pieces])
+    for index, ((key, _), outcome) in enumerate(zip(pieces, outcomes)):
+        runs[key].extend(outcome)
+        if index + 1 == len(pieces) or pieces[index + 1][0] != key:
+            if log is not None and isinstance(key, str):
+                log(f"{jobs[key][0]}: {np.mean(runs[key].accuracy):.4f} ({runs[key].seconds:.1f} s)")
+            walls["learned" if is_learned(jobs[key][0]) else "parameter_free"] += time.perf_counter() - start
+            start = time.perf_counter()
+    return runs, walls
+
+
+def cross_validate(names: Sequence[str], workers: FitWorkers, corpus: Corpus, log: Log) -> Outcome:
     """Repeated stratified k-fold on one file, the same splits for every strategy."""
-    s = fitter.settings
+    s = workers.fitter.settings
     splits = cv_splits(corpus.labels, s.folds, s.repeats, s.seed)
     n_train = float(np.mean([len(train) for partition in splits for train, _ in partition]))
     n_test = float(np.mean([len(test) for partition in splits for _, test in partition]))
-    runs = {name: Runs() for name in names}
-    seed_tables: dict[str, np.ndarray] = {}
     tasks = [(train_rows, test_rows, derive_seed(s.seed, "fit", repeat, fold))
              for repeat, partition in enumerate(splits) for fold, (train_rows, test_rows) in enumerate(partition)]
-    for name in names:
-        fitter.run_many(runs[name], name, corpus, corpus, tasks)
-        if is_learned(name) and s.seed_variance and len(splits) > 1:
-            seed_tables[name] = _seed_table(name, fitter, corpus, splits, runs[name])
-        log(f"{name}: {np.mean(runs[name].accuracy):.4f} ({runs[name].seconds:.1f} s)")
-    results = {n: summarize_cv(n, runs[n], n_train, n_test, s.repeats, seed_tables.get(n)) for n in names}
+    jobs: Jobs = {name: (name, corpus, corpus, tasks) for name in names}
+    seed_tables = [name for name in names if is_learned(name) and s.seed_variance and len(splits) > 1]
+    for name in seed_tables:  # repeat 0's splits again with every other repeat's seed
+        jobs["seeds", name] = (name, corpus, corpus, [
+            (train_rows, test_rows, derive_seed(s.seed, "fit", seed_index, fold))
+            for seed_index in range(1, s.repeats) for fold, (train_rows, test_rows) in enumerate(splits[0])])
+    fitted, walls = fit_all(workers, jobs, log)
+    runs = {name: fitted[name] for name in names}
+    tables = {name: _seed_table(runs[name], fitted["seeds", name], len(splits[0]), s.repeats) for name in seed_tables}
+    results = {n: summarize_cv(n, runs[n], n_train, n_test, s.repeats, tables.get(n)) for n in names}
     best = rank(results)
     comparisons = compare(names, best, s.all_pairs, lambda a, b: (
         stats.corrected_paired_ttest(runs[a].accuracy, runs[b].accuracy, n_train, n_test), {}))
     protocol = {"mode": "cross-validation", "folds": s.folds, "repeats": s.repeats, "n_train": n_train,
-                "n_test": n_test, "split_seeds": [derive_seed(s.seed, "split", r) for r in range(s.repeats)]}
+                "n_test": n_test, "split_seeds": [derive_seed(s.seed, "split", r) for r in range(s.repeats)],
+                "fit_walls": walls}
     return runs, results, comparisons, protocol
 
 
-def _seed_table(strategy: str, fitter: Fitter, corpus: Corpus, splits: Splits, done: Runs) -> np.ndarray:
-    """(folds, repeats) accuracies on repeat 0's splits with every repeat's fit seed."""
-    folds, repeats = len(splits[0]), len(splits)
+def _seed_table(done: Runs, extra: Runs, folds: int, repeats: int) -> np.ndarray:
+    """(folds, repeats) accuracies on repeat 0's splits: column 0 from the main runs (repeat 0
+    ran with its own seed), the others from the extra fits with every other repeat's seed."""
     table = np.empty((folds, repeats))
-    table[:, 0] = done.accuracy[:folds]  # repeat 0 ran first: its seed on its own splits
-    extra = Runs()
-    for seed_index in range(1, repeats):
-        for fold, (train_rows, test_rows) in enumerate(splits[0]):
-            fitter.run(extra, strategy, corpus, train_rows, corpus, test_rows,
-                       derive_seed(fitter.settings.seed, "fit", seed_index, fold))
-            table[fold, seed_index] = extra.accuracy[-1]
+    table[:, 0] = done.accuracy[:folds]
+    table[:, 1:] = np.asarray(extra.accuracy).reshape(repeats - 1, folds).T
     done.seconds += extra.seconds
     return table
 
 
-def train_test(names: Sequence[str], fitter: Fitter, train: Corpus, test: Corpus, log: Log) -> Outcome:
+def train_test(names: Sequence[str], workers: FitWorkers, train: Corpus, test: Corpus, log: Log) -> Outcome:
     """Fit on the whole training file, score on the test file; learned strategies once per seed;
     bootstrap (over examples, and seeds) for the uncertainty."""
-    s = fitter.settings
-    runs = {name: Runs() for name in names}
-    for name in names:
-        for repeat in range(s.repeats if is_learned(name) else 1):
-            fitter.run(runs[name], name, train, train.rows(), test, test.rows(), derive_seed(s.seed, "fit", repeat, 0))
-        log(f"{name}: {np.mean(runs[name].accuracy):.4f} ({runs[name].seconds:.1f} s)")
+    s = workers.fitter.settings
+    jobs: Jobs = {name: (name, train, test, [(train.rows(), test.rows(), derive_seed(s.seed, "fit", repeat, 0))
+                                             for repeat in range(s.repeats if is_learned(name) else 1)])
+                  for name in names}
+    fitted, walls = fit_all(workers, jobs, log)
+    runs = {name: fitted[name] for name in names}
     results = {name: summarize_test(name, runs[name], s.n_resamples, s.seed) for name in names}
     best = rank(results)
     comparisons = compare(names, best, s.all_pairs, lambda a, b: _compare_test(
         runs[a], runs[b], s.n_resamples, derive_seed(s.seed, "bootstrap", names.index(a), names.index(b))))
     protocol = {"mode": "train-test", "repeats": s.repeats, "n_train": len(train.labels),
-                "n_test": len(test.labels)}
+                "n_test": len(test.labels), "fit_walls": walls}
     return runs, results, comparisons, protocol
 
 

@@ -146,6 +146,7 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
     from seqpool.evaluation.curve import plan_curve, run_learning_curve
     from seqpool.evaluation.protocol import Corpus, Fitter, cross_validate, is_learned, pairs, train_test
     from seqpool.evaluation.result import EvaluationResult, versions
+    from seqpool.evaluation.workers import FitWorkers
 
     curve_rows = plan_curve(train_data, test_data, settings.learning_curve, settings.folds, settings.seed)
     load_seconds = time.perf_counter() - start
@@ -168,20 +169,22 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
     pool_seconds = time.perf_counter() - pooling_start
 
     fitter = Fitter(settings, len(train_data.label_names), plan)
-    fit_start = time.perf_counter()
-    if test_data is None:
-        runs, results, comparisons, protocol = cross_validate(names, fitter, corpora[0], log)
-    else:
-        runs, results, comparisons, protocol = train_test(names, fitter, corpora[0], corpora[1], log)
-    fit_seconds = time.perf_counter() - fit_start
+    with FitWorkers(fitter, corpora, settings.threads) as workers:
+        fit_start = time.perf_counter()
+        if test_data is None:
+            runs, results, comparisons, protocol = cross_validate(names, workers, corpora[0], log)
+        else:
+            runs, results, comparisons, protocol = train_test(names, workers, corpora[0], corpora[1], log)
+        fit_seconds = time.perf_counter() - fit_start
+        walls = protocol.pop("fit_walls")
 
-    curve_start = time.perf_counter()
-    curve = None
-    if curve_rows is not None:
-        pool_rows, test_rows, description = curve_rows
-        curve = run_learning_curve(names, fitter, corpora[0], pool_rows, corpora[-1], test_rows, log)
-        curve["test"] = description
-    curve_seconds = time.perf_counter() - curve_start if curve is not None else 0.0
+        curve_start = time.perf_counter()
+        curve = None
+        if curve_rows is not None:
+            pool_rows, test_rows, description = curve_rows
+            curve = run_learning_curve(names, workers, corpora[0], pool_rows, corpora[-1], test_rows, log)
+            curve["test"] = description
+        curve_seconds = time.perf_counter() - curve_start if curve is not None else 0.0
 
     protocol.update(_protocol(names, settings, encoder, train_data, test_data, encoded))
     best = next(name for name, res in results.items() if res.rank == 1)
@@ -205,8 +208,8 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
         "cache_load_seconds": sum(e.seconds for e in encoded if e.cache_hit),
         "pool_seconds": pool_seconds,
         "fit_seconds": fit_seconds,
-        "fit_seconds_parameter_free": sum(runs[s].seconds for s in names if not is_learned(s)),
-        "fit_seconds_learned": sum(runs[s].seconds for s in names if is_learned(s)),
+        "fit_seconds_parameter_free": walls["parameter_free"],
+        "fit_seconds_learned": walls["learned"],
         "fit_seconds_by_strategy": {s: runs[s].seconds for s in names},
         "learning_curve_seconds": curve_seconds,
         "save_best_seconds": save_seconds,

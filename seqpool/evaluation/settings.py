@@ -89,7 +89,8 @@ class EvaluationSettings:
     ``curve_experiments`` times. ``by_length`` (K) also scores every strategy in K token-length
     quantile bins (ties kept together, so fewer bins when lengths repeat).
     ``model``/``layer``/``max_length``/``device``/``dtype`` build
-    the encoder; ``threads`` caps torch and BLAS threads for the run.
+    the encoder; ``threads`` caps torch and BLAS threads for the run and is the number of
+    single-threaded processes the fits run in (:mod:`.workers`; default: every CPU).
     """
 
     folds: int = 10
