@@ -99,3 +99,12 @@ def test_evaluate_gives_the_same_numbers_on_two_workers_as_on_one(tmp_path, tiny
     for key in ("strategies", "comparisons", "learning_curve"):
         assert one[key] == two[key], key
     assert set(one["timings"]["fit_seconds_by_strategy"]) == {"mean", "attention", "max", "se_mean"}
+
+
+def test_a_process_that_started_cuda_fits_here(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert not fork_is_safe()
+    side = corpus()
+    with FitWorkers(Probe(), [side], count=2) as workers:
+        runs = list(workers.run(jobs(3, side)))
+    assert {run.accuracy[0] for run in runs} == {os.getpid()}

@@ -8,8 +8,9 @@ forked from this one, which share the cached token states and pooled vectors cop
 (nothing is pickled but the job's row indices and its results).
 
 Every fit is single-threaded wherever it runs, so the numbers a seed gives do not depend
-on how many workers ran them. Where ``fork`` is unsafe or missing (macOS, Windows), or
-with one worker, the fits run here, one after another, still on one thread.
+on how many workers ran them. Where ``fork`` is unsafe or missing (macOS, Windows, a process
+that has started CUDA), or with one worker, the fits run here, one after another, still on
+one thread.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ _worker_state: tuple[Any, Sequence[Any]] | None = None
 
 def fork_is_safe() -> bool:
     """Linux and other Unixes fork safely; macOS's system libraries do not survive a fork with
-    threads running, and Windows has no fork."""
-    return sys.platform != "darwin" and "fork" in multiprocessing.get_all_start_methods()
+    threads running, Windows has no fork, and a process that has started CUDA (an encoder on
+    the GPU) cannot hand it to a forked child."""
+    if sys.platform == "darwin" or "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    torch = sys.modules.get("torch")
+    return torch is None or not torch.cuda.is_initialized()
 
 
 class FitWorkers:
