@@ -26,6 +26,7 @@ from pathlib import Path
 
 from seqpool.encoder import Encoder
 from seqpool.evaluation import cached_states, evaluate, limited_threads, load_labelled
+from seqpool.evaluation.settings import check_strategies
 from seqpool.pooling import STRATEGIES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval"
@@ -37,16 +38,18 @@ def timed(function, *args, **kwargs) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_encode_costs(encoder: Encoder, sides: list[list[str]], rounds: int,
-                             cache_root: Path) -> tuple[list[float], list[float], Path]:
+def interleaved_encode_costs(encoder: Encoder, sides: list[list[str]], rounds: int, cache_root: Path,
+                             strategies: str | None) -> tuple[list[float], list[float], Path]:
     """Wall times of a plain embedding pass (what ``seqpool embed`` does: encode + mean pool)
-    and of evaluate's encode-and-cache step, alternated so machine load hits both alike."""
+    and of evaluate's encode-and-cache step (every layer the strategies name, as evaluate caches
+    them), alternated so machine load hits both alike."""
     texts = [text for side in sides for text in side]
+    blocks = encoder.layer_plan(check_strategies(strategies)).blocks
     plain, cached = [], []
     for round_ in range(rounds):
         plain.append(timed(encoder.encode, texts, strategies=("mean",)))
         directory = cache_root / f"round{round_}"
-        cached.append(sum(timed(cached_states, encoder, side, directory) for side in sides))
+        cached.append(sum(timed(cached_states, encoder, side, directory, blocks=blocks) for side in sides))
     return plain, cached, directory
 
 
@@ -55,7 +58,7 @@ def run(name: str, train: Path, test: Path | None, encoder: Encoder, args: argpa
     encoder.encode(sides[0][:256])  # warm-up, so neither side pays first-call costs
     strategies = ",".join(STRATEGIES) if args.cost_only else args.strategies
     with tempfile.TemporaryDirectory(prefix="seqpool-bench-cache-") as cache:
-        plain, cached, directory = interleaved_encode_costs(encoder, sides, args.rounds, Path(cache))
+        plain, cached, directory = interleaved_encode_costs(encoder, sides, args.rounds, Path(cache), strategies)
         start = time.perf_counter()
         result = evaluate(train, test, strategies, folds=args.folds, repeats=args.repeats, seed=args.seed,
                           encoder=encoder, cache_dir=directory, tune=not args.cost_only,
