@@ -238,6 +238,36 @@ def test_files_equal_local_embedding_in_input_order(finished, tiny_bert_encoder)
     assert manifest["settings"]["strategies"] == ["mean", "max"] and manifest["settings"]["shard_rows"] == 5
 
 
+def test_reads_are_cut_into_call_sized_blocks_without_a_cpu_of_their_own(ray_cluster, corpus):
+    """Blocks of at most one actor call's rows, every row once; the cutting is fused into the
+    read, which reserves no CPU (with the actors holding every CPU it would otherwise wait forever)."""
+    import ray
+
+    from seqpool.distributed import files
+
+    sources = [files._scan(str(path), None, None, 5) for path in corpus]
+    plan = {i: (s.path, s.format, s.text_field, dict(zip(range(0, s.rows, 5), s.shard_digests)))
+            for i, s in enumerate(sources)}
+    ds = files._call_sized_blocks(ray, plan, sources, 5, "text", 4)
+    assert ds._logical_plan.dag.ray_remote_args["num_cpus"] == 0
+    blocks = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    assert max(len(block["row"]) for block in blocks) <= 4
+    seen = sorted((int(s), int(r)) for block in blocks for s, r in zip(block["source"], block["row"]))
+    assert seen == [(i, r) for i, s in enumerate(sources) for r in range(s.rows)]
+
+
+def test_without_the_fused_cut_the_run_is_still_row_exact(ray_cluster, tmp_path, corpus, tiny_bert_dir,
+                                                           tiny_bert_encoder, monkeypatch):
+    """Another Ray (no StreamingRepartition to adjust): blocks cut by bytes, same vectors."""
+    import ray
+
+    monkeypatch.setattr(ray.data.Dataset, "repartition", lambda self, **kwargs: self)
+    embed_files(corpus, tmp_path / "out", model=str(tiny_bert_dir), strategies=["mean"], shard_rows=5, workers=2,
+                rows_per_call=4, progress=False)
+    np.testing.assert_allclose(load_folder(tmp_path / "out", "mean"), expected(tiny_bert_encoder, corpus),
+                               atol=1e-6, rtol=0)
+
+
 def test_load_embeddings_reads_the_folder(finished):
     import seqpool
 

@@ -414,26 +414,47 @@ def _stream(ray: Any, missing: list[Shard], sources: list[_Input], embedder: Emb
             shard.first_row // shard_rows]
     read_plan = {index: (sources[index].path, sources[index].format, sources[index].text_field, starts)
                  for index, starts in wanted.items()}
-    # Ray merges what a read task yields into blocks of up to `target_max_block_size` bytes
-    # (128 MiB) and an actor works on one block at a time, so one file would feed one actor.
-    # A Dataset keeps the DataContext it was created with: creating it with blocks of about
-    # one actor call's rows lets every actor take part, whatever the number of files.
-    context = ray.data.DataContext.get_current()
-    row_bytes = 24 + sum(source.chars for source in sources) / max(1, sum(source.rows for source in sources))
-    saved = context.target_max_block_size
-    context.target_max_block_size = max(4096, int(row_bytes * batch_size))
-    try:
-        ds = ray.data.from_items([{"source": index} for index in wanted])
-        ds = ds.map_batches(_read_shards, batch_size=1, num_cpus=0,
-                            fn_kwargs={"plan": read_plan, "shard_rows": shard_rows, "column": embedder.text_column})
-    finally:
-        context.target_max_block_size = saved
+    ds = _call_sized_blocks(ray, read_plan, sources, shard_rows, embedder.text_column, batch_size)
     row_counts = [source.rows for source in sources]
     ds = map_embedder(ds, _ShardWorker, workers=workers, batch_size=batch_size, num_cpus=num_cpus,
                       num_gpus=num_gpus, ray=ray, constructor_args=(embedder, dims))
     assembler = _Assembler(set(missing), shard_rows, row_counts)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield from assembler.add(batch)
+
+
+def _call_sized_blocks(ray: Any, read_plan: dict[int, tuple], sources: list[_Input], shard_rows: int, column: str,
+                       rows: int) -> Any:
+    """The rows to embed, read by one task per file, in blocks of at most ``rows`` rows.
+
+    An actor works on one block at a time, and Ray merges what a read task yields into blocks
+    of up to ``target_max_block_size`` bytes (128 MiB): one file would feed one actor. Cutting
+    the read's output into call-sized blocks lets every actor take part.
+    """
+    def read() -> Any:
+        ds = ray.data.from_items([{"source": index} for index in read_plan])
+        return ds.map_batches(_read_shards, batch_size=1, num_cpus=0,  # no CPU: never waits behind the actors
+                              fn_kwargs={"plan": read_plan, "shard_rows": shard_rows, "column": column})
+
+    # Streaming repartition fuses into the read when both reserve no CPU. Its operator reserves
+    # one CPU by default, and the public API cannot change that (ray-project/ray#56008): with the
+    # actors holding every CPU it would never run. Ray is pinned, so the logical operator's remote
+    # arguments are set directly.
+    blocked = read().repartition(target_num_rows_per_block=rows)
+    node = getattr(getattr(blocked, "_logical_plan", None), "dag", None)
+    if type(node).__name__ == "StreamingRepartition" and isinstance(getattr(node, "ray_remote_args", None), dict):
+        node.ray_remote_args["num_cpus"] = 0
+        return blocked
+    # Otherwise (another Ray): a Dataset keeps the DataContext it was created with, so one created
+    # with blocks of about one call's bytes is cut that way -- and so are the actors' outputs.
+    context = ray.data.DataContext.get_current()
+    row_bytes = 24 + sum(source.chars for source in sources) / max(1, sum(source.rows for source in sources))
+    saved = context.target_max_block_size
+    context.target_max_block_size = max(4096, int(row_bytes * rows))
+    try:
+        return read()
+    finally:
+        context.target_max_block_size = saved
 
 
 def _read_shards(batch: dict[str, np.ndarray], plan: dict[int, tuple], shard_rows: int,
