@@ -167,8 +167,7 @@ class PooledClassifier(nn.Module):
         count = states.states.shape[0]
         total = torch.zeros(self.dim, dtype=torch.float64)
         squares = torch.zeros(self.dim, dtype=torch.float64)
-        for start in range(0, count, 8192):  # float32 partial sums of 8192 tokens, added up in float64
-            chunk = states.states[start:start + 8192].float()
+        for _, chunk in states.float_chunks():  # float32 partial sums of a chunk, added up in float64
             total += chunk.sum(dim=0).double()
             squares += chunk.square().sum(dim=0).double()
         mean = total / max(count, 1)
@@ -351,21 +350,15 @@ class _StandardizedTokens:
     """
 
     def __init__(self, states: TokenStates, shift: Tensor, scale: Tensor):
-        count = states.states.shape[0]
-        self.tokens = torch.empty(count + 1, states.dim)
-        self.tokens[count] = 0.0
-        for start in range(0, count, 8192):  # chunks: no full-size temporaries
-            end = min(start + 8192, count)
-            self.tokens[start:end] = (states.states[start:end].float() - shift) * scale
-        self.offsets, self.lengths, self.padding_row = states.offsets, states.lengths(), count
+        self.states, self.padding_row = states, states.states.shape[0]
+        self.tokens = torch.empty(self.padding_row + 1, states.dim)
+        self.tokens[self.padding_row] = 0.0
+        for tokens, chunk in states.float_chunks():
+            self.tokens[tokens] = (chunk - shift) * scale
 
     def __call__(self, rows: np.ndarray) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(np.ascontiguousarray(rows, dtype=np.int64))
-        lengths = self.lengths[index]
-        positions = torch.arange(int(lengths.max()) if len(index) else 0)
-        mask = positions < lengths.unsqueeze(1)
-        tokens = torch.where(mask, self.offsets[index].unsqueeze(1) + positions, self.padding_row)
-        return self.tokens[tokens], mask
+        grid, mask = self.states.token_grid(rows)
+        return self.tokens[torch.where(mask, grid, self.padding_row)], mask
 
 
 def _standardized_copy(states: TokenStates, shift: Tensor, scale: Tensor) -> _StandardizedTokens | None:

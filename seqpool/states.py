@@ -71,16 +71,26 @@ class TokenStates:
         they are placed, e.g. a standardisation: only real tokens are touched, and padding stays
         exactly zero, with no masking pass over the padded batch.
         """
-        rows = self._indices(indices)
-        starts = self.offsets[torch.from_numpy(rows)]
-        lengths = self.offsets[torch.from_numpy(rows) + 1] - starts
-        width = int(lengths.max()) if len(rows) else 0
-        mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
-        token_index = (starts.unsqueeze(1) + torch.arange(width).unsqueeze(0))[mask]
-        hidden = torch.zeros(len(rows), width, self.dim, dtype=dtype)
-        values = self.states[token_index].to(dtype)
+        grid, mask = self.token_grid(indices)
+        hidden = torch.zeros(*mask.shape, self.dim, dtype=dtype)
+        values = self.states[grid[mask]].to(dtype)
         hidden[mask] = values if transform is None else transform(values)
         return hidden, mask
+
+    def token_grid(self, indices: Sequence[int] | np.ndarray | None = None) -> tuple[Tensor, Tensor]:
+        """(B, T_max) row in ``states`` of each position of the chosen texts, right-padded, and the
+        (B, T_max) bool mask of real positions (a padded position's index is past its text)."""
+        rows = torch.from_numpy(self._indices(indices))
+        starts, lengths = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
+        positions = torch.arange(int(lengths.max()) if len(rows) else 0)
+        return starts.unsqueeze(1) + positions, positions < lengths.unsqueeze(1)
+
+    def float_chunks(self, size: int = 8192) -> Iterator[tuple[slice, Tensor]]:
+        """``(token slice, float32 states)`` a few thousand tokens at a time: sums and copies
+        over every token without a full-size float32 temporary."""
+        for start in range(0, self.states.shape[0], size):
+            end = min(start + size, self.states.shape[0])
+            yield slice(start, end), self.states[start:end].float()
 
     def iter_batches(self, indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 256,
                      dtype: torch.dtype = torch.float32) -> Iterator[Batch]:
@@ -111,8 +121,8 @@ class TokenStates:
         sums over the flat states: no padded batch is built."""
         sums = torch.zeros(len(self), self.dim)
         owner = torch.repeat_interleave(torch.arange(len(self)), self.lengths())
-        for start in range(0, self.states.shape[0], 8192):  # float32 chunks, no full-size copy
-            sums.index_add_(0, owner[start:start + 8192], self.states[start:start + 8192].float())
+        for tokens, chunk in self.float_chunks():
+            sums.index_add_(0, owner[tokens], chunk)
         return sums / self.lengths().clamp(min=1).unsqueeze(1).float()
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> "TokenStates":
