@@ -97,14 +97,10 @@ class Fitter:
     plan: LayerPlan | None = None
 
     def fitted(self, strategy: str, train: Corpus, test: Corpus, tasks: Sequence[Task]) -> Runs:
-        """The :class:`Runs` of :meth:`run_many` on fresh runs: one job of :class:`FitWorkers`."""
+        """The :class:`Runs` of every (train rows, test rows, seed) task of one strategy, in order:
+        one job of :class:`FitWorkers`. Parameter-free strategies solve all tasks' logistic
+        regressions (every inner fold and C) together."""
         runs = Runs()
-        self.run_many(runs, strategy, train, test, tasks)
-        return runs
-
-    def run_many(self, runs: Runs, strategy: str, train: Corpus, test: Corpus, tasks: Sequence[Task]) -> None:
-        """Every (train rows, test rows, seed) task of one strategy, in order. Parameter-free
-        strategies solve all tasks' logistic regressions (every inner fold and C) together."""
         if is_learned(strategy):
             for train_rows, test_rows, seed in tasks:
                 start = time.perf_counter()
@@ -113,7 +109,7 @@ class Fitter:
                 predicted = fit_predict_learned(name, train_states, train.labels[train_rows], test_states, test_rows,
                                                 self.num_labels, seed, self.settings.learned_options, pooler_kwargs)
                 runs.add(test.labels[test_rows], predicted, None, time.perf_counter() - start, test_rows)
-            return
+            return runs
         s = self.settings
         start = time.perf_counter()
         x_test = None if test is train else test.pooled[strategy]
@@ -123,6 +119,7 @@ class Fitter:
         share = (time.perf_counter() - start) / max(len(tasks), 1)
         for (predicted, chosen_c), (_, test_rows, _) in zip(outcomes, tasks):
             runs.add(test.labels[test_rows], predicted, chosen_c, share, test_rows)
+        return runs
 
     def learned_input(self, strategy: str, train: Corpus, train_rows: np.ndarray,
                       test: Corpus) -> tuple[str, TokenStates, TokenStates, dict[str, Any]]:

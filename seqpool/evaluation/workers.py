@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from seqpool.evaluation.classifiers import Task
     from seqpool.evaluation.protocol import Corpus, Fitter, Runs
 
-#: (strategy, training corpus, test corpus, tasks): one call of :meth:`Fitter.run_many`.
+#: (strategy, training corpus, test corpus, tasks): one call of :meth:`Fitter.fitted`.
 Job = tuple[str, "Corpus", "Corpus", Sequence["Task"]]
 
 #: A worker's fitter and corpora: inherited through the fork (fork does not pickle a process' arguments).
