@@ -268,6 +268,47 @@ def test_without_the_fused_cut_the_run_is_still_row_exact(ray_cluster, tmp_path,
                                atol=1e-6, rtol=0)
 
 
+def test_call_rows_give_each_actor_about_four_calls_within_bounds():
+    from seqpool.distributed.files import CALLS_PER_ACTOR, MAX_CALL_ROWS, MIN_CALL_ROWS, call_rows
+
+    assert call_rows(20_000, 2) == 2500  # the benchmark's corpus on 2 actors: 4 calls each
+    assert call_rows(10, 2) == MIN_CALL_ROWS and call_rows(10**8, 64) == MAX_CALL_ROWS
+    for rows in (1, 63, 64, 1000, 20_001, 10**6):
+        for actors in (1, 2, 3, 16):
+            size = call_rows(rows, actors)
+            assert MIN_CALL_ROWS <= size <= MAX_CALL_ROWS
+            if MIN_CALL_ROWS < size < MAX_CALL_ROWS:  # not clamped: every actor gets its calls, no more
+                assert -(-rows // size) <= CALLS_PER_ACTOR * actors < rows / (size - 1)
+
+
+def test_default_call_size_follows_the_rows_and_actors(ray_cluster, tmp_path, tiny_bert_dir, tiny_bert_encoder,
+                                                      monkeypatch):
+    """Without rows_per_call, the blocks are call_rows(missing rows, actors) rows; same vectors."""
+    from seqpool.distributed import files
+
+    corpus = write_lines(tmp_path / "c.txt", [f"{LINES[i % len(LINES)]} {i}" for i in range(600)])
+    sizes = []
+    cut = files._call_sized_blocks
+    monkeypatch.setattr(files, "_call_sized_blocks", lambda *args: sizes.append(args[-1]) or cut(*args))
+    embed_files([corpus], tmp_path / "out", model=str(tiny_bert_dir), strategies=["mean"], workers=2,
+                shard_rows=100, progress=False)
+    assert sizes == [files.call_rows(600, 2)] == [75]
+    np.testing.assert_allclose(load_folder(tmp_path / "out", "mean"), expected(tiny_bert_encoder, [corpus]),
+                               atol=1e-6, rtol=0)
+
+
+def test_a_bad_model_is_one_line_while_ray_starts_beside_its_check(ray_cluster, tmp_path, corpus):
+    """The model check runs beside Ray's start; its error still ends the run alone, leaving
+    nothing behind and the caller's Ray running."""
+    import ray
+
+    (tmp_path / "not_a_model").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SeqpoolError, match="cannot load model .*not_a_model"):
+        embed_files(corpus, tmp_path / "out", model=str(tmp_path / "not_a_model"), progress=False)
+    assert sorted(tmp_path.rglob("*")) == before and ray.is_initialized()
+
+
 def test_load_embeddings_reads_the_folder(finished):
     import seqpool
 
