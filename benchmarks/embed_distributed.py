@@ -9,10 +9,12 @@ a text file, then times, each as its own process, exactly as a user runs them:
 
 and prints wall seconds, texts/s and the ratio to the local engine, both as run and without
 the fixed cost of starting and stopping Ray (timed separately), plus max |difference| of
-the Ray vectors to the local ones (row-exact: <= 1e-6).
+the Ray vectors to the local ones (row-exact: <= 1e-6). With ``--rounds R`` every engine
+runs R times, interleaved (local, ray 1, ray 2, local, ...), and the medians are reported:
+on a shared VM one run's wall time moves by 10 % or more.
 
     .venv/bin/python benchmarks/embed_distributed.py
-    .venv/bin/python benchmarks/embed_distributed.py --lines 5000 --workers 1 2
+    .venv/bin/python benchmarks/embed_distributed.py --lines 5000 --workers 1 2 --rounds 3
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=20_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each engine, interleaved; medians")
     args = parser.parse_args()
 
     from seqpool.distributed import load_folder
@@ -86,14 +91,24 @@ def main() -> None:
         print(f"starting + stopping Ray alone: {ray_start:.1f} s\n")
         print(f"{'engine':<22}{'wall s':>8}{'texts/s':>9}{'ratio':>7}{'texts/s*':>10}{'ratio*':>8}  max|diff|",
               flush=True)
-        local = timed([*CLI, "embed", str(corpus), "-o", str(folder / "local.npy"), "-q"])
+        walls: dict[int, list[float]] = {workers: [] for workers in [0, *args.workers]}  # 0: local
+        for round_ in range(args.rounds):
+            for workers in walls:
+                out = folder / (f"ray_{workers}" if workers else "local.npy")
+                engine = ["--engine", "ray", "--workers", str(workers)] if workers else []
+                if out.is_dir():
+                    shutil.rmtree(out)
+                out.unlink(missing_ok=True)
+                walls[workers].append(timed([*CLI, "embed", str(corpus), *engine, "-o", str(out), "-q"]))
+            if args.rounds > 1:
+                print(f"round {round_ + 1}: " + ", ".join(f"{'ray ' + str(w) if w else 'local'} {wall[-1]:.1f} s"
+                                                         for w, wall in walls.items()), flush=True)
+        local = statistics.median(walls[0])
         reference = np.load(folder / "local.npy")
         report("local (one process)", local, local, args.lines, None)
         for workers in args.workers:
-            out = folder / f"ray_{workers}"
-            elapsed = timed([*CLI, "embed", str(corpus), "--engine", "ray", "--workers", str(workers),
-                             "-o", str(out), "-q"])
-            difference = float(np.abs(load_folder(out) - reference).max())
+            elapsed = statistics.median(walls[workers])
+            difference = float(np.abs(load_folder(folder / f"ray_{workers}") - reference).max())
             report(f"ray, {workers} actor{'s' * (workers > 1)}", elapsed, local, args.lines, difference,
                    net=max(elapsed - ray_start, 1e-9))
         print(f"\nload average at end {os.getloadavg()[0]:.2f}")
