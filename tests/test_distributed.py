@@ -175,6 +175,28 @@ def test_missing_ray_extra_is_one_line_naming_it(monkeypatch, tmp_path, corpus):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_ray_started_for_the_run_gives_its_actors_normal_priority_a_joined_one_is_left_as_is():
+    """Ray's workers default to nice 15; on the instance seqpool starts they are the work."""
+    from seqpool.distributed.dataset import _started_ray
+
+    calls = []
+
+    class FakeRay:
+        def init(self, **kwargs):
+            calls.append(kwargs)
+
+        def shutdown(self):
+            calls.append("shutdown")
+
+    for address in (None, "auto"):
+        with _started_ray(FakeRay(), address, 2):
+            pass
+    local, joined = calls[0], calls[2]
+    assert local["_system_config"] == {"worker_niceness": 0} and local["num_cpus"] == 2
+    assert "_system_config" not in joined and joined["address"] == "auto"
+    assert calls[1] == calls[3] == "shutdown"
+
+
 def test_importing_seqpool_never_imports_ray():
     code = "import sys, seqpool, seqpool.distributed; seqpool.Embedder; print('ray' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
