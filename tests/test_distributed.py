@@ -55,6 +55,15 @@ class FailingEmbedder(Embedder):
         return super().embed(texts)
 
 
+class CrashingEmbedder(FailingEmbedder):
+    """Kills its own process (as the OOM killer would) for a batch holding "boom", while a marker exists."""
+
+    def embed(self, texts):
+        if "boom" in texts and os.path.exists(self.marker):
+            os._exit(1)
+        return super().embed(texts)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray for the whole session; yields its address so subprocesses can join it."""
@@ -623,6 +632,30 @@ def test_a_shard_failing_repeatedly_is_named_and_resume_continues(ray_cluster, t
     result = embed_files([corpus], out, embedder=embedder, shard_rows=10, rows_per_call=10, workers=1, resume=True,
                          progress=False)
     assert 0 < result.resumed_shards < 3
+    np.testing.assert_allclose(load_folder(out), expected(tiny_bert_encoder, [corpus]), atol=1e-6, rtol=0)
+
+
+def test_rows_that_crash_their_actor_every_time_end_the_run_in_one_line_and_resume_continues(
+        ray_cluster, tmp_path, tiny_bert_dir, tiny_bert_encoder):
+    """Ray restarts a dead actor and resends its call forever by default; here max_attempts bounds it."""
+    lines = [f"line {i}" for i in range(30)]
+    lines[23] = "boom"
+    corpus = write_lines(tmp_path / "c.txt", lines)
+    marker = tmp_path / "crash"
+    marker.write_text("")
+    embedder = CrashingEmbedder(model=str(tiny_bert_dir))
+    embedder.marker = str(marker)
+    out = tmp_path / "out"
+    with pytest.raises(SeqpoolError) as caught:
+        embed_files([corpus], out, embedder=embedder, shard_rows=10, rows_per_call=10, workers=1, max_attempts=2,
+                    progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "an actor died 2 times running the same rows" in message
+    assert "--resume" in message
+    marker.unlink()
+    result = embed_files([corpus], out, embedder=embedder, shard_rows=10, rows_per_call=10, workers=1, resume=True,
+                         progress=False)
+    assert result.resumed_shards < 3
     np.testing.assert_allclose(load_folder(out), expected(tiny_bert_encoder, [corpus]), atol=1e-6, rtol=0)
 
 

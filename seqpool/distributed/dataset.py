@@ -51,8 +51,10 @@ def embed_dataset(ds: Any, text_column: str = "text", *, workers: int | None = N
 
 def map_embedder(ds: Any, worker_class: type, *, workers: int | None, batch_size: int, num_cpus: float,
                  num_gpus: float, ray: Any, constructor_args: tuple = (),
-                 constructor_kwargs: dict[str, Any] | None = None) -> Any:
-    """``ds.map_batches(worker_class, compute=ActorPoolStrategy(...))`` with checked resources."""
+                 constructor_kwargs: dict[str, Any] | None = None, max_task_retries: int | None = None) -> Any:
+    """``ds.map_batches(worker_class, compute=ActorPoolStrategy(...))`` with checked resources.
+
+    ``max_task_retries``: how often a call whose actor died is sent again (Ray Data's default: forever)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SeqpoolError(f"batch_size must be a whole number of rows, at least 1, got {batch_size!r}")
     num_cpus, num_gpus = check_resources(ray, num_cpus, num_gpus)
@@ -60,7 +62,8 @@ def map_embedder(ds: Any, worker_class: type, *, workers: int | None, batch_size
     return ds.map_batches(worker_class, fn_constructor_args=constructor_args,
                           fn_constructor_kwargs=constructor_kwargs or {}, batch_size=batch_size,
                           compute=ray.data.ActorPoolStrategy(size=size), num_cpus=num_cpus,
-                          num_gpus=num_gpus or None, udf_modifying_row_count=False)
+                          num_gpus=num_gpus or None, udf_modifying_row_count=False,
+                          **({} if max_task_retries is None else {"max_task_retries": max_task_retries}))
 
 
 def check_workers(workers: Any) -> int:

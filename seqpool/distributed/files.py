@@ -415,15 +415,16 @@ def _embed_missing(ray: Any, missing: list[Shard], sources: list[_Input], embedd
             try:
                 for shard, vectors, error in _stream(ray, missing, sources, embedder, shard_rows=shard_rows,
                                                      dims=dims, workers=workers, rows_per_call=rows_per_call,
-                                                     num_cpus=num_cpus, num_gpus=num_gpus):
+                                                     num_cpus=num_cpus, num_gpus=num_gpus,
+                                                     max_attempts=max_attempts):
                     if error:
                         failed[shard] = error
                         continue
                     write_shard(recorder.folder, shard, paths[shard.source], _encoded(compaction, vectors))
                     recorder.add(shard)
                     bar.update(shard.rows)
-            except Exception as error:  # Ray's own failure (a read task, the cluster): one line
-                raise _as_user_error(error) from None
+            except Exception as error:  # Ray's own failure (a read task, dead actors, the cluster): one line
+                raise _as_user_error(error, max_attempts, len(recorder.done)) from None
             for shard, error in failed.items():
                 failures[shard] += 1
                 if error.startswith("SeqpoolError: ") or failures[shard] >= max_attempts:
@@ -438,9 +439,13 @@ def _embed_missing(ray: Any, missing: list[Shard], sources: list[_Input], embedd
 
 def _stream(ray: Any, missing: list[Shard], sources: list[_Input], embedder: Embedder, *, shard_rows: int,
             dims: dict[str, int], workers: int | None, rows_per_call: int | None, num_cpus: float,
-            num_gpus: float) -> Iterator[tuple[Shard, dict[str, np.ndarray], str]]:
+            num_gpus: float, max_attempts: int) -> Iterator[tuple[Shard, dict[str, np.ndarray], str]]:
     """``(shard, vectors, error)`` for each shard whose rows all came back (``error`` empty
-    unless a batch holding some of its rows failed), as the actors return them."""
+    unless a batch holding some of its rows failed), as the actors return them.
+
+    A dead actor is restarted and its calls sent again, each at most ``max_attempts`` times:
+    Ray's default (forever) would loop without end on rows that crash their actor every time.
+    """
     wanted: dict[int, dict[int, str]] = {}
     for shard in missing:
         wanted.setdefault(shard.source, {})[shard.first_row] = sources[shard.source].shard_digests[
@@ -453,7 +458,8 @@ def _stream(ray: Any, missing: list[Shard], sources: list[_Input], embedder: Emb
     ds = _call_sized_blocks(ray, read_plan, sources, shard_rows, embedder.text_column, batch_size)
     row_counts = [source.rows for source in sources]
     ds = map_embedder(ds, _ShardWorker, workers=actors, batch_size=batch_size, num_cpus=num_cpus,
-                      num_gpus=num_gpus, ray=ray, constructor_args=(embedder, dims))
+                      num_gpus=num_gpus, ray=ray, constructor_args=(embedder, dims),
+                      max_task_retries=max_attempts - 1)
     assembler = _Assembler(set(missing), shard_rows, row_counts)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield from assembler.add(batch)
@@ -591,17 +597,28 @@ class _Assembler:
         return finished
 
 
-def _as_user_error(error: BaseException) -> SeqpoolError:
+def _as_user_error(error: BaseException, max_attempts: int, done: int) -> SeqpoolError:
     """One line for a failed Ray run: the SeqpoolError a worker raised (Ray keeps only its
-    text), else the last line of Ray's message."""
+    text), actors that died on the same rows every time, else the last line of Ray's message."""
     if isinstance(error, SeqpoolError):
         return error
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     ours = [line.split("SeqpoolError: ", 1)[1] for line in lines if "SeqpoolError: " in line]
     if ours:
         return SeqpoolError(ours[-1])
+    if _actor_lost(error):
+        return SeqpoolError(f"an actor died {max_attempts} times running the same rows (killed, or crashed: out "
+                            f"of memory?); the {done} shards done are kept: fix the cause and rerun with --resume")
     return SeqpoolError(f"the Ray run failed: {lines[-1] if lines else type(error).__name__}; the shards done "
                         f"are kept: rerun with --resume")
+
+
+def _actor_lost(error: BaseException) -> bool:
+    """Did Ray give up on a call because its actor died (or stayed unreachable) every time?"""
+    kinds = {kind.__name__ for kind in type(error).__mro__}
+    text = str(error)
+    return bool(kinds & {"ActorDiedError", "ActorUnavailableError"}) or "ActorDiedError" in text \
+        or "ActorUnavailableError" in text or ("The actor" in text and ("unavailable" in text or "died" in text))
 
 
 def _whole(value: Any, name: str) -> int:
