@@ -8,8 +8,9 @@ an actor pool of :class:`Embedder` embeds, and the driver reassembles rows into 
 ranges and writes each finished range as one atomic parquet file. Which rows a file holds
 is fixed by the plan, never by Ray's blocks or scheduling, so:
 
-* a killed actor is restarted by Ray and its batch retried; rows land in their range by
-  row number, so a retried batch can neither lose nor duplicate one;
+* a killed actor is restarted by Ray and its batch retried (at most ``max_attempts`` times
+  in all, so rows that crash their actor every time end the run instead of looping); rows
+  land in their range by row number, so a retried batch can neither lose nor duplicate one;
 * ``resume=True`` after the driver died embeds exactly the ranges whose file is missing;
 * a range whose batch raises is retried in a fresh run, and after ``max_attempts`` the run
   ends with one line naming it; the ranges already written are kept for ``--resume``.
@@ -470,7 +471,7 @@ def call_rows(rows: int, actors: int) -> int:
 
     The Encoder sorts a call's texts by length before batching them, so a bigger call wastes
     less on padding (MiniLM on SentEval: 6.8 % padded tokens in 1024-row calls, 3.6 % in 2500,
-    1 % in 8192, and an actor embeds ~8 % faster in 2500-row calls than in 1024-row ones). A
+    1 % in 8192; one actor embeds 4-8 % faster in 2500-4096-row calls than in 1024-row ones). A
     smaller call balances the last ones between actors and costs less to redo after a crash:
     about ``CALLS_PER_ACTOR`` calls per actor, within ``[MIN_CALL_ROWS, MAX_CALL_ROWS]``.
     """
