@@ -275,8 +275,9 @@ def test_reads_are_cut_into_call_sized_blocks_without_a_cpu_of_their_own(ray_clu
     import ray
 
     from seqpool.distributed import files
+    from seqpool.distributed.inputs import scan
 
-    sources = [files._scan(str(path), None, None, 5) for path in corpus]
+    sources = [scan(str(path), None, None, 5) for path in corpus]
     plan = {i: (s.path, s.format, s.text_field, dict(zip(range(0, s.rows, 5), s.shard_digests)))
             for i, s in enumerate(sources)}
     ds = files._call_sized_blocks(ray, plan, sources, 5, "text", 4)

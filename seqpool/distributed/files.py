@@ -2,7 +2,7 @@
 
 The driver reads every input once with the shared reader (so rows are numbered exactly as
 the local engine numbers them, empty lines included), records row counts and digests, and
-cuts each input into fixed row ranges (:mod:`seqpool.io.shards`). Ray Data then
+cuts each input into fixed row ranges (:mod:`.inputs`, :mod:`seqpool.io.shards`). Ray Data then
 streams the missing ranges: read tasks re-read their file and check each range's digest,
 an actor pool of :class:`Embedder` embeds, and the driver reassembles rows into their
 ranges and writes each finished range as one atomic parquet file. Which rows a file holds
@@ -19,7 +19,6 @@ is fixed by the plan, never by Ray's blocks or scheduling, so:
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -42,6 +41,7 @@ from seqpool.distributed.dataset import (
     ray_session,
 )
 from seqpool.distributed.embedder import Embedder
+from seqpool.distributed.inputs import Input, expand_inputs, scan
 from seqpool.io.shards import (
     DEFAULT_SHARD_ROWS,
     MANIFEST,
@@ -71,21 +71,6 @@ class FilesResult:
     strategies: tuple[str, ...]
     shards: int
     resumed_shards: int
-
-
-@dataclass(frozen=True)
-class _Input:
-    path: str  # absolute: read tasks run in other processes, maybe on other machines
-    format: str
-    text_field: str | None
-    rows: int
-    chars: int
-    digest: str
-    shard_digests: tuple[str, ...]
-
-    def record(self) -> dict[str, Any]:
-        return {"path": self.path, "format": self.format, "text_field": self.text_field, "rows": self.rows,
-                "digest": self.digest}
 
 
 def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
@@ -141,7 +126,7 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
         from seqpool.io import TextSource
 
         TextSource.open(calibration)  # exists and is readable, before the model loads
-    sources = [_scan(path, input_format, text_field, shard_rows) for path in paths]
+    sources = [scan(path, input_format, text_field, shard_rows) for path in paths]
     if embedder is None:
         embedder = Embedder(model=model, strategies=strategies, normalize=normalize, layer=layer, dtype=dtype,
                             max_length=max_length, batch_size=batch_size, prompt=prompt, prompt_name=prompt_name,
@@ -168,7 +153,7 @@ def _ray_while_describing(embedder: Embedder, address: str | None, quiet: bool) 
 
 
 def _run(ray: Any, described: dict[str, Any], embedder: Embedder, folder: Path, previous: dict[str, Any] | None,
-         sources: list[_Input], *, compaction_args: tuple[str, str | None], batch_size: int | None,
+         sources: list[Input], *, compaction_args: tuple[str, str | None], batch_size: int | None,
          shard_rows: int, workers: int | None, rows_per_call: int | None, num_cpus: float, num_gpus: float,
          progress: bool | None, max_attempts: int) -> FilesResult:
     """:func:`embed_files` once the inputs are scanned and Ray runs: plan, write, record."""
@@ -218,7 +203,7 @@ def _run(ray: Any, described: dict[str, Any], embedder: Embedder, folder: Path, 
                        tuple(settings["strategies"]), len(plan), len(done))
 
 
-def _fit_ranges(compaction: Any, embedder: Embedder, sources: list[_Input], plan: list[Shard], done: set[Shard],
+def _fit_ranges(compaction: Any, embedder: Embedder, sources: list[Input], plan: list[Shard], done: set[Shard],
                 shard_rows: int, calibration: str | None) -> tuple[Shard, dict[str, np.ndarray]] | None:
     """Fit int8/uint8 ranges once, on the driver (kept as they are when resuming): on the
     calibration texts, else on the first shard's vectors, which are returned to be written."""
@@ -254,72 +239,6 @@ def _encoded(compaction: Any, vectors: dict[str, np.ndarray]) -> dict[str, np.nd
     if compaction.is_identity:
         return vectors
     return {name: compaction.encode(name, array) for name, array in vectors.items()}
-
-
-# -- inputs ----------------------------------------------------------------------------------------
-
-
-def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir: Path | None = None) -> list[str]:
-    """Absolute paths of the files named by ``inputs`` (files, globs, folders), in the order
-    given (sorted within a glob or folder), each once, never one inside ``output_dir``."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    inputs = [str(item) for item in inputs]
-    if not inputs:
-        raise SeqpoolError("inputs is empty; pass at least one file, glob or folder")
-    found: list[str] = []
-    for item in inputs:
-        if item == "-":
-            raise SeqpoolError("the Ray engine reads files, not stdin (workers re-read their rows); "
-                               "save the input to a file first")
-        if "://" in item:
-            raise SeqpoolError(f"input {item}: URLs are not read directly; mount the storage so every Ray node "
-                               f"sees it as a path (e.g. s3fs, gcsfuse, NFS)")
-        if glob.has_magic(item):
-            matches = sorted(path for path in glob.glob(item, recursive=True) if os.path.isfile(path))
-            if not matches:
-                raise SeqpoolError(f"no input file matches {item}")
-        elif os.path.isdir(item):
-            matches = _folder_files(item)
-            if not matches:
-                raise SeqpoolError(f"input folder {item} holds no files (names starting with . or _ are skipped)")
-        elif not os.path.exists(item):
-            raise SeqpoolError(f"input file not found: {item}")
-        else:
-            matches = [item]
-        found.extend(os.path.abspath(path) for path in matches)
-    inside = os.path.realpath(output_dir) + os.sep if output_dir is not None else None
-    unique = list(dict.fromkeys(found))
-    if inside is not None:
-        unique = [path for path in unique if not os.path.realpath(path).startswith(inside)]
-        if not unique:
-            raise SeqpoolError(f"every input lies inside the output folder {output_dir}")
-    return unique
-
-
-def _folder_files(folder: str) -> list[str]:
-    files = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(name for name in dirs if not name.startswith((".", "_")))
-        files.extend(os.path.join(root, name) for name in sorted(names) if not name.startswith((".", "_")))
-    return files
-
-
-def _scan(path: str, input_format: str | None, text_field: str | None, shard_rows: int) -> _Input:
-    """Read one input once: validate every row, count them, digest the whole and each shard."""
-    from seqpool.io import TextDigest, TextSource, text_digest
-
-    source = TextSource.open(path, input_format, text_field)
-    if source.is_stream:
-        raise SeqpoolError(f"input {path} is a stream (a pipe or device); the Ray engine needs files it can re-read")
-    digest, shard_digests, rows, chars = TextDigest(), [], 0, 0
-    for texts in source.chunks(shard_rows):
-        digest.update(texts)
-        shard_digests.append(text_digest(texts))
-        rows += len(texts)
-        chars += sum(map(len, texts))
-    return _Input(os.path.abspath(path), source.format, None if source.format == "txt" else source.text_field,
-                  rows, chars, digest.hexdigest(), tuple(shard_digests))
 
 
 # -- the output folder -------------------------------------------------------------------------------
@@ -399,7 +318,7 @@ class _ManifestRecorder:
 # -- the Ray run -----------------------------------------------------------------------------------
 
 
-def _embed_missing(ray: Any, missing: list[Shard], sources: list[_Input], embedder: Embedder,
+def _embed_missing(ray: Any, missing: list[Shard], sources: list[Input], embedder: Embedder,
                    recorder: _ManifestRecorder, compaction: Any, *, shard_rows: int, dims: dict[str, int],
                    workers: int | None, rows_per_call: int | None, num_cpus: float, num_gpus: float,
                    progress: bool | None, max_attempts: int) -> None:
@@ -438,7 +357,7 @@ def _embed_missing(ray: Any, missing: list[Shard], sources: list[_Input], embedd
             missing = [shard for shard in missing if shard not in recorder.done]
 
 
-def _stream(ray: Any, missing: list[Shard], sources: list[_Input], embedder: Embedder, *, shard_rows: int,
+def _stream(ray: Any, missing: list[Shard], sources: list[Input], embedder: Embedder, *, shard_rows: int,
             dims: dict[str, int], workers: int | None, rows_per_call: int | None, num_cpus: float,
             num_gpus: float, max_attempts: int) -> Iterator[tuple[Shard, dict[str, np.ndarray], str]]:
     """``(shard, vectors, error)`` for each shard whose rows all came back (``error`` empty
@@ -479,7 +398,7 @@ def call_rows(rows: int, actors: int) -> int:
     return min(MAX_CALL_ROWS, max(MIN_CALL_ROWS, share))
 
 
-def _call_sized_blocks(ray: Any, read_plan: dict[int, tuple], sources: list[_Input], shard_rows: int, column: str,
+def _call_sized_blocks(ray: Any, read_plan: dict[int, tuple], sources: list[Input], shard_rows: int, column: str,
                        rows: int) -> Any:
     """The rows to embed, read by one task per file, in blocks of at most ``rows`` rows.
 
