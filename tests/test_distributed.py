@@ -612,52 +612,44 @@ def test_a_killed_actor_is_restarted_and_no_row_is_lost_or_duplicated(ray_cluste
     np.testing.assert_allclose(load_folder(out), expected(tiny_bert_encoder, [corpus]), atol=1e-6, rtol=0)
 
 
-def test_a_shard_failing_repeatedly_is_named_and_resume_continues(ray_cluster, tmp_path, tiny_bert_dir,
-                                                                  tiny_bert_encoder):
+def fail_then_resume(embedder_class: type, tmp_path: Path, tiny_bert_dir, tiny_bert_encoder):
+    """Embed 30 lines whose row 23 ("boom") breaks ``embedder_class`` while its marker file
+    exists, with max_attempts=2; then remove the marker and resume. Returns the failed run's
+    message, the resumed run's result and the corpus path; checks the resumed vectors."""
     lines = [f"line {i}" for i in range(30)]
     lines[23] = "boom"
     corpus = write_lines(tmp_path / "c.txt", lines)
-    marker = tmp_path / "fail"
+    marker = tmp_path / "marker"
     marker.write_text("")
-    embedder = FailingEmbedder(model=str(tiny_bert_dir))
+    embedder = embedder_class(model=str(tiny_bert_dir))
     embedder.marker = str(marker)
     out = tmp_path / "out"
     with pytest.raises(SeqpoolError) as caught:
         embed_files([corpus], out, embedder=embedder, shard_rows=10, rows_per_call=10, workers=1, max_attempts=2,
                     progress=False)
-    message = str(caught.value)
-    assert "\n" not in message
-    assert f"part-00000-000000000020-000000000030.parquet ({corpus} rows 20-29) failed 2 times" in message
-    assert "cannot embed boom" in message and "--resume" in message
     marker.unlink()
     result = embed_files([corpus], out, embedder=embedder, shard_rows=10, rows_per_call=10, workers=1, resume=True,
                          progress=False)
-    assert 0 < result.resumed_shards < 3
     np.testing.assert_allclose(load_folder(out), expected(tiny_bert_encoder, [corpus]), atol=1e-6, rtol=0)
+    return str(caught.value), result, corpus
+
+
+def test_a_shard_failing_repeatedly_is_named_and_resume_continues(ray_cluster, tmp_path, tiny_bert_dir,
+                                                                  tiny_bert_encoder):
+    message, result, corpus = fail_then_resume(FailingEmbedder, tmp_path, tiny_bert_dir, tiny_bert_encoder)
+    assert "\n" not in message
+    assert f"part-00000-000000000020-000000000030.parquet ({corpus} rows 20-29) failed 2 times" in message
+    assert "cannot embed boom" in message and "--resume" in message
+    assert 0 < result.resumed_shards < 3
 
 
 def test_rows_that_crash_their_actor_every_time_end_the_run_in_one_line_and_resume_continues(
         ray_cluster, tmp_path, tiny_bert_dir, tiny_bert_encoder):
     """Ray restarts a dead actor and resends its call forever by default; here max_attempts bounds it."""
-    lines = [f"line {i}" for i in range(30)]
-    lines[23] = "boom"
-    corpus = write_lines(tmp_path / "c.txt", lines)
-    marker = tmp_path / "crash"
-    marker.write_text("")
-    embedder = CrashingEmbedder(model=str(tiny_bert_dir))
-    embedder.marker = str(marker)
-    out = tmp_path / "out"
-    with pytest.raises(SeqpoolError) as caught:
-        embed_files([corpus], out, embedder=embedder, shard_rows=10, rows_per_call=10, workers=1, max_attempts=2,
-                    progress=False)
-    message = str(caught.value)
+    message, result, _ = fail_then_resume(CrashingEmbedder, tmp_path, tiny_bert_dir, tiny_bert_encoder)
     assert "\n" not in message and "an actor died 2 times running the same rows" in message
     assert "--resume" in message
-    marker.unlink()
-    result = embed_files([corpus], out, embedder=embedder, shard_rows=10, rows_per_call=10, workers=1, resume=True,
-                         progress=False)
     assert result.resumed_shards < 3
-    np.testing.assert_allclose(load_folder(out), expected(tiny_bert_encoder, [corpus]), atol=1e-6, rtol=0)
 
 
 @pytest.mark.integration
