@@ -312,6 +312,28 @@ def test_call_rows_give_each_actor_about_four_calls_within_bounds():
             if MIN_CALL_ROWS < size < MAX_CALL_ROWS:  # not clamped: every actor gets its calls, no more
                 assert -(-rows // size) <= CALLS_PER_ACTOR * actors < rows / (size - 1)
 
+def test_an_actor_crash_loop_names_the_unfinished_shards_its_rows_are_among():
+    """Ray's ActorDiedError does not say which call's rows killed the actor; the driver names
+    the shards still unfinished (one exactly, several as the first three and a count)."""
+    from seqpool.distributed.files import _as_user_error, _where
+    from seqpool.io.shards import plan_shards
+
+    class ActorDiedError(Exception):  # matched by name, as Ray's own class is
+        pass
+
+    paths = ["a.txt", "b.txt"]
+    shards = plan_shards([25, 10], 10)  # a.txt: 0-9, 10-19, 20-24; b.txt: 0-9
+    one = str(_as_user_error(ActorDiedError("The actor died"), 3, 2, _where(shards[2:3], paths)))
+    assert "an actor died 3 times" in one and "in shard part-00000-000000000020-000000000025.parquet " \
+        "(a.txt rows 20-24); the 2 shards done are kept" in one and "\n" not in one
+    many = str(_as_user_error(ActorDiedError("The actor died"), 3, 0, _where(shards, paths)))
+    assert "in one of the 4 unfinished shards: shard part-00000-000000000000-000000000010.parquet (a.txt rows 0-9)" \
+        in many and "(a.txt rows 20-24) and 1 more;" in many and "b.txt" not in many
+    assert "out of memory?); the 5 shards" in str(_as_user_error(ActorDiedError("died"), 3, 5, _where([], paths)))
+    other = str(_as_user_error(RuntimeError("Ray lost the cluster\nlast line"), 3, 0, _where(shards, paths)))
+    assert other.startswith("the Ray run failed: last line") and "unfinished" not in other
+
+
 
 def test_default_call_size_follows_the_rows_and_actors(ray_cluster, tmp_path, tiny_bert_dir, tiny_bert_encoder,
                                                       monkeypatch):
@@ -646,8 +668,9 @@ def test_a_shard_failing_repeatedly_is_named_and_resume_continues(ray_cluster, t
 def test_rows_that_crash_their_actor_every_time_end_the_run_in_one_line_and_resume_continues(
         ray_cluster, tmp_path, tiny_bert_dir, tiny_bert_encoder):
     """Ray restarts a dead actor and resends its call forever by default; here max_attempts bounds it."""
-    message, result, _ = fail_then_resume(CrashingEmbedder, tmp_path, tiny_bert_dir, tiny_bert_encoder)
+    message, result, corpus = fail_then_resume(CrashingEmbedder, tmp_path, tiny_bert_dir, tiny_bert_encoder)
     assert "\n" not in message and "an actor died 2 times running the same rows" in message
+    assert f"part-00000-000000000020-000000000030.parquet ({corpus} rows 20-29)" in message  # "boom"'s shard
     assert "--resume" in message
     assert result.resumed_shards < 3
 

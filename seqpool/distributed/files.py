@@ -344,7 +344,8 @@ def _embed_missing(ray: Any, missing: list[Shard], sources: list[Input], embedde
                     recorder.add(shard)
                     bar.update(shard.rows)
             except Exception as error:  # Ray's own failure (a read task, dead actors, the cluster): one line
-                raise _as_user_error(error, max_attempts, len(recorder.done)) from None
+                unfinished = [shard for shard in missing if shard not in recorder.done]
+                raise _as_user_error(error, max_attempts, len(recorder.done), _where(unfinished, paths)) from None
             for shard, error in failed.items():
                 failures[shard] += 1
                 if error.startswith("SeqpoolError: ") or failures[shard] >= max_attempts:
@@ -517,9 +518,10 @@ class _Assembler:
         return finished
 
 
-def _as_user_error(error: BaseException, max_attempts: int, done: int) -> SeqpoolError:
+def _as_user_error(error: BaseException, max_attempts: int, done: int, unfinished: str) -> SeqpoolError:
     """One line for a failed Ray run: the SeqpoolError a worker raised (Ray keeps only its
-    text), actors that died on the same rows every time, else the last line of Ray's message."""
+    text), actors that died on the same rows every time (``unfinished`` says where: Ray's error
+    does not say which call's rows), else the last line of Ray's message."""
     if isinstance(error, SeqpoolError):
         return error
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -528,9 +530,19 @@ def _as_user_error(error: BaseException, max_attempts: int, done: int) -> Seqpoo
         return SeqpoolError(ours[-1])
     if _actor_lost(error):
         return SeqpoolError(f"an actor died {max_attempts} times running the same rows (killed, or crashed: out "
-                            f"of memory?); the {done} shards done are kept: fix the cause and rerun with --resume")
+                            f"of memory?){unfinished}; the {done} shards done are kept: fix the cause and "
+                            f"rerun with --resume")
     return SeqpoolError(f"the Ray run failed: {lines[-1] if lines else type(error).__name__}; the shards done "
                         f"are kept: rerun with --resume")
+
+
+def _where(shards: list[Shard], paths: list[str], shown: int = 3) -> str:
+    """`` in shard ... (a.txt rows 0-9)``, `` in one of the N unfinished shards: ..., ... and N more``, or ''."""
+    if len(shards) <= 1:
+        return "".join(f" in {shard.describe(paths)}" for shard in shards)
+    names = ", ".join(shard.describe(paths) for shard in shards[:shown])
+    more = f" and {len(shards) - shown} more" if len(shards) > shown else ""
+    return f" in one of the {len(shards)} unfinished shards: {names}{more}"
 
 
 def _actor_lost(error: BaseException) -> bool:
