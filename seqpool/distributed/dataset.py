@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from typing import Any, Iterator
 
 from seqpool.distributed.embedder import Embedder
@@ -59,11 +60,15 @@ def map_embedder(ds: Any, worker_class: type, *, workers: int | None, batch_size
         raise SeqpoolError(f"batch_size must be a whole number of rows, at least 1, got {batch_size!r}")
     num_cpus, num_gpus = check_resources(ray, num_cpus, num_gpus)
     size = default_workers(ray, num_cpus, num_gpus) if workers is None else check_workers(workers)
-    return ds.map_batches(worker_class, fn_constructor_args=constructor_args,
-                          fn_constructor_kwargs=constructor_kwargs or {}, batch_size=batch_size,
-                          compute=ray.data.ActorPoolStrategy(size=size), num_cpus=num_cpus,
-                          num_gpus=num_gpus or None, udf_modifying_row_count=False,
-                          **({} if max_task_retries is None else {"max_task_retries": max_task_retries}))
+    with warnings.catch_warnings():
+        # Ray 2.60 (pinned) takes max_task_retries only among the extra remote arguments, which it
+        # marks deprecated (gone in 2.64) without a named replacement yet; revisit when bumping Ray.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        return ds.map_batches(worker_class, fn_constructor_args=constructor_args,
+                              fn_constructor_kwargs=constructor_kwargs or {}, batch_size=batch_size,
+                              compute=ray.data.ActorPoolStrategy(size=size), num_cpus=num_cpus,
+                              num_gpus=num_gpus or None, udf_modifying_row_count=False,
+                              **({} if max_task_retries is None else {"max_task_retries": max_task_retries}))
 
 
 def check_workers(workers: Any) -> int:
