@@ -43,11 +43,14 @@ Pooler = Callable[[Tensor, Tensor, int], dict[str, Tensor]]
 
 @dataclass(frozen=True)
 class EncodeStats:
-    """What one ``Encoder.encode`` call did: texts, texts cut at ``max_length``, model inputs run."""
+    """What one ``Encoder.encode`` call did: texts, texts cut at ``max_length``, model inputs run,
+    and which texts (their indices) were cut: an engine that spreads one call's rows over several
+    outputs counts each output's own."""
 
     texts: int
     truncated: int
     inputs: int
+    truncated_rows: tuple[int, ...] = ()
 
 
 @dataclass
@@ -74,7 +77,7 @@ class EncodePlan:
         self.num_texts = len(texts)
         self.n_suffix = len(suffix)
         self.exclude = exclude
-        self.truncated = 0
+        self.truncated_rows: list[int] = []
         n_special = len(prefix) + len(suffix)
         prompt_tokens = max((len(t.prompt_ids) for t in texts), default=0)
         self.inputs: list[list[int]] = []
@@ -91,7 +94,7 @@ class EncodePlan:
             for index, text in enumerate(texts):
                 joint = [*text.prompt_ids, *text.content_ids]
                 if len(joint) > room:
-                    self.truncated += 1
+                    self.truncated_rows.append(index)
                     joint = joint[-room:] if truncation_side == "left" else joint[:room]
                 self.inputs.append([*prefix, *joint, *suffix])
                 self.owners.append(index)
@@ -118,6 +121,11 @@ class EncodePlan:
     def num_rows(self) -> int:
         """Output rows: one per text, or one per chunk with ``chunk_output``."""
         return int(self.first_row[-1]) if self.options.chunk_output else self.num_texts
+
+    @property
+    def truncated(self) -> int:
+        """How many texts were cut at ``max_length``."""
+        return len(self.truncated_rows)
 
     def batches(self, batch_size: int, token_budget: int) -> list[np.ndarray]:
         """Input indices per model batch: by length for truncation, in plan order for windows."""
@@ -268,5 +276,5 @@ def encode_texts(encoder: Any, texts: Sequence[str], strategies: Sequence[str] |
                     rows_vectors = torch.nn.functional.normalize(rows_vectors, dim=-1)
                 out[strategy][rows] = rows_vectors.numpy()
             bar.update(done)
-    encoder.last_stats = EncodeStats(len(texts), plan.truncated, len(plan.inputs))
+    encoder.last_stats = EncodeStats(len(texts), plan.truncated, len(plan.inputs), tuple(plan.truncated_rows))
     return out, plan.chunk_table() if options.chunk_output else None
