@@ -468,6 +468,34 @@ def test_cli_engine_ray_prompt_and_exclude_prompt_equal_local_and_resume_refuses
     assert len(again.stderr.strip().splitlines()) == 1
 
 
+def test_cli_engine_ray_counts_truncated_texts_per_shard_and_after_resume(ray_cluster, tmp_path, tiny_bert_dir,
+                                                                          tiny_bert_encoder):
+    """One actor call spans every shard here; each shard still counts only its own cut rows,
+    and a resumed run adds the kept shards' counts (from their files) to the redone ones'."""
+    import pyarrow.parquet as pq
+
+    words = "the cat sat on the mat and a very good film about a dog".split()
+    lines = [" ".join(words * (1 + 2 * i)) for i in range(9)] + ["short text", ""]
+    corpus = write_lines(tmp_path / "long.txt", lines)
+    tiny_bert_encoder.encode(lines)
+    cut = tiny_bert_encoder.last_stats.truncated
+    assert 0 < cut < len(lines) - 2
+    out = tmp_path / "out"
+    result = cli(corpus, "--engine", "ray", "--model", tiny_bert_dir, "--chunk-size", 3, "--workers", 1, "-o", out)
+    assert result.exit_code == 0, result.output
+    note = f"{cut} of {len(lines)} texts were longer than the model's max length and were truncated"
+    assert note in result.stderr
+    shards = sorted(out.glob("part-*.parquet"))
+    per_shard = [int(pq.read_schema(path).metadata[b"seqpool.truncated"]) for path in shards]
+    assert sum(per_shard) == cut and per_shard[-1] == 0 < per_shard[2]  # rows 9-10 short, rows 6-8 long
+    shards[2].unlink()
+    again = cli(corpus, "--engine", "ray", "--model", tiny_bert_dir, "--chunk-size", 3, "-o", out, "--resume")
+    assert again.exit_code == 0 and "3 of them already done" in again.stderr and note in again.stderr, again.output
+    chunked = cli(corpus, "--engine", "ray", "--model", tiny_bert_dir, "--long-texts", "chunk", "-o",
+                  tmp_path / "chunked")
+    assert chunked.exit_code == 0 and "truncated" not in chunked.stderr, chunked.output
+
+
 def test_cli_engine_ray_chunks_long_texts_as_local_does(ray_cluster, tmp_path, tiny_bert_dir):
     from seqpool.io import load_embeddings
 

@@ -184,9 +184,14 @@ def embed(input_paths: tuple[str, ...], output: str | None, output_format: str |
         resumed = f", resumed at row {result.resumed_from}" if result.resumed_from else ""
         click.echo(f"wrote {result.rows} x {result.dim} embeddings ({', '.join(result.strategies)}{resumed}) "
                    f"to {', '.join(map(str, result.paths))}", err=True)
-        if result.truncated:
-            click.echo(f"{result.truncated} of {result.texts} texts were longer than the model's max length and were "
-                       f"truncated; --long-texts chunk or late keeps all of them", err=True)
+        _report_truncated(result.truncated, result.texts)
+
+
+def _report_truncated(truncated: int, texts: int) -> None:
+    """The closing line both engines print when texts were cut at the model's max length."""
+    if truncated:
+        click.echo(f"{truncated} of {texts} texts were longer than the model's max length and were truncated; "
+                   f"--long-texts chunk or late keeps all of them", err=True)
 
 
 def _embed_with_ray(input_paths: tuple[str, ...], output: str | None, refused: list[str], *,
@@ -227,3 +232,4 @@ def _embed_with_ray(input_paths: tuple[str, ...], output: str | None, refused: l
         done = f", {result.resumed_shards} of them already done" if result.resumed_shards else ""
         click.echo(f"wrote {result.rows} x {result.dim} embeddings ({', '.join(result.strategies)}) to "
                    f"{result.folder}/ as {result.shards} parquet shards{done}", err=True)
+        _report_truncated(result.truncated, result.rows)

@@ -71,6 +71,7 @@ class FilesResult:
     strategies: tuple[str, ...]
     shards: int
     resumed_shards: int
+    truncated: int  # texts cut at the model's max length (--long-texts truncate), resumed shards included
 
 
 def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
@@ -169,7 +170,7 @@ def _run(ray: Any, described: dict[str, Any], embedder: Embedder, folder: Path, 
     manifest = {"version": MANIFEST_VERSION, "complete": False, "inputs": [source.record() for source in sources],
                 "settings": settings, "shards": []}
     plan = plan_shards([source.rows for source in sources], shard_rows)
-    done: set[Shard] = set()
+    done: dict[Shard, int] = {}  # finished shard -> its texts cut at max_length
     if previous is not None:
         _check_same_run(folder, previous, manifest)
         done = finished_shards(folder, plan)
@@ -185,8 +186,9 @@ def _run(ray: Any, described: dict[str, Any], embedder: Embedder, folder: Path, 
     recorder = _ManifestRecorder(folder, manifest, done)
     try:
         if first is not None:  # the shard the ranges were fitted on: embedded already
-            write_shard(folder, first[0], sources[first[0].source].path, _encoded(compaction, first[1]))
-            recorder.add(first[0])
+            shard, vectors, truncated = first
+            write_shard(folder, shard, sources[shard.source].path, _encoded(compaction, vectors), truncated)
+            recorder.add(shard, truncated)
         missing = [shard for shard in plan if shard not in recorder.done]
         if missing:
             _embed_missing(ray, missing, sources, embedder, recorder, compaction, shard_rows=shard_rows, dims=dims,
@@ -200,13 +202,15 @@ def _run(ray: Any, described: dict[str, Any], embedder: Embedder, folder: Path, 
         raise
     recorder.finish()
     return FilesResult(folder, sum(source.rows for source in sources), dims[settings["strategies"][0]],
-                       tuple(settings["strategies"]), len(plan), len(done))
+                       tuple(settings["strategies"]), len(plan), len(done), recorder.truncated)
 
 
-def _fit_ranges(compaction: Any, embedder: Embedder, sources: list[Input], plan: list[Shard], done: set[Shard],
-                shard_rows: int, calibration: str | None) -> tuple[Shard, dict[str, np.ndarray]] | None:
+def _fit_ranges(compaction: Any, embedder: Embedder, sources: list[Input], plan: list[Shard],
+                done: dict[Shard, int], shard_rows: int,
+                calibration: str | None) -> tuple[Shard, dict[str, np.ndarray], int] | None:
     """Fit int8/uint8 ranges once, on the driver (kept as they are when resuming): on the
-    calibration texts, else on the first shard's vectors, which are returned to be written."""
+    calibration texts, else on the first shard's vectors, which are returned to be written
+    (with how many of its texts were truncated)."""
     if not compaction.needs_ranges or compaction.ranges or not plan:
         return None
     from seqpool.io import TextSource, text_digest
@@ -224,7 +228,7 @@ def _fit_ranges(compaction: Any, embedder: Embedder, sources: list[Input], plan:
     vectors = embedder.embed(texts)
     for name, array in vectors.items():
         compaction.fit(name, array)
-    return None if shard in done else (shard, vectors)
+    return None if shard in done else (shard, vectors, embedder.encoder.last_stats.truncated)
 
 
 def _compaction_record(compaction: Any) -> dict[str, Any]:
@@ -295,13 +299,15 @@ def _check_same_run(folder: Path, previous: dict[str, Any], current: dict[str, A
 class _ManifestRecorder:
     """Keeps the manifest's list of finished shards, rewritten atomically now and then."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], done: set[Shard]):
+    def __init__(self, folder: Path, manifest: dict[str, Any], done: dict[Shard, int]):
         self.folder, self.manifest, self.done = folder, manifest, set(done)
+        self.truncated = sum(done.values())  # texts cut at max_length in the finished shards
         self._written_at = 0.0
         self.flush()
 
-    def add(self, shard: Shard) -> None:
+    def add(self, shard: Shard, truncated: int) -> None:
         self.done.add(shard)
+        self.truncated += truncated
         if time.monotonic() - self._written_at >= _MANIFEST_EVERY_S:
             self.flush()
 
@@ -333,15 +339,15 @@ def _embed_missing(ray: Any, missing: list[Shard], sources: list[Input], embedde
         while missing:
             failed: dict[Shard, str] = {}
             try:
-                for shard, vectors, error in _stream(ray, missing, sources, embedder, shard_rows=shard_rows,
-                                                     dims=dims, workers=workers, rows_per_call=rows_per_call,
-                                                     num_cpus=num_cpus, num_gpus=num_gpus,
-                                                     max_attempts=max_attempts):
+                stream = _stream(ray, missing, sources, embedder, shard_rows=shard_rows, dims=dims, workers=workers,
+                                 rows_per_call=rows_per_call, num_cpus=num_cpus, num_gpus=num_gpus,
+                                 max_attempts=max_attempts)
+                for shard, vectors, error, truncated in stream:
                     if error:
                         failed[shard] = error
                         continue
-                    write_shard(recorder.folder, shard, paths[shard.source], _encoded(compaction, vectors))
-                    recorder.add(shard)
+                    write_shard(recorder.folder, shard, paths[shard.source], _encoded(compaction, vectors), truncated)
+                    recorder.add(shard, truncated)
                     bar.update(shard.rows)
             except Exception as error:  # Ray's own failure (a read task, dead actors, the cluster): one line
                 unfinished = [shard for shard in missing if shard not in recorder.done]
@@ -360,9 +366,10 @@ def _embed_missing(ray: Any, missing: list[Shard], sources: list[Input], embedde
 
 def _stream(ray: Any, missing: list[Shard], sources: list[Input], embedder: Embedder, *, shard_rows: int,
             dims: dict[str, int], workers: int | None, rows_per_call: int | None, num_cpus: float,
-            num_gpus: float, max_attempts: int) -> Iterator[tuple[Shard, dict[str, np.ndarray], str]]:
-    """``(shard, vectors, error)`` for each shard whose rows all came back (``error`` empty
-    unless a batch holding some of its rows failed), as the actors return them.
+            num_gpus: float, max_attempts: int) -> Iterator[tuple[Shard, dict[str, np.ndarray], str, int]]:
+    """``(shard, vectors, error, truncated)`` for each shard whose rows all came back (``error``
+    empty unless a batch holding some of its rows failed; ``truncated``: its texts cut at
+    max_length), as the actors return them.
 
     A dead actor is restarted and its calls sent again, each at most ``max_attempts`` times:
     Ray's default (forever) would loop without end on rows that crash their actor every time.
@@ -460,7 +467,8 @@ class _ShardWorker:
 
     A batch that raises comes back with NaN vectors and the error in the ``error`` column,
     so one bad batch neither aborts the whole run nor loses which rows it held: the driver
-    knows exactly which shards failed, and why, and tries them again.
+    knows exactly which shards failed, and why, and tries them again. The ``truncated``
+    column marks the rows cut at the model's max length, so each shard counts its own.
     """
 
     def __init__(self, embedder: Embedder, dims: dict[str, int]):
@@ -468,8 +476,10 @@ class _ShardWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(batch["row"])
+        truncated = np.zeros(rows, dtype=bool)
         try:
             out = self.embedder(batch)
+            truncated[list(self.embedder.encoder.last_stats.truncated_rows)] = True
             error = ""
         except Exception as exc:
             out = dict(batch)
@@ -477,7 +487,18 @@ class _ShardWorker:
             error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         del out[self.embedder.text_column]
         out["error"] = np.full(rows, error, dtype=object)
+        out["truncated"] = truncated
         return out
+
+
+@dataclass
+class _PendingShard:
+    """A shard's rows as they come back: vectors, which rows arrived, which were cut, errors."""
+
+    vectors: dict[str, np.ndarray]
+    filled: np.ndarray
+    cut: np.ndarray
+    failures: list[str]
 
 
 class _Assembler:
@@ -489,12 +510,12 @@ class _Assembler:
 
     def __init__(self, wanted: set[Shard], shard_rows: int, row_counts: list[int]):
         self.wanted, self.shard_rows, self.row_counts = wanted, shard_rows, row_counts
-        self.pending: dict[Shard, tuple[dict[str, np.ndarray], np.ndarray, list[str]]] = {}
+        self.pending: dict[Shard, _PendingShard] = {}
 
-    def add(self, batch: dict[str, np.ndarray]) -> list[tuple[Shard, dict[str, np.ndarray], str]]:
+    def add(self, batch: dict[str, np.ndarray]) -> list[tuple[Shard, dict[str, np.ndarray], str, int]]:
         sources, rows = batch["source"].astype(np.int64), batch["row"].astype(np.int64)
-        errors = batch["error"]
-        names = [name for name in batch if name not in ("source", "row", "error")]
+        errors, cut = batch["error"], batch["truncated"]
+        names = [name for name in batch if name not in ("source", "row", "error", "truncated")]
         finished = []
         starts = rows - rows % self.shard_rows
         for source, start in sorted({(int(s), int(r)) for s, r in zip(sources, starts)}):
@@ -502,17 +523,20 @@ class _Assembler:
             if shard not in self.wanted:
                 continue
             if shard not in self.pending:
-                self.pending[shard] = ({name: np.empty((shard.rows, batch[name].shape[1]), dtype=np.float32)
-                                        for name in names}, np.zeros(shard.rows, dtype=bool), [])
-            vectors, filled, failures = self.pending[shard]
+                self.pending[shard] = _PendingShard(
+                    {name: np.empty((shard.rows, batch[name].shape[1]), dtype=np.float32) for name in names},
+                    np.zeros(shard.rows, dtype=bool), np.zeros(shard.rows, dtype=bool), [])
+            pending = self.pending[shard]
             mask = (sources == source) & (starts == start)
             local = rows[mask] - start
             for name in names:
-                vectors[name][local] = batch[name][mask]
-            filled[local] = True
-            failures.extend(str(error) for error in errors[mask] if error)
-            if filled.all():
-                finished.append((shard, vectors, failures[0] if failures else ""))
+                pending.vectors[name][local] = batch[name][mask]
+            pending.filled[local] = True
+            pending.cut[local] = cut[mask]
+            pending.failures.extend(str(error) for error in errors[mask] if error)
+            if pending.filled.all():
+                finished.append((shard, pending.vectors, pending.failures[0] if pending.failures else "",
+                                 int(pending.cut.sum())))
                 del self.pending[shard]
                 self.wanted.discard(shard)
         return finished

@@ -33,6 +33,8 @@ MANIFEST = "_manifest.json"
 MANIFEST_VERSION = 1
 #: Rows per shard: the local engine's chunk size, so a shard is what one local chunk is.
 DEFAULT_SHARD_ROWS = 8192
+#: A shard file's metadata key: how many of its texts were cut at the model's max length.
+TRUNCATED_KEY = "seqpool.truncated"
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,12 @@ def write_manifest(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> No
 # -- shards -------------------------------------------------------------------------------------
 
 
-def write_shard(folder: str | os.PathLike, shard: Shard, source_path: str, vectors: Mapping[str, np.ndarray]) -> Path:
+def write_shard(folder: str | os.PathLike, shard: Shard, source_path: str, vectors: Mapping[str, np.ndarray],
+                truncated: int = 0) -> Path:
     """Write one shard's rows atomically: ``source``, ``row`` and a fixed-size list column per
     strategy (the layout ``seqpool embed -o x.parquet`` writes too): float32 vectors, or the
-    codes of a compact precision in their own dtype."""
+    codes of a compact precision in their own dtype. How many of its texts were cut at the
+    model's max length goes in the file's metadata, so a resumed run still reports them all."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -109,22 +113,25 @@ def write_shard(folder: str | os.PathLike, shard: Shard, source_path: str, vecto
         array = array.astype(np.float32) if array.dtype.kind == "f" and array.dtype != np.float16 else array
         columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1])
     path = Path(folder) / shard.name
+    table = pa.table(columns).replace_schema_metadata({TRUNCATED_KEY: str(int(truncated))})
     with atomic_path(path, mode="wb") as handle:
-        pq.write_table(pa.table(columns), handle)
+        pq.write_table(table, handle)
     return path
 
 
-def finished_shards(folder: str | os.PathLike, shards: Iterable[Shard]) -> set[Shard]:
-    """The shards whose file exists with the planned number of rows (atomic writes: then complete)."""
+def finished_shards(folder: str | os.PathLike, shards: Iterable[Shard]) -> dict[Shard, int]:
+    """The shards whose file exists with the planned number of rows (atomic writes: then
+    complete), each with how many of its texts were truncated (0 when its file does not say)."""
     import pyarrow.parquet as pq
 
-    done = set()
+    done = {}
     for shard in shards:
         path = Path(folder) / shard.name
         if path.is_file():
             try:
-                if pq.ParquetFile(path).metadata.num_rows == shard.rows:
-                    done.add(shard)
+                metadata = pq.ParquetFile(path).metadata
+                if metadata.num_rows == shard.rows:
+                    done[shard] = int((metadata.metadata or {}).get(TRUNCATED_KEY.encode(), b"0"))
             except Exception:  # unreadable: embed it again
                 pass
     return done
