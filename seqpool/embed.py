@@ -49,6 +49,10 @@ class EmbedResult:
     #: input texts read, and how many of them were cut at the model's max_length
     texts: int | None = None
     truncated: int = 0
+    #: per strategy: the steps its vectors went through (``cls -> Dense(384->128, Tanh) -> Normalize``)
+    pipelines: tuple[str, ...] = ()
+    #: per strategy: the width of its vectors
+    widths: tuple[int, ...] = ()
 
 
 class EmbedInterrupted(KeyboardInterrupt):
@@ -171,7 +175,9 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
                 "batch_size": batch_size, "chunk_size": chunk_size, "input_format": source.format,
                 "text_field": source.text_field}
     plan = encoder.layer_plan(strategies)  # layers checked against the model before anything is written
-    widths = {s: options.truncate_dim or plan.output_dim(s) for s in strategies}  # mean+max: 2 * hidden size
+    widths = {s: options.truncate_dim or encoder.output_dim(s) for s in strategies}  # the model's head included
+    pipelines = {s: encoder.pipeline(s, normalize) for s in strategies}
+    settings["pipeline"] = pipelines
     columns = None
     if options != VectorOptions():
         settings["vectors"] = {k: v for k, v in vars(options).items() if v is not None}
@@ -212,14 +218,15 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
     metadata = {"model": encoder.name_or_path, "strategies": ",".join(strategies), "normalize": str(normalize),
                 "layers": ",".join(map(str, encoder.layers)), "max_length": str(encoder.max_length),
                 "dtype": str(encoder.dtype).removeprefix("torch."), "texts": str(spool.texts_done),
-                "truncated": str(truncated)}
+                "truncated": str(truncated), "pipeline": "; ".join(f"{s}: {p}" for s, p in pipelines.items())}
     if options != VectorOptions():
         metadata.update({k: str(v) for k, v in vars(options).items() if v is not None and k != "calibration"})
     if not compaction.is_identity:
         metadata.update(compaction.to_metadata())
     paths = spool.finish(metadata)
-    return EmbedResult(paths, spool.rows_done, options.truncate_dim or encoder.hidden_size, strategies, started_at,
-                       texts=spool.texts_done, truncated=truncated)
+    return EmbedResult(paths, spool.rows_done, widths[strategies[0]], strategies, started_at,
+                       texts=spool.texts_done, truncated=truncated, pipelines=tuple(pipelines.values()),
+                       widths=tuple(widths.values()))
 
 
 class _NoBar:

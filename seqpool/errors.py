@@ -9,3 +9,9 @@ class SeqpoolError(ValueError):
     The CLI prints it as a single line on stderr and exits non-zero; library users
     can catch it (it is a ``ValueError``) without catching genuine bugs.
     """
+
+
+class PoolingWarning(UserWarning):
+    """A pooling choice that departs from how the model was trained: the run goes on, but its
+    vectors are not the model's own. The CLI prints it as one ``warning:`` line, even with
+    ``--quiet`` (it is not progress)."""

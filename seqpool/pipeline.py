@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 from transformers import AutoModel, Pipeline
 
-from seqpool.encoder import Encoder, sentence_transformers_defaults
+from seqpool.encoder import Encoder
+from seqpool.model_reader import ModelSpec, read_model
 from seqpool.errors import SeqpoolError
 from seqpool.encode_plan import EncodePlan
 from seqpool.layers import Pooler
@@ -131,16 +132,10 @@ class PoolingPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         if self.tokenizer is None:
             raise SeqpoolError("the seqpool pipeline needs a tokenizer; pass tokenizer= or a model folder with one")
-        name = getattr(self.model, "name_or_path", "") or ""
-        defaults = sentence_transformers_defaults(name) if name and Path(name).is_dir() else {}
-        model_dtype = self.model.dtype if self.model.dtype in (torch.float32, torch.bfloat16) else None
-        self.encoder = Encoder.from_model(
-            self.model, self.tokenizer, layer=layer, max_length=max_length or defaults.get("max_length"),
-            dtype=model_dtype, device=self.device, default_strategy=defaults.get("strategy") or "mean",
-            default_normalize=bool(defaults.get("normalize")))
-        self.encoder.prompts = dict(defaults.get("prompts") or {})
-        self.encoder.default_prompt_name = defaults.get("default_prompt_name")
-        self.encoder.include_prompt = defaults.get("include_prompt", True)
+        model = self.model.get_encoder() if getattr(self.model.config, "is_encoder_decoder", False) else self.model
+        model_dtype = model.dtype if model.dtype in (torch.float32, torch.bfloat16) else None
+        self.encoder = Encoder.from_model(model, self.tokenizer, layer=layer, max_length=max_length,
+                                          dtype=model_dtype, device=self.device, spec=_model_spec(self.model))
         self.tokenizer = padding_ready_tokenizer(self.tokenizer, self.encoder.pad_token_id)
 
     def _sanitize_parameters(self, pooling: Any = None, normalize: bool | None = None, prompt: str | None = None,
@@ -199,10 +194,20 @@ class PoolingPipeline(Pipeline):
                 pooled = pool_excluding_prompt(hidden, mask, exclude, [name])[name].float()  # as Encoder.encode
             else:
                 pooled = function(hidden, exclude_prompt(mask, exclude) if exclude else mask).float()
+            if find_strategy(name) is not None and self.encoder.uses_head(name, pooled.shape[-1]):
+                pooled = self.encoder.head(pooled)  # the model's Dense / LayerNorm modules, as Encoder.encode
             if normalize:
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
             vectors[name] = pooled[0].numpy()
         return vectors if several else next(iter(vectors.values()))
+
+
+def _model_spec(model: Any) -> ModelSpec | None:
+    """The module stack of the folder or Hub id the pipeline's model came from (``None``: built in memory)."""
+    name = str(getattr(model, "name_or_path", "") or "")
+    if not name:
+        return None
+    return read_model(name)
 
 
 def register_pipeline(task: str = TASK) -> None:

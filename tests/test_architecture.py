@@ -10,8 +10,8 @@ also have no cycles, inside a layer included):
 
 0. ``foundation``: errors, _version, _lazy (lazy re-exports): import nothing of seqpool.
 1. ``services``: io (readers, writers, atomic, digest), devices, threads, progress, serialization,
-   stats, quantize: each reads/writes files, checks settings or computes numbers; none knows about
-   strategies, tokenizers or models (io "only reads and writes", so it sits *below* the encoder,
+   stats, quantize, model_reader (a model folder's JSON and safetensors headers, no weights): each
+   reads/writes files, checks settings or computes numbers; none knows about strategies, tokenizers or models (io "only reads and writes", so it sits *below* the encoder,
    and serialization's atomic write is io's one ``atomic_path``).
 2. ``registry``: torch-free records; built-in records name their functions
    as ``"module:attribute"`` strings, resolved on use, so the registry sits under the math.
@@ -19,8 +19,8 @@ also have no cycles, inside a layer included):
    options of prompts/long texts/compact vectors (vector_options); texts into batches (batching,
    shared by encoder and encode_plan so neither imports the other for it).
 4. ``modules``: layers and the learned poolers, scalar mixing, layer plans, TokenStates, the
-   sentence-transformers config tables (st_config).
-5. ``encoder``: encoder, encode_plan: the one owner of tokenizer and model.
+   sentence-transformers config tables (st_config), the model's head after pooling (model_head).
+5. ``encoder``: encoder, encode_plan, model_loading (builds the tokenizer and model the Encoder owns).
 6. ``applications``: classifier, explain, pipeline, st_export.
 7. ``orchestration``: embed, evaluation, distributed.
 8. ``cli``.
@@ -40,12 +40,12 @@ MAX_LINES = 600
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("errors", "_version", "_lazy")),
-    ("services", ("io", "devices", "threads", "progress", "serialization", "stats", "quantize")),
+    ("services", ("io", "devices", "threads", "progress", "serialization", "stats", "quantize", "model_reader")),
     ("registry", ("registry",)),
     ("math", ("expressions", "pooling", "moments", "local", "prompts", "long_texts", "vector_options", "batching")),
     ("modules", ("layers", "gem", "attentive_stats", "latent_attention", "scalar_mix", "layer_plan", "states",
-                 "st_config")),
-    ("encoder", ("encoder", "encode_plan")),
+                 "st_config", "model_head")),
+    ("encoder", ("encoder", "encode_plan", "model_loading")),
     ("applications", ("classifier", "explain", "pipeline", "st_export")),
     ("orchestration", ("embed", "evaluation", "distributed")),
     ("cli", ("cli",)),

@@ -8,10 +8,12 @@ command runs, so ``seqpool --help`` and option errors never pay for torch.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
-from typing import Any, Mapping
+import warnings
+from typing import Any, Iterator, Mapping
 
 import click
 
@@ -93,11 +95,33 @@ class SeqpoolGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with one_line_warnings():
+                return super().invoke(ctx)
         except (SeqpoolError, OSError, UnicodeError) as error:
             if os.environ.get("SEQPOOL_DEBUG"):
                 raise
             raise click.ClickException(one_line(error)) from None
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """seqpool's own warnings (:class:`~seqpool.errors.PoolingWarning`) as one ``warning:`` line on
+    stderr, whatever ``--quiet`` says: they are about the result, not progress. Others as Python shows them."""
+    from seqpool.errors import PoolingWarning
+
+    shown = warnings.showwarning
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if issubclass(category, PoolingWarning):
+            click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def one_line(error: BaseException) -> str:

@@ -182,8 +182,9 @@ def embed(input_paths: tuple[str, ...], output: str | None, output_format: str |
         sys.exit(130)
     if not quiet:
         resumed = f", resumed at row {result.resumed_from}" if result.resumed_from else ""
-        click.echo(f"wrote {result.rows} x {result.dim} embeddings ({', '.join(result.strategies)}{resumed}) "
-                   f"to {', '.join(map(str, result.paths))}", err=True)
+        widths = "/".join(map(str, dict.fromkeys(result.widths))) or result.dim
+        click.echo(f"wrote {result.rows} x {widths} embeddings ({'; '.join(result.pipelines or result.strategies)}"
+                   f"{resumed}) to {', '.join(map(str, result.paths))}", err=True)
         _report_truncated(result.truncated, result.texts)
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
-from seqpool.errors import SeqpoolError
+from seqpool.errors import PoolingWarning, SeqpoolError
 
 #: Encoders loaded in this process, by settings: copies of one Embedder share a model.
 _ENCODERS: dict[tuple, Any] = {}
@@ -119,7 +120,8 @@ class Embedder:
         return {"model": encoder.name_or_path, "strategies": list(self.resolved_strategies()),
                 "normalize": self.resolved_normalize(), "layers": list(encoder.layers),
                 "max_length": encoder.max_length, "dtype": str(encoder.dtype).removeprefix("torch."),
-                "dims": widths, **({"vectors": self.vector_settings} if self.vector_settings else {})}
+                "dims": widths, "pipeline": {s: encoder.pipeline(s, self.resolved_normalize()) for s in widths},
+                **({"vectors": self.vector_settings} if self.vector_settings else {})}
 
     def resolved_strategies(self) -> tuple[str, ...]:
         return self.strategies or (self.encoder.default_strategy,)
@@ -136,7 +138,9 @@ class Embedder:
 
     def __call__(self, batch: Any) -> Any:
         texts = self._texts(batch)
-        vectors = self.embed(texts)
+        with warnings.catch_warnings():  # the driver's describe() said it once; actors need not repeat it
+            warnings.simplefilter("ignore", PoolingWarning)
+            vectors = self.embed(texts)
         if _is_dataframe(batch):
             out = batch.copy()
             for name, array in vectors.items():

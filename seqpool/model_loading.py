@@ -1,0 +1,150 @@
+"""Build the tokenizer and the token-state model a :class:`~seqpool.model_reader.ModelSpec` describes.
+
+The Encoder's loading half, kept apart so ``encoder.py`` stays about running the model:
+
+* encoder-decoder checkpoints (T5, MT5, UMT5, LongT5, any ``is_encoder_decoder`` config) run
+  their encoder alone, as sentence-transformers runs them; the decoder's weights are not loaded
+  where transformers has an encoder-only class;
+* weights load in the dtype asked, else their stored dtype (fp32 or bf16; fp16 runs as fp32),
+  straight from the checkpoint -- no fp32 copy first, so a 7 B model in bf16 fits in 24 GB;
+* the Transformer module's recorded tokenizer / model / config kwargs are honoured, except
+  the ones seqpool decides (``trust_remote_code``, dtype, device: see ``model_reader._OWN_KEYS``);
+* ``do_lower_case`` lowercases in the tokenizer's normaliser, as sentence-transformers does, so
+  character offsets still point into the original text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+from seqpool.errors import SeqpoolError
+from seqpool.model_reader import ModelSpec
+
+#: Stored dtypes that run as they are; anything else runs as float32.
+_RUNNABLE = (torch.float32, torch.bfloat16)
+
+
+def load_tokenizer_and_model(spec: ModelSpec, dtype: torch.dtype | None,
+                             trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """``(tokenizer, model)`` for ``spec``, loaded in ``dtype`` (``None``: the stored dtype)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = str(spec.transformer_dir)
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **spec.config_kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code,
+                                                      **spec.tokenizer_kwargs)
+            model = _load_model(folder, config, _load_dtype(config, dtype), trust_remote_code, spec.model_kwargs)
+    except SeqpoolError:
+        raise
+    except Exception as error:  # HF, safetensors and tokenizers each raise their own types
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        where = "" if folder == spec.name else f" (read from {folder})"
+        raise SeqpoolError(f"cannot load model {spec.name!r}: the folder holds no loadable model{where} "
+                           f"({detail})") from None
+    if spec.do_lower_case:
+        lowercase_in_tokenizer(tokenizer)
+    return tokenizer, model
+
+
+def stored_dtype(config: Any) -> torch.dtype | None:
+    """The dtype a checkpoint's config records (``dtype`` / ``torch_dtype``), if any."""
+    recorded = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(recorded, str):
+        recorded = getattr(torch, recorded, None)
+    return recorded if isinstance(recorded, torch.dtype) else None
+
+
+def _load_dtype(config: Any, dtype: torch.dtype | None) -> torch.dtype:
+    if dtype is not None:
+        return dtype
+    stored = stored_dtype(config)
+    return stored if stored in _RUNNABLE else torch.float32
+
+
+def _load_model(folder: str, config: Any, dtype: torch.dtype, trust_remote_code: bool,
+                model_kwargs: Any) -> Any:
+    """The model class that gives token states: the encoder alone for encoder-decoder configs."""
+    from transformers import AutoModel
+
+    kwargs = dict(model_kwargs, dtype=dtype, trust_remote_code=trust_remote_code, config=config)
+    if not getattr(config, "is_encoder_decoder", False):
+        return AutoModel.from_pretrained(folder, **kwargs)
+    encoder_class = _encoder_only_class(config)
+    if encoder_class is not None:
+        return encoder_class.from_pretrained(folder, **kwargs)
+    full = AutoModel.from_pretrained(folder, **kwargs)
+    if not hasattr(full, "get_encoder"):
+        raise SeqpoolError(f"{folder}: an encoder-decoder model ({config.model_type}) whose encoder seqpool "
+                           f"cannot take on its own")
+    encoder = full.get_encoder()
+    encoder.config = getattr(encoder, "config", config)
+    return encoder
+
+
+def _encoder_only_class(config: Any) -> Any:
+    """transformers' ``<Family>EncoderModel`` for this config (T5EncoderModel, MT5EncoderModel, ...)."""
+    import transformers
+    from transformers import AutoModel
+
+    try:
+        full_class = AutoModel._model_mapping[type(config)]
+    except Exception:
+        return None
+    name = full_class.__name__
+    candidate = name[: -len("Model")] + "EncoderModel" if name.endswith("Model") else None
+    return getattr(transformers, candidate, None) if candidate else None
+
+
+def lowercase_in_tokenizer(tokenizer: Any) -> None:
+    """Put a ``Lowercase`` step in front of a fast tokenizer's normaliser (unless it lowercases already)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        if hasattr(tokenizer, "do_lower_case"):
+            tokenizer.do_lower_case = True
+            return
+        raise SeqpoolError("the model asks for lowercased input (do_lower_case) but its tokenizer is not a fast "
+                           "tokenizer seqpool can set it on")
+    from tokenizers.normalizers import Lowercase, Sequence
+
+    import json
+
+    normalizer = backend.normalizer
+    if normalizer is not None and _lowercases(json.loads(normalizer.__getstate__())):
+        return
+    steps = [Lowercase()]
+    if isinstance(normalizer, Sequence):
+        steps += list(normalizer)
+    elif normalizer is not None:
+        steps.append(normalizer)
+    backend.normalizer = Sequence(steps)
+
+
+def _lowercases(state: Any) -> bool:
+    """Whether a normaliser's JSON state lowercases (a ``Lowercase`` step, or BertNormalizer's flag)."""
+    if not isinstance(state, dict):
+        return False
+    if state.get("type") == "Lowercase" or (state.get("type") == "BertNormalizer" and state.get("lowercase")):
+        return True
+    return any(_lowercases(step) for step in state.get("normalizers") or ())
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' weight-loading bar and info chatter; seqpool shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
