@@ -16,15 +16,17 @@ The Encoder's loading half, kept apart so ``encoder.py`` stays about running the
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from seqpool.errors import SeqpoolError
-from seqpool.model_reader import ModelSpec
+from seqpool.model_reader import ModelSpec, safetensors_header
 
 #: Stored dtypes that run as they are; anything else runs as float32.
 _RUNNABLE = (torch.float32, torch.bfloat16)
+_HEADER_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 
 
 def load_tokenizer_and_model(spec: ModelSpec, dtype: torch.dtype | None,
@@ -38,7 +40,7 @@ def load_tokenizer_and_model(spec: ModelSpec, dtype: torch.dtype | None,
             config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **spec.config_kwargs)
             tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code,
                                                       **spec.tokenizer_kwargs)
-            model = _load_model(folder, config, _load_dtype(config, dtype), trust_remote_code, spec.model_kwargs)
+            model = _load_model(folder, config, _load_dtype(config, dtype, folder), trust_remote_code, spec.model_kwargs)
     except SeqpoolError:
         raise
     except Exception as error:  # HF, safetensors and tokenizers each raise their own types
@@ -51,18 +53,25 @@ def load_tokenizer_and_model(spec: ModelSpec, dtype: torch.dtype | None,
     return tokenizer, model
 
 
-def stored_dtype(config: Any) -> torch.dtype | None:
-    """The dtype a checkpoint's config records (``dtype`` / ``torch_dtype``), if any."""
-    recorded = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+def stored_dtype(config: Any, folder: str | Path | None = None) -> torch.dtype | None:
+    """The dtype a checkpoint is stored in: its config's ``dtype``, else its first floating
+    safetensors tensor's (read from the header), else ``None``."""
+    recorded = getattr(config, "dtype", None) or vars(config).get("torch_dtype")
     if isinstance(recorded, str):
         recorded = getattr(torch, recorded, None)
-    return recorded if isinstance(recorded, torch.dtype) else None
+    if isinstance(recorded, torch.dtype):
+        return recorded
+    for path in sorted(Path(folder).glob("*.safetensors")) if folder is not None else ():
+        for entry in safetensors_header(path).values():
+            if isinstance(entry, dict) and entry.get("dtype") in _HEADER_DTYPES:
+                return _HEADER_DTYPES[entry["dtype"]]
+    return None
 
 
-def _load_dtype(config: Any, dtype: torch.dtype | None) -> torch.dtype:
+def _load_dtype(config: Any, dtype: torch.dtype | None, folder: str) -> torch.dtype:
     if dtype is not None:
         return dtype
-    stored = stored_dtype(config)
+    stored = stored_dtype(config, folder)
     return stored if stored in _RUNNABLE else torch.float32
 
 

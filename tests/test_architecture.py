@@ -21,7 +21,7 @@ also have no cycles, inside a layer included):
 4. ``modules``: layers and the learned poolers, scalar mixing, layer plans, TokenStates, the
    sentence-transformers config tables (st_config), the model's head after pooling (model_head).
 5. ``encoder``: encoder, encode_plan, model_loading (builds the tokenizer and model the Encoder owns).
-6. ``applications``: classifier, explain, pipeline, st_export.
+6. ``applications``: classifier, explain, pipeline, st_export, model_info (``seqpool inspect``).
 7. ``orchestration``: embed, evaluation, distributed.
 8. ``cli``.
 9. the package root ``seqpool``: lazy re-exports only, so nothing below may import it
@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("modules", ("layers", "gem", "attentive_stats", "latent_attention", "scalar_mix", "layer_plan", "states",
                  "st_config", "model_head")),
     ("encoder", ("encoder", "encode_plan", "model_loading")),
-    ("applications", ("classifier", "explain", "pipeline", "st_export")),
+    ("applications", ("classifier", "explain", "pipeline", "st_export", "model_info")),
     ("orchestration", ("embed", "evaluation", "distributed")),
     ("cli", ("cli",)),
 ]

@@ -62,6 +62,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
                  "Compare pooling strategies on a labelled corpus, with honest statistics."),
     "explain": ("seqpool.cli.explain", "explain",
                 "Colour each word of TEXTS by its contribution to the classifier's score."),
+    "inspect": ("seqpool.cli.model", "inspect",
+                "Describe MODEL (a folder or Hub id; default all-MiniLM-L6-v2): family, layers, the pooling "
+                "and head it was trained with, normalisation, output width, max length, prompts, tokens, dtype."),
 }
 
 
@@ -117,11 +120,10 @@ def one_line_warnings() -> Iterator[None]:
         else:
             shown(message, category, filename, lineno, file, line)
 
-    warnings.showwarning = show
-    try:
+    with warnings.catch_warnings():  # restores the filters and showwarning after the command
+        warnings.simplefilter("always", PoolingWarning)  # the Encoder says each one once per run already
+        warnings.showwarning = show
         yield
-    finally:
-        warnings.showwarning = shown
 
 
 def one_line(error: BaseException) -> str:
