@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from seqpool.errors import SeqpoolError
 from seqpool.registry import st_names, st_pooling_flags, st_pooling_modes
@@ -33,6 +33,8 @@ ST_POOLING_FLAG: dict[str, str] = {strategy: flag for flag, strategy in st_pooli
 POOLING_DIR = "1_Pooling"
 NORMALIZE_DIR = "2_Normalize"
 _ST_MODULE = "sentence_transformers.models."
+#: the model reader's head layer kinds -> sentence-transformers module classes
+_HEAD_CLASSES = {"dense": "Dense", "layer_norm": "LayerNorm", "normalize": "Normalize"}
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,19 @@ def check_exportable(strategy: str) -> Any:
     return exportable[strategy]
 
 
-def modules_config(normalize: bool) -> list[dict[str, Any]]:
-    """The ``modules.json`` of a Transformer -> Pooling [-> Normalize] stack."""
+def modules_config(normalize: bool, head: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+    """The ``modules.json`` of a Transformer -> Pooling [-> head modules] [-> Normalize] stack;
+    ``head``: ``(module class name, folder)`` pairs (``("Dense", "2_Dense")``)."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": _ST_MODULE + "Transformer"},
         {"idx": 1, "name": "1", "path": POOLING_DIR, "type": _ST_MODULE + "Pooling"},
     ]
+    for kind, folder in head:
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": folder, "type": _ST_MODULE + kind})
     if normalize:
-        modules.append({"idx": 2, "name": "2", "path": NORMALIZE_DIR, "type": _ST_MODULE + "Normalize"})
+        index = len(modules)
+        modules.append({"idx": index, "name": str(index), "path": f"{index}_Normalize",
+                        "type": _ST_MODULE + "Normalize"})
     return modules
 
 
@@ -97,17 +104,28 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def write_sentence_transformers_layout(directory: str | os.PathLike, strategy: str, dim: int,
-                                       normalize: bool = False, max_length: int | None = None) -> Path:
-    """Add the sentence-transformers files to a folder that already holds a HF model + tokenizer."""
+                                       normalize: bool = False, max_length: int | None = None,
+                                       head: Sequence[tuple[str, Path]] = ()) -> Path:
+    """Add the sentence-transformers files to a folder that already holds a HF model + tokenizer;
+    ``head``: the model's modules after pooling, ``(class name, folder to copy)``, in order."""
     directory = Path(directory)
     config = pooling_config(strategy, dim)
     _write_json(directory / POOLING_DIR / "config.json", config)
+    placed = []
+    for index, (kind, source) in enumerate(head, start=2):
+        folder = f"{index}_{kind}"
+        if Path(source).is_dir():
+            shutil.copytree(source, directory / folder)
+        else:  # a Normalize module has no files of its own
+            (directory / folder).mkdir(parents=True)
+        placed.append((kind, folder))
+    modules = modules_config(normalize, placed)
     if normalize:
-        (directory / NORMALIZE_DIR).mkdir(parents=True, exist_ok=True)
+        (directory / modules[-1]["path"]).mkdir(parents=True, exist_ok=True)
     if max_length is not None:
         _write_json(directory / "sentence_bert_config.json",
                     {"max_seq_length": int(max_length), "do_lower_case": False})
-    _write_json(directory / "modules.json", modules_config(normalize))
+    _write_json(directory / "modules.json", modules)
     return directory
 
 
@@ -116,8 +134,10 @@ def export_sentence_transformers(encoder: "Encoder", directory: str | os.PathLik
     """Save ``encoder``'s model, tokenizer and ``strategy`` as a sentence-transformers folder.
 
     The folder is built beside ``directory`` and renamed into place, so it is either complete
-    or absent. ``strategy``/``normalize`` default to the encoder's. Only the last layer can be
-    exported: sentence-transformers pools the model's final hidden states.
+    or absent. ``strategy``/``normalize`` default to the encoder's. The model's own modules after
+    pooling (Dense, LayerNorm) go with it wherever seqpool applies them (:meth:`Encoder.uses_head`),
+    so sentence-transformers gives the vectors seqpool gives. Only the last layer can be exported:
+    sentence-transformers pools the model's final hidden states.
     """
     strategy = encoder.default_strategy if strategy is None else strategy
     normalize = encoder.default_normalize if normalize is None else bool(normalize)
@@ -134,7 +154,9 @@ def export_sentence_transformers(encoder: "Encoder", directory: str | os.PathLik
     try:
         encoder.model.save_pretrained(staging)
         padding_ready_tokenizer(encoder.tokenizer, encoder.pad_token_id).save_pretrained(staging)
-        write_sentence_transformers_layout(staging, strategy, encoder.hidden_size, normalize, encoder.max_length)
+        head = [(_HEAD_CLASSES[layer.kind], encoder.spec.path / layer.path) for layer in encoder.spec.head] \
+            if encoder.uses_head(strategy) and encoder.spec is not None else []
+        write_sentence_transformers_layout(staging, strategy, encoder.hidden_size, normalize, encoder.max_length, head)
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -271,3 +271,18 @@ def test_embed_summary_and_metadata_name_the_pipeline(dense_model: Path, tmp_pat
     assert departed.exit_code == 0
     assert departed.stderr.strip().startswith("warning:") and departed.stderr.count("\n") == 1
     assert "trained with cls pooling; mean departs" in departed.stderr
+
+
+def test_export_to_sentence_transformers_keeps_the_head(dense_model: Path, tmp_path):
+    """An exported Dense-headed model gives sentence-transformers the vectors seqpool gives."""
+    from sentence_transformers import SentenceTransformer
+
+    from seqpool.encoder import Encoder
+    from seqpool.st_export import export_sentence_transformers
+
+    encoder = Encoder(dense_model)
+    target = export_sentence_transformers(encoder, tmp_path / "exported")
+    reference = SentenceTransformer(str(target), device="cpu")
+    expected = np.stack([reference.encode([text])[0] for text in TEXTS])
+    np.testing.assert_allclose(encoder.encode(TEXTS)["cls"], expected, atol=1e-5)
+    assert Encoder(target).pipeline() == "cls -> Dense(32->16, Tanh) -> Normalize"
