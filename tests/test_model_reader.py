@@ -286,3 +286,21 @@ def test_export_to_sentence_transformers_keeps_the_head(dense_model: Path, tmp_p
     expected = np.stack([reference.encode([text])[0] for text in TEXTS])
     np.testing.assert_allclose(encoder.encode(TEXTS)["cls"], expected, atol=1e-5)
     assert Encoder(target).pipeline() == "cls -> Dense(32->16, Tanh) -> Normalize"
+
+
+def test_a_sharded_checkpoint_loads_and_inspect_counts_every_shard(tiny_bert_dir: Path, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from seqpool.encoder import Encoder
+    from seqpool.model_info import describe_model
+
+    sharded = tmp_path / "sharded"
+    AutoModel.from_pretrained(tiny_bert_dir).save_pretrained(sharded, max_shard_size="20KB")
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(sharded)
+    shards = list(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").is_file()
+    np.testing.assert_allclose(Encoder(sharded).encode(TEXTS)["mean"], Encoder(tiny_bert_dir).encode(TEXTS)["mean"],
+                               atol=1e-6)
+    whole = describe_model(tiny_bert_dir)["parameters"]
+    assert describe_model(sharded)["parameters"] == whole == sum(
+        p.numel() for p in AutoModel.from_pretrained(tiny_bert_dir).parameters())
