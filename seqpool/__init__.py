@@ -18,6 +18,7 @@ from seqpool._version import __version__
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     "SeqpoolError": "seqpool.errors",
+    "PoolingWarning": "seqpool.errors",
     # the strategy registry (torch-free)
     "StrategySpec": "seqpool.registry",
     "get_strategy": "seqpool.registry",
@@ -91,7 +92,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from seqpool import stats
     from seqpool.classifier import PooledClassifier
     from seqpool.encoder import Encoder, word_embeddings
-    from seqpool.errors import SeqpoolError
+    from seqpool.errors import PoolingWarning, SeqpoolError
     from seqpool.embed import embed_file
     from seqpool.evaluation import EvaluationResult, EvaluationSettings, evaluate, load_labelled
     from seqpool.attentive_stats import AttentiveStatisticsPooling

@@ -293,3 +293,24 @@ def test_every_entry_point_gives_the_model_s_own_vectors(row: Row, reference, tm
 
     embedder = Embedder(str(folder), prompt_name=row.prompt)
     _close(next(iter(embedder.embed(texts).values())), theirs, "Embedder")
+
+
+FAMILY_KIND = {"t5": "encoder-decoder", "gpt2": "decoder", "qwen3": "decoder", "llama": "decoder",
+               "llama_eos": "decoder", "gemma3": "decoder"}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
+def test_inspect_says_what_each_model_is(row: Row, reference) -> None:
+    """``seqpool inspect``'s record of every matrix model: its family, the pipeline the Encoder
+    runs (pooling, head, normalisation) and the width sentence-transformers gives."""
+    from seqpool import Encoder
+    from seqpool.model_info import describe_model, format_description
+
+    folder, theirs = reference(row)
+    info = describe_model(folder)
+    assert info["family"] == FAMILY_KIND.get(row.family, "encoder")
+    assert info["output_width"] == theirs.shape[1]
+    assert info["pipeline"] == Encoder(folder).pipeline()
+    assert info["pipeline"].startswith(info["pooling"]) and info["normalize"] is row.normalize
+    assert len(info["head"]) == len(row.dense) + row.layer_norm
+    assert f"{info['pipeline']} -> {theirs.shape[1]} values" in format_description(info)
