@@ -83,7 +83,14 @@ class Encoder:
                  trust_remote_code: bool = False, workers: int | None = None):
         device = resolve_device(device)  # first: a bad device must not cost a model load
         workers = None if workers is None else _positive(workers, 1, "workers")
-        torch_dtype = resolve_dtype(dtype)
+        quantized = isinstance(dtype, str) and dtype.lower() == "int8"
+        if quantized:
+            from seqpool.int8 import require_extra
+
+            require_extra()
+            if device.type != "cpu":
+                raise SeqpoolError(f"dtype int8 runs on the CPU (OpenVINO); use device='cpu' or dtype bf16 on {device}")
+        torch_dtype = torch.float32 if quantized else resolve_dtype(dtype)
         if max_length is not None and max_length < 1:
             raise SeqpoolError(f"max_length must be at least 1, got {max_length}")
         spec = read_model(model)  # the whole module stack, refused in one line before any weights load
@@ -92,6 +99,7 @@ class Encoder:
         self._setup(hf_model, tokenizer, spec.name if spec.source in ("cache", "hub") else str(spec.path), device,
                     torch_dtype or hf_model.dtype, max_length or spec.max_length, layer, spec.strategy,
                     spec.normalize, workers, spec=spec, head=head)
+        self.quantized = quantized
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, **kwargs: Any) -> "Encoder":
@@ -146,6 +154,9 @@ class Encoder:
         self.default_prompt_name: str | None = spec.default_prompt_name if spec else None
         self.include_prompt = spec.include_prompt if spec else True
         self._warned: set[str] = set()
+        #: dtype int8: the quantized model (:class:`seqpool.int8.Int8Runtime`), built by :meth:`calibrate`
+        self.quantized = False
+        self.int8_runtime: Any = None
         self.last_stats = EncodeStats(0, 0, 0)  # of the last encode: texts, truncated at max_length, inputs
         pad_id = tokenizer.pad_token_id
         if pad_id is None:  # decoders such as GPT-2: any id works, the mask hides it
@@ -201,14 +212,15 @@ class Encoder:
         else:
             vocabulary = json.dumps(sorted(self.tokenizer.get_vocab().items()))
         config = self.model.config.to_json_string(use_diff=False) if hasattr(self.model, "config") else ""
+        int8 = self.int8_runtime.calibration if self.int8_runtime is not None else None
         return {"model": str(self.name_or_path), "layers": list(self.layers), "max_length": self.max_length,
-                "dtype": str(self.dtype), "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+                "dtype": str(self.dtype) if int8 is None else f"int8 {int8['sha256']}", "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
                 "weights_sha256": weights.hexdigest(),
                 "tokenizer_sha256": hashlib.sha256(f"{type(self.tokenizer).__name__}{vocabulary}".encode()).hexdigest()}
 
     def __repr__(self) -> str:
         return (f"Encoder({self.name_or_path!r}, layer={self.layers if len(self.layers) > 1 else self.layers[0]}, "
-                f"max_length={self.max_length}, dtype={self.dtype}, default_strategy={self.default_strategy!r})")
+                f"max_length={self.max_length}, dtype={self.precision}, default_strategy={self.default_strategy!r})")
 
     # -- tokens -------------------------------------------------------------------------
 
@@ -294,9 +306,13 @@ class Encoder:
         mask = inputs.get("attention_mask")
         if mask is not None and bool(mask.all()):
             del inputs["attention_mask"]  # no padding: attention runs faster without a mask
+        if self.quantized and self.int8_runtime is None:
+            raise SeqpoolError("an int8 Encoder needs its calibration first: encoder.calibrate(texts) with texts "
+                               "like the ones to embed (encode() calibrates on its first texts by itself)")
+        model = self.int8_runtime if self.quantized else self.model
         with torch.inference_mode():
             want_all = self.layers != (-1,) or blocks is not None
-            output = self.model(**inputs, output_hidden_states=want_all, return_dict=True)
+            output = model(**inputs, output_hidden_states=want_all, return_dict=True)
             if blocks is not None:
                 return average_layers(output.hidden_states, blocks)
             if not want_all:
@@ -341,6 +357,9 @@ class Encoder:
         """``(rows, hidden, mask)`` per batch of ``token_ids`` rows, in the order of ``batches``."""
         def run(rows: np.ndarray) -> Batch:
             return (rows, *self.forward_batch(self.collate([token_ids[i] for i in rows]), blocks))
+
+        if self.quantized and self.int8_runtime is None:
+            self.calibrate_tokens(token_ids)  # a sample of the first texts encoded
 
         workers = self._workers()
         with limited_threads(1 if workers > 1 else None, blas=False):
@@ -391,6 +410,25 @@ class Encoder:
             for k, row in enumerate(rows):
                 out[row] = pooled[k, :len(words[row])].float().numpy()
         return out
+
+    def calibrate(self, texts: Sequence[str]) -> None:
+        """dtype int8: quantize the model with activation ranges fitted on ``texts`` (at most 300,
+        evenly spread; texts like the ones to embed). Without it, the first ``encode`` calibrates
+        on the texts it is given."""
+        self.calibrate_tokens(self.tokenize(texts))
+
+    def calibrate_tokens(self, token_ids: Sequence[Sequence[int]]) -> None:
+        """:meth:`calibrate` from token id lists (as :meth:`tokenize` gives them)."""
+        if not self.quantized:
+            raise SeqpoolError("calibrate() is for an Encoder built with dtype='int8'")
+        from seqpool.int8 import Int8Runtime
+
+        self.int8_runtime = Int8Runtime.build(self, token_ids, streams=self._workers())
+
+    @property
+    def precision(self) -> str:
+        """What the model computes in: ``float32``, ``bfloat16`` or ``int8``."""
+        return "int8" if self.quantized else str(self.dtype).removeprefix("torch.")
 
     def _workers(self) -> int:
         """Batches run at once: one per usable CPU, each single-threaded (see ``workers``)."""

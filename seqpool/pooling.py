@@ -110,7 +110,7 @@ def masked_weighted_mean(hidden_states: Tensor, attention_mask: Tensor | None = 
     seen more of the text.
     """
     mask = normalize_mask(hidden_states, attention_mask)
-    weights = (mask.cumsum(dim=1) * mask).to(torch.float32).unsqueeze(-1)
+    weights = (mask.to(torch.int64).cumsum(dim=1) * mask).to(torch.float32).unsqueeze(-1)  # int: ONNX has no bool cumsum
     total = (fill_padding(upcast(hidden_states), mask) * weights).sum(dim=1)
     return (total / weights.sum(dim=1).clamp(min=1.0)).to(hidden_states.dtype)
 

@@ -45,8 +45,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("math", ("expressions", "pooling", "moments", "local", "prompts", "long_texts", "vector_options", "batching")),
     ("modules", ("layers", "gem", "attentive_stats", "latent_attention", "scalar_mix", "layer_plan", "states",
                  "st_config", "model_head")),
-    ("encoder", ("encoder", "encode_plan", "model_loading")),
-    ("applications", ("classifier", "explain", "pipeline", "st_export", "model_info")),
+    ("encoder", ("encoder", "encode_plan", "model_loading", "int8")),
+    ("applications", ("classifier", "explain", "pipeline", "st_export", "model_info", "export")),
     ("orchestration", ("embed", "evaluation", "distributed")),
     ("cli", ("cli",)),
 ]

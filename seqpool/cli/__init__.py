@@ -62,6 +62,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
                  "Compare pooling strategies on a labelled corpus, with honest statistics."),
     "explain": ("seqpool.cli.explain", "explain",
                 "Colour each word of TEXTS by its contribution to the classifier's score."),
+    "export": ("seqpool.cli.export", "export",
+               "Export the model with its pooling, head and normalisation inside the graph: inputs input_ids + "
+               "attention_mask (+ token_type_ids), either padding side; output sentence_embedding (or logits "
+               "with --classifier)."),
     "inspect": ("seqpool.cli.model", "inspect",
                 "Describe MODEL (a folder or Hub id; default all-MiniLM-L6-v2): family, layers, the pooling "
                 "and head it was trained with, normalisation, output width, max length, prompts, tokens, dtype."),
