@@ -1,0 +1,115 @@
+"""``Encoder(dtype="int8")``: OpenVINO + NNCF static int8, calibrated on the user's texts.
+
+Fidelity on the packaged MiniLM (integration), every strategy / layer / prompt / long-text mode
+on the tiny BERT, calibration recorded in the fingerprint, and the one-line message without the
+extra. Speed is measured in ``benchmarks/embed_throughput.py``, not here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pytest
+
+from seqpool.errors import SeqpoolError
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+CALIBRATION = ["the cat sat on the mat", "a very good film", "not a bad movie at all", "hello world",
+               "it was boring and long", "pooling tokens into one vector", "a story about a dog"] * 6
+TEXTS = ["the story was great", "a dull one", "hello", "the cat and the dog sat on a mat , very funny", ""]
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-12), 1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_bert_dir):
+    from seqpool.encoder import Encoder
+
+    encoder = Encoder(tiny_bert_dir, dtype="int8")
+    encoder.calibrate(CALIBRATION)
+    return encoder
+
+
+def test_every_strategy_layer_prompt_and_long_text_mode_runs_on_int8(tiny_int8, tiny_bert_encoder):
+    strategies = ["mean", "max", "cls", "last", "mean@-2", "cls+mean", "mean_std"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        int8 = tiny_int8.encode(TEXTS, strategies)
+        fp32 = tiny_bert_encoder.encode(TEXTS, strategies)
+        for strategy in strategies:
+            assert int8[strategy].shape == fp32[strategy].shape
+            assert _cosines(int8[strategy][:-1], fp32[strategy][:-1]).min() > 0.95, strategy
+        prompted = tiny_int8.encode(TEXTS, prompt="query: ", include_prompt=False)["mean"]
+        assert _cosines(prompted[:-1], tiny_bert_encoder.encode(TEXTS, prompt="query: ",
+                                                                include_prompt=False)["mean"][:-1]).min() > 0.95
+        long_text = ["the cat sat on the mat " * 30]
+        chunked, table = tiny_int8.encode_chunks(long_text, long_texts="chunk", window=16)
+        reference, _ = tiny_bert_encoder.encode_chunks(long_text, long_texts="chunk", window=16)
+        assert chunked["mean"].shape == reference["mean"].shape and len(table["doc"]) == len(chunked["mean"])
+        assert _cosines(chunked["mean"], reference["mean"]).min() > 0.95
+
+
+def test_the_calibration_is_recorded_and_reproducible(tiny_bert_dir, tiny_int8):
+    from seqpool.encoder import Encoder
+
+    again = Encoder(tiny_bert_dir, dtype="int8")
+    again.calibrate(CALIBRATION)
+    assert again.fingerprint()["dtype"] == tiny_int8.fingerprint()["dtype"]
+    assert again.fingerprint()["dtype"].startswith("int8 ")
+    np.testing.assert_array_equal(again.encode(TEXTS)["mean"], tiny_int8.encode(TEXTS)["mean"])
+    other = Encoder(tiny_bert_dir, dtype="int8")
+    other.calibrate(CALIBRATION[:5])
+    assert other.fingerprint()["dtype"] != tiny_int8.fingerprint()["dtype"]
+    assert tiny_int8.precision == "int8" and "dtype=int8" in repr(tiny_int8)
+
+
+def test_encode_calibrates_on_its_first_texts_and_forward_without_it_is_one_line(tiny_bert_dir):
+    from seqpool.encoder import Encoder
+
+    encoder = Encoder(tiny_bert_dir, dtype="int8")
+    batch = encoder.collate(encoder.tokenize(TEXTS))
+    with pytest.raises(SeqpoolError, match="calibrate"):
+        encoder.forward_batch(batch)
+    assert encoder.encode(CALIBRATION)["mean"].shape == (len(CALIBRATION), 32)
+    assert encoder.int8_runtime is not None and encoder.int8_runtime.calibration["sequences"] > 0
+
+
+def test_int8_without_the_extra_says_what_to_install(tiny_bert_dir, monkeypatch):
+    from seqpool.encoder import Encoder
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("openvino", "nncf") else real(name, *a))
+    with pytest.raises(SeqpoolError, match=r"pip install 'seqpool\[int8\]'"):
+        Encoder(tiny_bert_dir, dtype="int8")
+
+
+def test_int8_is_cpu_only(tiny_bert_dir):
+    from seqpool.encoder import Encoder
+
+    with pytest.raises(SeqpoolError):
+        Encoder(tiny_bert_dir, dtype="int8", device="cuda")
+
+
+@pytest.mark.integration
+def test_minilm_int8_keeps_the_fp32_vectors(senteval_dir):
+    """The issue's fidelity bar on real reviews: cosine to fp32 mean >= 0.997, min >= 0.98."""
+    import json
+
+    from seqpool.encoder import Encoder
+
+    lines = (senteval_dir / "mr.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
+    texts = [json.loads(line)["text"] for line in lines]
+    calibration, held_out = texts[:300], texts[5000:5400]
+    fp32 = Encoder().encode(held_out)["mean"]
+    int8 = Encoder(dtype="int8")
+    int8.calibrate(calibration)
+    cosines = _cosines(int8.encode(held_out)["mean"], fp32)
+    assert cosines.mean() >= 0.997 and cosines.min() >= 0.98, (cosines.mean(), cosines.min())
