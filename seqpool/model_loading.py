@@ -80,7 +80,8 @@ def _load_model(folder: str, config: Any, dtype: torch.dtype, trust_remote_code:
     """The model class that gives token states: the encoder alone for encoder-decoder configs."""
     from transformers import AutoModel
 
-    kwargs = dict(model_kwargs, dtype=dtype, trust_remote_code=trust_remote_code, config=config)
+    kwargs = dict(model_kwargs, trust_remote_code=trust_remote_code, config=config)
+    kwargs[_dtype_keyword()] = dtype
     if not getattr(config, "is_encoder_decoder", False):
         return AutoModel.from_pretrained(folder, **kwargs)
     encoder_class = _encoder_only_class(config)
@@ -93,6 +94,14 @@ def _load_model(folder: str, config: Any, dtype: torch.dtype, trust_remote_code:
     encoder = full.get_encoder()
     encoder.config = getattr(encoder, "config", config)
     return encoder
+
+
+def _dtype_keyword() -> str:
+    """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
 def _encoder_only_class(config: Any) -> Any:
