@@ -6,7 +6,9 @@ them, and nothing else:
 
 * ``mr.jsonl``, the user's labelled corpus: a small generated two-class file (fast);
 * the Hub id ``sentence-transformers/all-MiniLM-L6-v2`` (the pipeline example): a local
-  folder of that name linking to the packaged copy of the same model (no network).
+  folder of that name linking to the packaged copy of the same model (no network);
+* ``minilm-onnx``, the folder the README's ``seqpool export -o minilm-onnx`` makes (the
+  onnxruntime example): made here by the same command.
 
 A block whose first line is ``# readme-test: skip (<reason>)`` is not run (today: the Ray
 cluster and Spark recipes, which tests/test_distributed.py runs locally instead).
@@ -72,6 +74,12 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     labelled_corpus(tmp_path / "mr.jsonl")
     (tmp_path / "sentence-transformers").mkdir()
     (tmp_path / "sentence-transformers" / "all-MiniLM-L6-v2").symlink_to(default_model_path(), target_is_directory=True)
+    from click.testing import CliRunner
+
+    from seqpool.cli import main
+
+    exported = CliRunner().invoke(main, ["export", "-o", str(tmp_path / "minilm-onnx")])
+    assert exported.exit_code == 0, exported.output
     namespace: dict = {"__name__": "readme"}
     skipped = []
     for line, code in blocks:
