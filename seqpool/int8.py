@@ -103,18 +103,19 @@ def quantize_onnx(onnx_path: Path, inputs: list[dict[str, np.ndarray]], out_path
 
 
 class _HiddenStates(nn.Module):
-    """The model's every hidden state, stacked: (L+1, B, T, D), for tracing."""
+    """The model's every hidden state, one output each (``hidden_0`` = embeddings ... ``hidden_L``)."""
 
     def __init__(self, model: nn.Module, token_types: bool):
         super().__init__()
         self.model = model
         self.token_types = token_types
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor,
+                token_type_ids: Tensor | None = None) -> tuple[Tensor, ...]:
         kwargs = {"token_type_ids": token_type_ids} if self.token_types else {}
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
                             return_dict=True, **kwargs)
-        return torch.stack([h.float() for h in output.hidden_states])
+        return tuple(h.float() for h in output.hidden_states)
 
 
 class Int8Runtime:
@@ -126,8 +127,9 @@ class Int8Runtime:
     model serves all (``streams`` = the Encoder's workers).
     """
 
-    def __init__(self, compiled: Any, names: Sequence[str], calibration: dict[str, Any]):
-        self.compiled = compiled
+    def __init__(self, compiled: Any, last_only: Any, names: Sequence[str], calibration: dict[str, Any]):
+        self.compiled = compiled  # every hidden state (layer selections, mean@-2, scalar_mix)
+        self.last_only = last_only  # the last layer alone: no copies of the others
         self.names = list(names)
         self.calibration = calibration
         self._local = threading.local()
@@ -156,43 +158,50 @@ class Int8Runtime:
         args = [sample["input_ids"], sample["attention_mask"]] + ([torch.zeros_like(sample["input_ids"])]
                                                                   if token_types else [])
         graph = _HiddenStates(encoder.model, token_types).eval()
+        layers = int(getattr(encoder.model.config, "num_hidden_layers", 0)) + 1
+        outputs = [f"hidden_{i}" for i in range(layers)]
         with tempfile.TemporaryDirectory(prefix="seqpool-int8-") as scratch:
             path = Path(scratch) / "model.onnx"
-            axes = {name: {0: "batch", 1: "sequence"} for name in names}
-            axes["hidden_states"] = {1: "batch", 2: "sequence"}
+            axes = {name: {0: "batch", 1: "sequence"} for name in names + outputs}
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(graph, tuple(args), str(path), input_names=names, output_names=["hidden_states"],
+                torch.onnx.export(graph, tuple(args), str(path), input_names=names, output_names=outputs,
                                   dynamic_axes=axes, opset_version=17, dynamo=False)
             quantized = _quantize(openvino.convert_model(str(path)), inputs)
+        # f32 for what stays unquantized: on a CPU with avx512_bf16 OpenVINO would run it in bf16
         config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": str(streams),
                   "INFERENCE_NUM_THREADS": str(streams)}
-        compiled = openvino.Core().compile_model(quantized, "CPU", config)
+        core = openvino.Core()
+        compiled = core.compile_model(quantized, "CPU", config)
+        last = openvino.Model([quantized.output(len(outputs) - 1)], quantized.get_parameters(), "last_hidden_state")
+        last_only = core.compile_model(last, "CPU", config)
         digest = hashlib.sha256(repr(used).encode("ascii")).hexdigest()
         record = {"sequences": len(used), "sha256": digest, "openvino": openvino.__version__,
                   "nncf": nncf.__version__, "weights": "int8 per channel", "activations": "int8 (static ranges)"}
-        return cls(compiled, names, record)
+        return cls(compiled, last_only, names, record)
 
     def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
                  output_hidden_states: bool = False, return_dict: bool = True, **_: Any) -> Any:
-        request = getattr(self._local, "request", None)
+        key = "all" if output_hidden_states else "last"
+        request = getattr(self._local, key, None)
         if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+            request = (self.compiled if output_hidden_states else self.last_only).create_infer_request()
+            setattr(self._local, key, request)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
         if "token_type_ids" in self.names:
             feed["token_type_ids"] = (token_type_ids if token_type_ids is not None
                                       else torch.zeros_like(input_ids)).numpy()
-        stacked = torch.from_numpy(np.array(request.infer(feed)[0], copy=True))
-        hidden = tuple(stacked.unbind(0))
-        return _Output(hidden[-1], hidden)
+        results = request.infer(feed)
+        hidden = tuple(torch.from_numpy(np.array(results[i], copy=True)) for i in range(len(results)))
+        return _Output(hidden[-1], hidden if output_hidden_states else None)
 
 
 class _Output:
     """What a Hugging Face model returns, as much as the Encoder reads."""
 
-    def __init__(self, last_hidden_state: Tensor, hidden_states: tuple[Tensor, ...]):
+    def __init__(self, last_hidden_state: Tensor, hidden_states: tuple[Tensor, ...] | None):
         self.last_hidden_state = last_hidden_state
         self.hidden_states = hidden_states
 
