@@ -6,7 +6,7 @@ both batch through here, so neither imports the other for it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -57,11 +57,17 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     """
     if isinstance(texts, str):
         raise SeqpoolError("texts must be a list of strings, not a single string; wrap it: [text]")
+    if isinstance(texts, (bytes, bytearray, memoryview)):  # list(b"ab") would be numbers, not texts
+        raise SeqpoolError(f"texts must be a list of strings, got {type(texts).__name__}; decode the bytes first "
+                           f"(data.decode('utf-8')) and wrap a single text in a list: [text]")
     try:
         texts = list(texts)
     except TypeError:
         raise SeqpoolError(f"texts must be a list of strings, got {type(texts).__name__}") from None
     for index, text in enumerate(texts):
+        if isinstance(text, (bytes, bytearray)):
+            raise SeqpoolError(f"texts[{index}] is {type(text).__name__}, not str; decode the texts first "
+                               f"(text.decode('utf-8'))")
         if not isinstance(text, str):
             raise SeqpoolError(f"texts[{index}] is {type(text).__name__}, not str")
         if not text.isascii():
@@ -73,6 +79,15 @@ def check_texts(texts: Sequence[str]) -> list[str]:
                                    f"which is not valid Unicode; fix or drop that text (decoding with "
                                    f"errors='replace' turns it into U+FFFD)") from None
     return texts
+
+
+def check_flag(value: Any, name: str) -> bool | None:
+    """``value`` if it is True, False or None (a numpy bool counts); anything else is a
+    :class:`SeqpoolError` naming ``name`` -- ``normalize='no'`` must not switch normalising on
+    because a non-empty string is truthy."""
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    raise SeqpoolError(f"`{name}` must be True, False or None, got {value!r}")
 
 
 def positive(value: int | None, default: int, name: str) -> int:

@@ -4,20 +4,26 @@
 output path first (before the model loads or the corpus is read), takes a lock on the
 output, builds the Encoder and runs :func:`embed_corpus`, which does the chunked,
 checkpointed loop. io only reads and writes; the Encoder only encodes; this module joins them.
+
+Files follow :mod:`seqpool.io.ownership`: a run writes the outputs named and its own working
+files (the lock, ``OUTPUT.partial/``, the metadata beside an npy / jsonl output), each checked
+against every input (the corpus, the calibration file) before any work; a working path that
+exists and is not seqpool's is refused, never used, replaced or deleted.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from seqpool.batching import check_flag
 from seqpool.errors import SeqpoolError
 from seqpool.io import (
     DEFAULT_CHUNK_SIZE,
@@ -31,6 +37,9 @@ from seqpool.io import (
     output_paths,
     resolve_output,
 )
+from seqpool.io.lock import lock_path, output_lock
+from seqpool.io.ownership import check_working_paths, new_run_id
+from seqpool.io.writers import needs_sidecar, partial_folder, sidecar_path
 from seqpool.progress import progress_bar
 from seqpool.vector_options import VectorOptions
 
@@ -63,62 +72,6 @@ class EmbedInterrupted(KeyboardInterrupt):
         self.resumable = resumable
 
 
-def partial_folder(output: str | os.PathLike) -> Path:
-    """Where an unfinished run of ``output`` keeps its rows (``OUTPUT.partial/``)."""
-    output = Path(output)
-    return output.with_name(output.name + ".partial")
-
-
-def lock_path(output: str | os.PathLike) -> Path:
-    """The lock file held while a run writes ``output`` (``OUTPUT.lock``, holding the pid)."""
-    output = Path(output)
-    return output.with_name(output.name + ".lock")
-
-
-@contextlib.contextmanager
-def output_lock(output: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``output`` for the block, so two runs never write it at once.
-
-    An ``fcntl`` lock on ``OUTPUT.lock``: the kernel drops it when its process dies, so a
-    lock left by a killed run is simply taken over. The file holds the pid for the message.
-    Where fcntl does not exist (Windows), runs are not locked.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    if resolve_output(output)[1] == "stream":  # /dev/null, a FIFO: nothing on disk to protect
-        yield
-        return
-    path = lock_path(output)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise SeqpoolError(f"{output} is in use by another run (pid {holder}); wait for it to finish "
-                               f"or choose another output=...") from None
-        try:
-            same_file = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same_file = False
-        if same_file:
-            break
-        os.close(fd)  # the holder finished and removed this file meanwhile: lock the current one
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)  # before unlocking, so no one can lock a file about to vanish
-    finally:
-        os.close(fd)
-
-
 def embed_corpus(encoder: Any, source: TextSource, output: str | os.PathLike | None = None, *,
                  output_format: str | None = None, strategies: Sequence[str] | None = None,
                  normalize: bool | None = None, batch_size: int | None = None,
@@ -136,22 +89,26 @@ def embed_corpus(encoder: Any, source: TextSource, output: str | os.PathLike | N
     from seqpool.pooling import check_strategy
 
     strategies = tuple(dict.fromkeys(check_strategy(s) for s in (strategies or (encoder.default_strategy,))))
-    normalize = encoder.default_normalize if normalize is None else bool(normalize)
+    skip_empty, resume = _switches(skip_empty=skip_empty, resume=resume)
+    normalize = check_flag(normalize, "normalize")
+    normalize = encoder.default_normalize if normalize is None else normalize
     _check_sizes(chunk_size=chunk_size, batch_size=batch_size)
     fmt = detect_output_format(output or "", output_format)
     options = options or VectorOptions()
     _check_options(options, fmt, skip_empty)
     options.check_model(encoder, strategies)
     output = Path(output) if output is not None else default_output_path(source.path, fmt)
-    check_outputs(output, fmt, strategies, source)
-    with output_lock(output):
+    check_outputs(output, fmt, strategies, source, options)
+    _check_calibration(options, output, resume)
+    run_id = new_run_id()
+    with output_lock(output, run_id):
         return _embed_locked(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
-                             skip_empty, resume, progress, options)
+                             skip_empty, resume, progress, options, run_id)
 
 
 def _embed_locked(encoder: Any, source: TextSource, output: Path, fmt: str, strategies: tuple[str, ...],
                   normalize: bool, batch_size: int | None, chunk_size: int, skip_empty: bool, resume: bool,
-                  progress: bool | None, options: VectorOptions) -> EmbedResult:
+                  progress: bool | None, options: VectorOptions, run_id: str) -> EmbedResult:
     """The loop of :func:`embed_corpus`, with the output already locked and checked."""
     total = None if source.is_stream else source.count()
     if resolve_output(output)[1] == "stream":  # rows are spooled in a temporary folder, never in /dev
@@ -159,14 +116,15 @@ def _embed_locked(encoder: Any, source: TextSource, output: Path, fmt: str, stra
             raise SeqpoolError(f"cannot resume into {output}: it is a device or FIFO, which keeps no rows")
         with tempfile.TemporaryDirectory(prefix="seqpool-embed-") as scratch:
             return _embed_spooled(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
-                                  skip_empty, False, progress, total, Path(scratch) / "partial", options)
+                                  skip_empty, False, progress, total, Path(scratch) / "partial", options, run_id)
     return _embed_spooled(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
-                          skip_empty, resume, progress, total, None, options)
+                          skip_empty, resume, progress, total, None, options, run_id)
 
 
 def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, strategies: tuple[str, ...],
                    normalize: bool, batch_size: int | None, chunk_size: int, skip_empty: bool, resume: bool,
-                   progress: bool | None, total: int | None, folder: Path | None, options: VectorOptions) -> EmbedResult:
+                   progress: bool | None, total: int | None, folder: Path | None, options: VectorOptions,
+                   run_id: str) -> EmbedResult:
     from seqpool.io.writers import CHUNK_COLUMNS
     from seqpool.quantize import Compaction, output_dtype, output_width
 
@@ -184,13 +142,14 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
         columns = {s: ((output_width(widths[s], options.precision),), str(output_dtype(options.precision)))
                    for s in strategies}
         columns.update({name: ((), "int64") for name in CHUNK_COLUMNS} if options.chunk_output else {})
-    spool = EmbeddingSpool(output, fmt, strategies, widths, settings, resume=resume, folder=folder, columns=columns)
+    spool = EmbeddingSpool(output, fmt, strategies, widths, settings, resume=resume, folder=folder, columns=columns,
+                           run_id=run_id)
     started_at = spool.texts_done
     compaction = Compaction.from_metadata(spool.state) if "compaction" in spool.state else Compaction(options.precision)
     truncated = int(spool.state.get("truncated", 0))
     try:
         if options.calibration is not None and not compaction.ranges:  # fitted once, kept in the checkpoints
-            calibration = list(TextSource.open(options.calibration).texts())
+            calibration = list(calibration_source(options.calibration).texts())
             for strategy, vectors in _encode_chunk(encoder, calibration, strategies, normalize, batch_size,
                                                    False, _NoBar(), options)[0].items():
                 compaction.fit(strategy, vectors)
@@ -218,7 +177,8 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
     metadata = {"model": encoder.name_or_path, "strategies": ",".join(strategies), "normalize": str(normalize),
                 "layers": ",".join(map(str, encoder.layers)), "max_length": str(encoder.max_length),
                 "dtype": str(encoder.dtype).removeprefix("torch."), "texts": str(spool.texts_done),
-                "truncated": str(truncated), "pipeline": "; ".join(f"{s}: {p}" for s, p in pipelines.items())}
+                "truncated": str(truncated), "pipeline": "; ".join(f"{s}: {p}" for s, p in pipelines.items()),
+                "dims": json.dumps(widths)}
     if options != VectorOptions():
         metadata.update({k: str(v) for k, v in vars(options).items() if v is not None and k != "calibration"})
     if not compaction.is_identity:
@@ -245,20 +205,61 @@ def _check_options(options: VectorOptions, output_format: str, skip_empty: bool)
         raise SeqpoolError("`skip_empty` does not apply to `chunk_output` (an empty text gives one empty chunk row)")
 
 
-def check_outputs(output: Path, output_format: str, strategies: Sequence[str], source: TextSource | None) -> None:
-    """Every file a run will write is writable and none is the input; the lock and the
-    ``.partial`` folder are not in the way of something else."""
+def check_outputs(output: Path, output_format: str, strategies: Sequence[str], source: TextSource | None,
+                  options: VectorOptions | None = None) -> None:
+    """Before any work: every file a run will write -- outputs and working files -- is writable,
+    is no input (the corpus, the calibration file) and is not in the way of something else; a
+    working path that exists must be seqpool's (its marker). A stream output keeps nothing beside
+    it, so an option whose metadata would need a file there is refused."""
+    from seqpool.quantize import Compaction
+
+    options = options or VectorOptions()
+    sidecar = needs_sidecar(output_format, () if Compaction(options.precision).is_identity else ("compaction",))
     if resolve_output(output)[1] == "stream":  # /dev/null, /dev/stdout, a FIFO: streamed into, no state beside it
         if output_format == "npy" and len(strategies) > 1:
             raise SeqpoolError(f"{output} is a device or FIFO and can take one npy array, not {len(strategies)} "
                                f"strategies; choose output_format=... parquet, jsonl or safetensors")
+        if sidecar:
+            raise SeqpoolError(f"{output} is a device or FIFO, so an {output_format} stream has nowhere to keep the "
+                               f"`precision` {options.precision} metadata its codes decode with; choose "
+                               f"output_format=... parquet or safetensors (they hold it inside) or write a file")
         return
-    for path in dict.fromkeys(output_paths(output, output_format, strategies).values()):
-        check_output_writable(path, source)
+    inputs = [None if source is None or source.is_stream else source.path, options.calibration]
+    finals = list(dict.fromkeys(output_paths(output, output_format, strategies).values()))
+    for path in finals:
+        check_output_writable(path, source, inputs)
     for path, what in ((partial_folder(output), "folder"), (lock_path(output), "file")):
         if path.exists() and not (path.is_dir() if what == "folder" else path.is_file()):
             raise SeqpoolError(f"{path} exists and is not a {what}; seqpool keeps a run's state there, "
                                f"so move it or choose another output=...")
+    check_working_paths(output, {"lock": lock_path(output), "unfinished rows": partial_folder(output)}, inputs)
+    for path in finals if sidecar or output_format == "jsonl" else ():  # an empty jsonl keeps its width beside it
+        check_working_paths(path, {"metadata": sidecar_path(path)}, inputs)
+
+
+def calibration_source(calibration: str | os.PathLike) -> TextSource:
+    """The calibration texts, or one line saying that it is the calibration file that is wrong."""
+    if not os.path.exists(calibration):
+        raise SeqpoolError(f"calibration file not found: {calibration}; `calibration` names the texts the "
+                           f"int8/uint8 ranges are fitted on")
+    if os.path.isdir(calibration):
+        raise SeqpoolError(f"calibration file {calibration} is a directory; pass a file of texts as `calibration`")
+    try:
+        return TextSource.open(calibration)
+    except SeqpoolError as error:
+        raise SeqpoolError(f"calibration file {calibration}: {error}") from None
+
+
+def _check_calibration(options: VectorOptions, output: Path, resume: bool) -> None:
+    """The calibration file is readable -- unless this run resumes, which uses the ranges stored
+    in the checkpoint (fitted once) and needs the file no more."""
+    if options.calibration is not None and not (resume and os.path.lexists(partial_folder(output))):
+        calibration_source(options.calibration)
+
+
+def _switches(**flags: Any) -> tuple[bool, ...]:
+    """On/off options as bools, each checked to be one (``resume='no'`` must not resume)."""
+    return tuple(bool(check_flag(value, name)) for name, value in flags.items())
 
 
 def _check_sizes(**sizes: int | None) -> None:
@@ -304,35 +305,37 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
     chosen = tuple(dict.fromkeys(check_strategy(s) for s in strategies)) if strategies else None
     torch_dtype = parse_dtype(dtype)
     _check_sizes(chunk_size=chunk_size, batch_size=batch_size, max_length=max_length)
+    skip_empty, resume, chunk_output = _switches(skip_empty=skip_empty, resume=resume, chunk_output=chunk_output)
+    normalize = check_flag(normalize, "normalize")
     check_thread_count(threads, "`threads`")
     options = VectorOptions(prompt, prompt_name, include_prompt, long_texts, window, stride, chunk_output,
                             truncate_dim, precision, None if calibration is None else str(calibration))
-    if calibration is not None:
-        TextSource.open(calibration)  # exists and is readable
     source = TextSource.open(input_path, input_format, text_field)
     fmt = detect_output_format(output or "", output_format)
     _check_options(options, fmt, skip_empty)
     target = Path(output) if output is not None else default_output_path(str(input_path), fmt)
     # The model's default strategy is unknown until it loads; check the one-file case now
     # and every per-strategy file again in embed_corpus, still before the corpus is read.
-    check_outputs(target, fmt, chosen or ("mean",), source)
+    check_outputs(target, fmt, chosen or ("mean",), source, options)
+    _check_calibration(options, target, resume)
     from seqpool.encoder import Encoder, native_bf16_cpu
 
-    with output_lock(target), limited_threads(threads):
-        if not resume:  # after the lock: a running writer is "in use", not "interrupted"
-            EmbeddingSpool.check_unfinished(partial_folder(target), target)
+    run_id = new_run_id()
+    with output_lock(target, run_id), limited_threads(threads):
+        # after the lock: a running writer is "in use", not "interrupted"
+        EmbeddingSpool.check_unfinished(partial_folder(target), target, resume)
         encoder = Encoder(model, device=device, dtype=torch_dtype, max_length=max_length, layer=layer,
                           workers=threads)
         if torch_dtype == "bfloat16" and encoder.device.type == "cpu" and native_bf16_cpu() is False and note:
             note("this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs slower than fp32 here; "
                  "use dtype=fp32 for speed")
         chosen = tuple(dict.fromkeys(check_strategy(s) for s in (chosen or (encoder.default_strategy,))))
-        check_outputs(target, fmt, chosen, source)
+        check_outputs(target, fmt, chosen, source, options)
         options.check_model(encoder, chosen)
         try:
             return _embed_locked(encoder, source, target, fmt, chosen,
-                                 encoder.default_normalize if normalize is None else bool(normalize),
-                                 batch_size, chunk_size, skip_empty, resume, progress, options)
+                                 encoder.default_normalize if normalize is None else normalize,
+                                 batch_size, chunk_size, skip_empty, resume, progress, options, run_id)
         except KeyboardInterrupt as error:
             raise EmbedInterrupted(partial_folder(target).is_dir()) from error
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqpool.batching import DEFAULT_BATCH_SIZE, DEFAULT_TOKEN_BUDGET, check_texts, pack_batches, positive
+from seqpool.batching import DEFAULT_BATCH_SIZE, DEFAULT_TOKEN_BUDGET, check_flag, check_texts, pack_batches, positive
 from seqpool.errors import PoolingWarning, SeqpoolError
 from seqpool.long_texts import (
     Span,
@@ -263,7 +263,8 @@ def encode_texts(encoder: Any, texts: Sequence[str], strategies: Sequence[str] |
         warnings.warn(message, PoolingWarning, stacklevel=4)
     for width in widths.values():
         check_truncate_dim(truncate_dim, width)
-    normalize = encoder.default_normalize if normalize is None else bool(normalize)
+    normalize = check_flag(normalize, "normalize")  # 'no' is truthy: only True, False or None
+    normalize = encoder.default_normalize if normalize is None else normalize
     texts = check_texts(texts)
     prompt = resolve_prompt(prompt, prompt_name, encoder.prompts, encoder.default_prompt_name)
     include = encoder.include_prompt if include_prompt is None else bool(include_prompt)

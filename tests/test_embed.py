@@ -16,6 +16,7 @@ from seqpool.cli import main
 from seqpool.embed import embed_corpus, embed_file, lock_path, output_lock
 from seqpool.errors import SeqpoolError
 from seqpool.io import TextSource
+from seqpool.io.ownership import FILE_MARKER, make_working_folder
 
 LINES = ["one", "", "two", "three"]
 NO_MODEL = "/nonexistent/model/folder"  # loading it would fail: an error about anything else came first
@@ -55,7 +56,7 @@ def test_output_paths_are_checked_before_the_model_loads(corpus, tmp_path):
     (tmp_path / "f.npy.partial").write_text("not a folder")
     with pytest.raises(SeqpoolError, match=r"f\.npy\.partial exists and is not a folder"):
         embed_file(corpus, tmp_path / "f.npy", model=NO_MODEL)
-    (tmp_path / "g.npy.partial").mkdir()
+    make_working_folder(tmp_path / "g.npy.partial", "an-earlier-run", "rows")  # an interrupted run's (marked)
     with pytest.raises(SeqpoolError, match="interrupted run .* add --resume"):
         embed_file(corpus, tmp_path / "g.npy", model=NO_MODEL)
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "g.npy.lock").exists()
@@ -92,7 +93,8 @@ def test_a_second_run_on_a_locked_output_is_told_who_holds_it(corpus, tmp_path):
     # The holder died without cleaning up: its lock file stays, but the lock is free to take over.
     assert lock_path(out).exists()
     with output_lock(out):
-        assert lock_path(out).read_text().strip() == str(os.getpid())
+        held = lock_path(out).read_text()
+        assert held.startswith(FILE_MARKER) and f"pid={os.getpid()}" in held
     assert not lock_path(out).exists()
 
 

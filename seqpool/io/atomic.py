@@ -14,6 +14,10 @@ What happens for each kind of output path (documented behaviour, tested in test_
   directly, never replaced (there is nothing to make atomic about a stream).
 * a directory, socket or block device: refused with a one-line :class:`SeqpoolError`.
 
+``exclusive=True`` publishes only a *new* file: the rename becomes a hard link, which fails if
+anything appeared at the path meanwhile (:func:`link_new`), so a working file seqpool creates
+never replaces one it did not.
+
 The temporary file is removed on any error, KeyboardInterrupt included.
 """
 
@@ -71,16 +75,20 @@ def current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+def atomic_path(path: str | os.PathLike, *, mode: str = "w", encoding: str | None = "utf-8",
+                exclusive: bool = False) -> Iterator[IO[Any]]:
     """Open ``path`` for writing (``mode`` ``"w"`` text or ``"wb"`` bytes), atomically.
 
     ``with atomic_path(p) as handle: handle.write(...)``: the content appears at ``p`` only
-    when the block ends without error. See the module docstring for symlinks and devices.
+    when the block ends without error. See the module docstring for symlinks, devices and
+    ``exclusive`` (``p`` must not exist, now or when the content is published).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     text_options = {"encoding": encoding} if mode == "w" else {}
     target, kind = resolve_output(path)
+    if exclusive and (kind != "missing" or os.path.lexists(path)):
+        raise SeqpoolError(f"{path} exists; seqpool creates it only where nothing is")
     if kind == "stream":
         with open(target, mode, **text_options) as handle:
             yield handle
@@ -91,7 +99,7 @@ def atomic_path(path: str | os.PathLike, *, mode: str = "w", encoding: str | Non
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        _publish(Path(tmp), target)
+        _publish(Path(tmp), target, exclusive)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -127,15 +135,40 @@ def atomic_replace(source: str | os.PathLike, path: str | os.PathLike) -> None:
         raise
 
 
-def _publish(tmp: Path, target: Path) -> None:
-    """Give ``tmp`` the mode ``target`` has (or the umask's), rename it over ``target``, sync the folder."""
+def _publish(tmp: Path, target: Path, exclusive: bool = False) -> None:
+    """Give ``tmp`` the mode ``target`` has (or the umask's), rename it over ``target`` (or, when
+    ``exclusive``, link it there only if nothing is), sync the folder."""
     try:
         file_mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
         file_mode = 0o666 & ~current_umask()
     os.chmod(tmp, file_mode)
-    os.replace(tmp, target)
+    if exclusive:
+        link_new(tmp, target)
+    else:
+        os.replace(tmp, target)
     _fsync_folder(target.parent)
+
+
+def link_new(tmp: Path, target: Path) -> None:
+    """Give the finished file ``tmp`` the name ``target`` only if nothing has that name, then drop ``tmp``.
+
+    A hard link fails when ``target`` exists (a rename would replace it), so the check and the
+    creation are one step: nothing that appears at ``target`` meanwhile is ever replaced.
+    Where the file system has no hard links, a rename after a check is the fallback.
+    """
+    try:
+        os.link(tmp, target, follow_symlinks=False)
+    except FileExistsError:
+        raise SeqpoolError(f"{target} appeared while seqpool was creating it; seqpool does not replace what it "
+                           f"did not create, so move it and run again") from None
+    except OSError:  # no hard links here (some network or FAT file systems)
+        if os.path.lexists(target):
+            raise SeqpoolError(f"{target} appeared while seqpool was creating it; seqpool does not replace what "
+                               f"it did not create, so move it and run again") from None
+        os.rename(tmp, target)
+        return
+    os.unlink(tmp)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -11,15 +11,20 @@ Guarantees the ``seqpool embed`` command builds on:
   :func:`seqpool.io.atomic.atomic_path` / ``atomic_replace``, only once every row is written.
   An interrupted run never leaves a file that looks complete.
 * **Resume**: after each chunk the spools are flushed and ``progress.json`` records the
-  rows done, a digest of the texts consumed and the settings; ``resume=True`` checks
-  both and continues from there, producing the same bytes as an uninterrupted run.
+  rows done, a digest of the texts consumed, the settings and the sha256 of each spool's rows;
+  ``resume=True`` checks all of them (:mod:`seqpool.io.checkpoint`) and continues from there,
+  producing the same bytes as an uninterrupted run.
+* **Ownership** (:mod:`seqpool.io.ownership`): the spool folder is made exclusively with a run
+  marker, and only a marked folder is ever resumed, discarded or removed; the metadata file
+  beside an npy / jsonl output carries a marker too and never replaces a file seqpool did not
+  write; strategy names become file names only through :func:`~seqpool.io.ownership.safe_file_name`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
@@ -27,41 +32,26 @@ import numpy as np
 
 from seqpool.errors import SeqpoolError
 from seqpool.io.atomic import atomic_path, atomic_replace, resolve_output
+from seqpool.io.checkpoint import PROGRESS_FILE, progress_record, read_progress, verify_rows
 from seqpool.io.digest import TextDigest
-from seqpool.io.readers import STDIN, TextSource, choose, is_stream
+from seqpool.io.formats import CHUNK_COLUMNS, OUTPUT_FORMATS, detect_output_format, sidecar_path
+from seqpool.io.loading import load_embeddings, read_metadata  # the read side, re-exported
+from seqpool.io.ownership import (
+    check_working_paths,
+    input_at,
+    make_working_folder,
+    marked_json,
+    new_run_id,
+    owned_by_seqpool,
+    remove_working_folder,
+    safe_file_name,
+)
+from seqpool.io.readers import STDIN, TextSource, is_stream
 
-OUTPUT_FORMATS: tuple[str, ...] = ("npy", "parquet", "jsonl", "safetensors")
-
-_OUTPUT_EXTENSIONS = {".npy": "npy", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
-                      ".safetensors": "safetensors"}
-_PROGRESS_FILE = "progress.json"
-_PROGRESS_VERSION = 2  # 2: sha256 input digest (seqpool.io.digest)
 _COPY_ROWS = 16384  # rows per block when converting spools to the final format
 
 
 # -- output paths ------------------------------------------------------------------------------
-
-
-def detect_output_format(path: str | os.PathLike, output_format: str | None = None) -> str:
-    """``output_format`` if given, else the one the extension names (no extension: ``npy``).
-
-    An extension that names no output format (``x.json``, ``x.csv``) is an error rather than
-    npy bytes under a misleading name; so is an extension naming another format than
-    ``output_format``.
-    """
-    suffix = Path(path).suffix.lower()
-    implied = _OUTPUT_EXTENSIONS.get(suffix)
-    if output_format:
-        fmt = choose(output_format, OUTPUT_FORMATS, "output format")
-        if implied is not None and implied != fmt:
-            raise SeqpoolError(f"output {path} has a .{implied} extension but output_format={fmt!r}; "
-                               f"make them agree")
-        return fmt
-    if implied is None and suffix and str(path):
-        raise SeqpoolError(f"cannot tell the output format from {path}'s extension {suffix!r}; name the file "
-                           f".npy, .parquet, .jsonl or .safetensors, or set output_format=... "
-                           f"(one of: {', '.join(OUTPUT_FORMATS)})")
-    return implied or "npy"
 
 
 def default_output_path(input_path: str, output_format: str = "npy") -> Path:
@@ -80,17 +70,26 @@ def output_paths(output: str | os.PathLike, output_format: str, strategies: Sequ
 
     parquet, jsonl and safetensors hold every strategy in one file (columns, keys, tensors
     named after the strategy); npy holds one array, so several strategies give one file
-    each: ``emb.npy`` -> ``emb.mean.npy``, ``emb.max.npy``.
+    each: ``emb.npy`` -> ``emb.mean.npy``, ``emb.max.npy`` (a long or unusual strategy name
+    through :func:`~seqpool.io.ownership.safe_file_name`, so every file stays in the output's folder).
     """
     output = Path(output)
     if output_format != "npy" or len(strategies) == 1:
         return {strategy: output for strategy in strategies}
     stem = output.name[:-len(".npy")] if output.name.lower().endswith(".npy") else output.name
-    return {strategy: output.with_name(f"{stem}.{strategy}.npy") for strategy in strategies}
+    return {strategy: output.with_name(f"{stem}.{safe_file_name(strategy)}.npy") for strategy in strategies}
 
 
-def check_output_writable(output: Path, source: TextSource | None = None) -> None:
-    """Fail before any work if the output cannot be created or would overwrite the input."""
+def partial_folder(output: str | os.PathLike) -> Path:
+    """Where an unfinished run of ``output`` keeps its rows (``OUTPUT.partial/``)."""
+    output = Path(output)
+    return output.with_name(output.name + ".partial")
+
+
+def check_output_writable(output: Path, source: TextSource | None = None,
+                          inputs: Sequence[str | os.PathLike | None] = ()) -> None:
+    """Fail before any work if the output cannot be created or would overwrite an input
+    (``source``, or another file the run reads: ``inputs``)."""
     target, kind = resolve_output(output)  # a directory, socket or block device fails here
     if kind == "stream":
         return
@@ -101,8 +100,11 @@ def check_output_writable(output: Path, source: TextSource | None = None) -> Non
         raise SeqpoolError(f"cannot write {output}: {folder} is not a folder")
     if not os.access(target.parent, os.W_OK | os.X_OK):
         raise SeqpoolError(f"cannot write to {target.parent} (permission denied); choose another output=...")
-    if source is not None and not source.is_stream and kind == "file" and os.path.samefile(target, source.path):
-        raise SeqpoolError(f"output {output} would overwrite the input; choose another output=...")
+    read = [source.path if source is not None and not source.is_stream else None, *inputs]
+    overwritten = input_at(output, read)
+    if overwritten is not None:
+        what = "the input" if source is not None and overwritten == Path(source.path) else f"the input {overwritten}"
+        raise SeqpoolError(f"output {output} would overwrite {what}; choose another output=...")
 
 
 # -- spools: append-only .npy files, finished into the requested format ----------------------
@@ -110,8 +112,6 @@ def check_output_writable(output: Path, source: TextSource | None = None) -> Non
 
 #: A column's row shape and numpy dtype: ``((D,), "float32")`` for a vector, ``((), "int64")`` for a number.
 Column = tuple[tuple[int, ...], str]
-#: The columns that say where each chunk row comes from (``seqpool embed --chunk-output``).
-CHUNK_COLUMNS = ("doc", "chunk", "char_start", "char_end")
 
 
 def _npy_header(rows: int, dim: int | tuple[int, ...], dtype: str = "float32") -> bytes:
@@ -140,12 +140,14 @@ class EmbeddingSpool:
     By default every strategy is a float32 column ``dim`` wide; ``columns`` names others
     (compact codes, the chunk columns). ``texts_done`` counts input texts, which differ from
     rows with one row per chunk; ``state`` is whatever the writer must resume with (e.g.
-    quantisation ranges), saved with every checkpoint.
+    quantisation ranges), saved with every checkpoint. The folder is created exclusively
+    with ``run_id``'s marker; an existing one is used only when marked (``resume``), and its
+    rows are verified against the checkpoint before anything is appended.
     """
 
     def __init__(self, output: Path, output_format: str, strategies: Sequence[str], dim: int | Mapping[str, int],
                  settings: Mapping[str, Any], resume: bool = False, folder: Path | None = None,
-                 columns: Mapping[str, Column] | None = None):
+                 columns: Mapping[str, Column] | None = None, run_id: str | None = None):
         self.output = Path(output)
         self.output_format = output_format
         # one width for all, or one per strategy (``mean+max`` is twice as wide as ``mean``)
@@ -161,60 +163,76 @@ class EmbeddingSpool:
             self.settings["columns"] = {name: [list(shape), dtype] for name, (shape, dtype) in self.columns.items()}
         self.texts_done = 0
         self.state: dict[str, Any] = {}
+        self.run_id = run_id or new_run_id()
         # ``folder``: elsewhere than ``<output>.partial`` (an output that is a device or FIFO)
-        self.folder = Path(folder) if folder is not None else self.output.with_name(self.output.name + ".partial")
+        self.folder = Path(folder) if folder is not None else partial_folder(self.output)
         self.rows_done = 0
         self.input_digest = TextDigest().hexdigest()
         self.resumed = False
-        if self.folder.exists():
-            if not resume:
-                self.check_unfinished(self.folder, self.output)
-            self._load_progress()
+        recorded: dict[str, str] = {}
+        if os.path.lexists(self.folder):
+            self.check_unfinished(self.folder, self.output, resume)
+            recorded = self._load_progress()
         else:
-            self.folder.mkdir()
+            make_working_folder(self.folder, self.run_id, f"the rows of {self.output.name} until it is written")
+        self._hashes = {s: self._verify_spool(s, recorded.get(s)) for s in self.strategies}
         self._files = {s: self._open_spool(s) for s in self.strategies}
 
     @staticmethod
-    def check_unfinished(folder: Path, output: Path) -> None:
-        """Refuse to start over an interrupted run's rows in ``folder`` without ``resume``."""
-        if folder.exists():
-            done = _read_json_object(folder / _PROGRESS_FILE).get("rows_done", 0)
+    def check_unfinished(folder: Path, output: Path, resume: bool = False) -> None:
+        """Before any work: an existing ``folder`` must be a spool seqpool made (its marker);
+        without ``resume``, refuse to start over an interrupted run's rows in it."""
+        if not os.path.lexists(folder):
+            return
+        check_working_paths(output, {"unfinished rows": folder}, ())
+        if not resume:
+            try:
+                progress = read_progress(folder)
+            except SeqpoolError:  # damaged: resume=True says how
+                progress = None
+            done = progress["rows_done"] if progress else 0
             raise SeqpoolError(f"an interrupted run of {output} is in {folder} ({done} rows done); "
                                f"add --resume to continue it, or delete that folder to start over")
 
     def spool_path(self, strategy: str) -> Path:
-        return self.folder / f"{strategy}.npy"
+        return self.folder / f"{safe_file_name(strategy)}.npy"
 
-    def _read_progress(self) -> dict[str, Any]:
-        return _read_json_object(self.folder / _PROGRESS_FILE)
-
-    def _load_progress(self) -> None:
-        progress = self._read_progress()
-        if not progress:
-            return
-        if progress.get("version") != _PROGRESS_VERSION:
-            raise SeqpoolError(f"{self.folder} was written by another seqpool version; delete it to start over")
+    def _load_progress(self) -> dict[str, str]:
+        """Restore the last checkpoint (if any) after checking it matches these settings; the
+        sha256 it recorded for each column's rows."""
+        progress = read_progress(self.folder)
+        if progress is None:
+            return {}
         changed = [f"{key}: {progress['settings'].get(key)!r} then, {value!r} now"
                    for key, value in self.settings.items() if progress["settings"].get(key) != value]
         if changed:
             raise SeqpoolError(f"cannot resume {self.output}: settings differ from the interrupted run "
                                f"({'; '.join(changed)}); rerun with the same options or delete {self.folder}")
-        self.rows_done = int(progress["rows_done"])
-        self.texts_done = int(progress.get("texts_done", self.rows_done))
+        self.rows_done = progress["rows_done"]
+        self.texts_done = progress.get("texts_done", self.rows_done)
         self.state = dict(progress.get("state") or {})
-        self.input_digest = str(progress["input_digest"])
+        self.input_digest = progress["input_digest"]
         self.resumed = True
+        return progress["rows_sha256"]
 
     def _header(self, name: str) -> bytes:
         shape, dtype = self.columns[name]
         return _npy_header(self.rows_done, shape, dtype)
 
+    def _verify_spool(self, strategy: str, recorded: str | None) -> Any:
+        """The running sha256 of the column's kept rows, after checking them against ``recorded``."""
+        if not self.rows_done:
+            return hashlib.sha256()
+        path = self.spool_path(strategy)
+        if not path.is_file() or path.is_symlink():
+            raise SeqpoolError(f"{path} lost rows since the last checkpoint; delete {self.folder} to start over")
+        shape, dtype = self.columns[strategy]
+        return verify_rows(path, len(self._header(strategy)), self.rows_done, shape, dtype, recorded)
+
     def _open_spool(self, strategy: str) -> IO[bytes]:
         path = self.spool_path(strategy)
         shape, dtype = self.columns[strategy]
         kept = len(self._header(strategy)) + self.rows_done * int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if self.rows_done and (not path.exists() or path.stat().st_size < kept):
-            raise SeqpoolError(f"{path} lost rows since the last checkpoint; delete {self.folder} to start over")
         handle = open(path, "r+b" if path.exists() else "w+b")
         handle.seek(0)
         handle.write(self._header(strategy))
@@ -238,21 +256,21 @@ class EmbeddingSpool:
             rows = np.ascontiguousarray(vectors[strategy], dtype=np.dtype(dtype).newbyteorder("<"))
             if rows.shape[1:] != shape:
                 raise ValueError(f"expected rows of shape {shape}, got shape {rows.shape}")
+            data = rows.tobytes()
             handle = self._files[strategy]
-            handle.write(rows.tobytes())
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+            self._hashes[strategy].update(data)
         rows_added = counts.pop()
         self.rows_done += rows_added
         self.texts_done += rows_added if texts is None else int(texts)
         self.input_digest = input_digest
         if state is not None:
             self.state = dict(state)
-        progress = {"version": _PROGRESS_VERSION, "rows_done": self.rows_done,
-                    "input_digest": input_digest, "settings": self.settings}
-        if self.texts_done != self.rows_done or self.state:
-            progress.update(texts_done=self.texts_done, state=self.state)
-        with atomic_path(self.folder / _PROGRESS_FILE) as handle:
+        progress = progress_record(self.rows_done, self.texts_done, input_digest, self.settings, self.state,
+                                   self._hashes)
+        with atomic_path(self.folder / PROGRESS_FILE) as handle:
             handle.write(json.dumps(progress, indent=1))
 
     def close(self) -> None:
@@ -260,17 +278,25 @@ class EmbeddingSpool:
             handle.close()
 
     def discard(self) -> None:
-        """Remove the partial folder (nothing worth resuming)."""
+        """Remove the spool folder (nothing worth resuming); it is this run's, marked."""
         self.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        remove_working_folder(self.folder)
 
     def finish(self, metadata: Mapping[str, str] | None = None) -> list[Path]:
-        """Turn the spools into the output file(s), rename them into place, clean up."""
+        """Turn the spools into the output file(s), rename them into place, clean up.
+
+        npy and jsonl hold no metadata: when ``metadata`` has :data:`METADATA_SIDECAR_KEY`, it
+        goes to a marked file beside each output (:func:`write_sidecar`); a marked one left by an
+        earlier run of that output is removed first, so old metadata never sits beside new rows.
+        """
         for name, handle in self._files.items():
             handle.seek(0)
             handle.write(self._header(name))
         self.close()
         targets = output_paths(self.output, self.output_format, self.strategies)
+        outputs = list(dict.fromkeys(targets.values()))
+        for target in outputs if self.output_format in SIDECAR_FORMATS else ():
+            remove_sidecar(target)
         if self.output_format == "npy":
             for strategy in self.strategies:
                 atomic_replace(self.spool_path(strategy), targets[strategy])
@@ -278,20 +304,12 @@ class EmbeddingSpool:
             arrays = {s: _open_rows(self.spool_path(s), self.rows_done, self.columns[s]) for s in self.strategies}
             _WRITERS[self.output_format](self.output, arrays, dict(metadata or {}))
             del arrays  # release the memory maps before the folder goes
-        if metadata and METADATA_SIDECAR_KEY in metadata and self.output_format in ("npy", "jsonl"):
-            for target in dict.fromkeys(targets.values()):  # these formats hold no metadata: a file beside
-                write_sidecar(target, metadata)
-        shutil.rmtree(self.folder)
-        return list(dict.fromkeys(targets.values()))
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    """A checkpoint's JSON object, or ``{}`` if there is none yet (interrupted before the first)."""
-    try:
-        progress = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return progress if isinstance(progress, dict) else {}
+        stream = resolve_output(self.output)[1] == "stream"
+        if not stream and needs_sidecar(self.output_format, tuple(metadata or ()), self.rows_done):
+            for target in outputs:
+                write_sidecar(target, dict(metadata or {}), self.run_id)
+        remove_working_folder(self.folder)
+        return outputs
 
 
 def _blocks(arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
@@ -357,101 +375,42 @@ def write_safetensors(path: Path, arrays: Mapping[str, np.ndarray], metadata: Ma
 _SAFETENSORS_DTYPES = {"f4": "F32", "f2": "F16", "i1": "I8", "u1": "U8", "i8": "I64"}
 #: The metadata key whose presence makes npy and jsonl outputs get a metadata file beside them.
 METADATA_SIDECAR_KEY = "compaction"
+#: The output formats that hold no metadata of their own.
+SIDECAR_FORMATS = ("npy", "jsonl")
 
 
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """``emb.npy`` -> ``emb.npy.json``: the metadata of formats that cannot hold any."""
-    return Path(str(path) + ".json")
+def needs_sidecar(output_format: str, metadata_keys: Sequence[str], rows: int | None = None) -> bool:
+    """Whether an output of ``output_format`` whose metadata has ``metadata_keys`` gets a file beside it:
+    npy / jsonl codes that need their ranges to decode, and a jsonl file of no rows (``rows=0``), which
+    has no row to say its width."""
+    if output_format not in SIDECAR_FORMATS:
+        return False
+    return METADATA_SIDECAR_KEY in metadata_keys or (output_format == "jsonl" and rows == 0)
 
 
-def write_sidecar(path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
-    with atomic_path(sidecar_path(path)) as handle:
-        handle.write(json.dumps(dict(metadata), indent=1))
+def check_sidecar(output: str | os.PathLike) -> Path:
+    """Before any work and again before writing: the metadata file beside ``output`` is absent
+    or one seqpool wrote (its marker); anything else is the user's and is never replaced."""
+    path = sidecar_path(output)
+    check_working_paths(output, {"metadata": path}, ())
+    return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``seqpool`` metadata of an output file (embedded, or in its ``.json`` file beside it)."""
-    path = Path(path)
-    fmt = detect_output_format(path)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+def write_sidecar(path: str | os.PathLike, metadata: Mapping[str, str], run_id: str | None = None) -> None:
+    """Write ``path``'s metadata beside it, marked as seqpool's (:func:`check_sidecar` first)."""
+    sidecar = check_sidecar(path)
+    record = marked_json(metadata, run_id or new_run_id(), f"the metadata of {Path(path).name}")
+    with atomic_path(sidecar, exclusive=not os.path.lexists(sidecar)) as handle:
+        handle.write(json.dumps(record, indent=1))
 
-        raw = pq.read_schema(path).metadata or {}
-        return {k.decode()[len("seqpool."):]: v.decode() for k, v in raw.items() if k.startswith(b"seqpool.")}
-    if fmt == "safetensors":
-        with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            return dict(json.loads(handle.read(size)).get("__metadata__") or {})
-    return _read_json_object(sidecar_path(path))
+
+def remove_sidecar(path: str | os.PathLike) -> None:
+    """Delete the metadata file seqpool wrote beside ``path`` (an earlier run's), if there is one;
+    a file there that seqpool did not write is left alone."""
+    sidecar = sidecar_path(path)
+    if os.path.lexists(sidecar) and owned_by_seqpool(sidecar):
+        sidecar.unlink()
 
 
 _WRITERS: dict[str, Callable[[Path, Mapping[str, np.ndarray], Mapping[str, str]], None]] = {
     "parquet": write_parquet, "jsonl": write_jsonl, "safetensors": write_safetensors}
-
-
-def load_embeddings(path: str | os.PathLike, strategy: str | None = None, decode: bool = True) -> np.ndarray:
-    """Read back one strategy's (N, D) float32 embeddings from any output format.
-
-    ``strategy`` may be left out when the file holds one strategy (always true for npy).
-    Compact outputs (``precision`` int8, binary, ...) are decoded with the ranges stored in
-    the file's metadata (:class:`seqpool.quantize.Compaction`); ``decode=False`` returns the
-    stored codes. The chunk columns (``doc``, ``chunk``, ``char_start``, ``char_end``) load by name.
-    """
-    from seqpool.quantize import Compaction
-
-    path = Path(path)
-    if not path.exists():
-        raise SeqpoolError(f"{path} not found: give the output file (or folder) of seqpool embed")
-    if path.is_dir():  # the parquet shards of `seqpool embed --engine ray`, in input order
-        from seqpool.io.shards import load_folder
-
-        return load_folder(path, strategy, decode)
-    compaction = Compaction.from_metadata(read_metadata(path))
-    arrays = _read_arrays(path)
-    if detect_output_format(path) == "npy":  # one array; its strategy: named, or the one with ranges
-        name = strategy or (next(iter(compaction.ranges)) if len(compaction.ranges) == 1 else path.name)
-        arrays = {name: arrays[path.name]}
-    from seqpool.io.shards import choose_strategy
-
-    vectors = [name for name in arrays if name not in CHUNK_COLUMNS]
-    strategy = choose_strategy(path, vectors, strategy, list(arrays))
-    if not decode or strategy in CHUNK_COLUMNS or compaction.is_identity:
-        return arrays[strategy]
-    return compaction.decode(strategy, arrays[strategy])
-
-
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    fmt = detect_output_format(path)
-    if fmt == "npy":
-        return {path.name: np.load(path)}
-    if fmt == "safetensors":
-        from safetensors.numpy import load_file
-
-        arrays = load_file(str(path))
-    elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        arrays = {name: _fixed_size_lists(table.column(name)) for name in table.column_names}
-    else:
-        with open(path, encoding="utf-8") as handle:
-            records = [json.loads(line) for line in handle]
-        names = list(records[0]) if records else []
-        arrays = {name: _as_stored(np.asarray([r[name] for r in records])) for name in names}
-    return arrays
-
-
-def _as_stored(array: np.ndarray) -> np.ndarray:
-    """JSON numbers back as float32 (vectors) or int64 (codes, chunk columns)."""
-    return array.astype(np.float32) if array.dtype.kind == "f" or array.size == 0 else array
-
-
-def _fixed_size_lists(column: Any) -> np.ndarray:
-    import pyarrow as pa
-
-    if not pa.types.is_fixed_size_list(column.type):
-        return column.to_numpy()
-    dim = column.type.list_size
-    flat = column.combine_chunks().flatten() if column.num_chunks else []
-    dtype = column.type.value_type.to_pandas_dtype()
-    return np.asarray(flat, dtype=dtype).reshape(-1, dim)
