@@ -1,7 +1,9 @@
 """Reading corpora and writing embeddings; nothing here runs a model.
 
 * :mod:`seqpool.io.readers`: one streaming reader per input format (:class:`TextSource`).
-* :mod:`seqpool.io.writers`: output formats, the resumable spool, :func:`load_embeddings`.
+* :mod:`seqpool.io.writers`: output formats, the resumable spool.
+* :mod:`seqpool.io.loading`: :func:`load_embeddings`, which verifies what it reads back.
+* :mod:`seqpool.io.formats`: output formats by extension, npy names, sidecars (both sides' rules).
 * :mod:`seqpool.io.atomic`: :func:`atomic_path`, the one atomic write every writer uses.
 * :mod:`seqpool.io.digest`: :class:`TextDigest` / :func:`text_digest`, the one text digest.
 
@@ -10,6 +12,7 @@ Importing this package loads numpy but never torch.
 
 from seqpool.io.atomic import atomic_path, atomic_replace, atomic_write_text, check_writable, resolve_output
 from seqpool.io.digest import TextDigest, text_digest
+from seqpool.io.loading import load_embeddings
 from seqpool.io.readers import (
     DEFAULT_CHUNK_SIZE,
     INPUT_FORMATS,
@@ -27,7 +30,6 @@ from seqpool.io.writers import (
     check_output_writable,
     default_output_path,
     detect_output_format,
-    load_embeddings,
     output_paths,
     write_jsonl,
     write_parquet,
