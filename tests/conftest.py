@@ -27,12 +27,17 @@ Fixtures (all session-scoped; treat them as read-only, copy a directory before c
     The packaged all-MiniLM-L6-v2 directory (for ``@pytest.mark.integration`` tests).
 ``senteval_dir``
     ``shared/data/senteval`` beside the repository; the test is skipped if it is absent.
+``ray_cluster``
+    One local Ray (2 CPUs, no dashboard) for every Ray test of the session, in whichever
+    module; yields its address so subprocesses can join it. Skipped without the ray extra.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -168,3 +173,22 @@ def senteval_dir() -> Path:
     if not (directory / "mr.jsonl").is_file():
         pytest.skip(f"SentEval data not found at {directory}")
     return directory
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session, shared by every test module (a session fixture
+    imported into a second module would be a second instance, and a second ``ray.init``).
+
+    The test modules are pickled by value, so Embedder subclasses defined in them reach Ray
+    workers, which cannot import ``tests/``."""
+    ray = pytest.importorskip("ray", reason="the Ray engine tests need the ray extra: pip install 'seqpool[ray]'")
+    import ray.cloudpickle
+
+    here = Path(__file__).resolve().parent
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) and Path(module.__file__).resolve().parent == here:
+            ray.cloudpickle.register_pickle_by_value(module)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

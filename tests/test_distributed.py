@@ -1,14 +1,14 @@
 """The Embedder and the Ray engine: row-exact, resumable, surviving a killed actor or driver.
 
-One local Ray instance serves every Ray test (session fixture, 2 CPUs, no dashboard); the
-tests that need Ray are skipped, with the reason, where the ``ray`` extra is not installed.
-Embedder subclasses defined here (slow, failing) reach Ray workers pickled by value.
+One local Ray instance serves every Ray test (``ray_cluster`` in conftest.py, shared with
+test_faults_ray.py); the tests that need Ray are skipped, with the reason, where the ``ray``
+extra is not installed. Embedder subclasses defined here (slow, failing) reach Ray workers
+pickled by value.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pickle
 import shutil
@@ -62,18 +62,6 @@ class CrashingEmbedder(FailingEmbedder):
         if "boom" in texts and os.path.exists(self.marker):
             os._exit(1)
         return super().embed(texts)
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A local Ray for the whole session; yields its address so subprocesses can join it."""
-    ray = pytest.importorskip("ray", reason="the Ray engine tests need the ray extra: pip install 'seqpool[ray]'")
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 def write_lines(path: Path, lines) -> Path:

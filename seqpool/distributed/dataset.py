@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import socket
 import sys
+import time
 import warnings
 from typing import Any, Iterator
 
@@ -20,6 +23,9 @@ RAY_EXTRA = 'the Ray engine needs Ray, which is not installed; install it with: 
 #: Rows per ``map_batches`` call: enough for the Encoder to sort by length and fill its
 #: token budget, few enough that a restarted actor redoes seconds of work, not minutes.
 DEFAULT_RAY_BATCH_SIZE = 1024
+#: Seconds a cluster named by address has to answer: Ray 2.60's own join retries 20 times,
+#: ~40 s each, when nothing answers (about 13 minutes before it gives up).
+DEFAULT_RAY_TIMEOUT_S = 30.0
 
 
 def import_ray() -> Any:
@@ -102,11 +108,21 @@ def default_workers(ray: Any, num_cpus: float, num_gpus: float) -> int:
     return max(1, int(available.get("CPU", 1) // num_cpus))
 
 
+def check_timeout(timeout: Any) -> float:
+    """``ray_timeout`` as a number of seconds > 0, or one SeqpoolError naming it."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+            or timeout <= 0:
+        raise SeqpoolError(f"`ray_timeout` must be a number of seconds > 0, got {timeout!r}")
+    return float(timeout)
+
+
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: bool = False) -> Iterator[Any]:
+def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: bool = False,
+                timeout: float = DEFAULT_RAY_TIMEOUT_S) -> Iterator[Any]:
     """Ray for one run: the caller's if it already called ``ray.init``; else a cluster joined
-    at ``address`` (``auto``, ``host:port``, ``ray://host:port``); else a local instance sized
-    to this machine. Whatever this starts or joins, it leaves again at the end.
+    at ``address`` (``auto``, ``host:port``, ``ray://host:port``), which must answer within
+    ``timeout`` seconds (:func:`wait_for_cluster`); else a local instance sized to this
+    machine. Whatever this starts or joins, it leaves again at the end.
 
     Ray's own INFO logs and progress bars stay off: seqpool reports progress itself.
     ``quiet`` also silences what Ray's C++ core prints straight to file descriptor 2
@@ -117,8 +133,76 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: 
         if ray.is_initialized():
             yield ray
         else:
+            if address is not None:
+                wait_for_cluster(address, timeout)
             with _started_ray(ray, address, num_cpus):
                 yield ray
+
+
+def wait_for_cluster(address: str, timeout: float) -> None:
+    """Return once a Ray cluster answers at ``address``; one SeqpoolError naming it after ``timeout`` s.
+
+    ``ray.init(address=...)`` cannot be bounded from Python: its GCS connection timeout and
+    retry count are read from the environment when Ray is imported, and a thread running it
+    could not be stopped. So the address is probed first, as Ray will connect to it: a TCP
+    connection (refused at once when nothing listens), then the opening of an HTTP/2 (gRPC)
+    session, which a port held by something other than Ray -- the dashboard's HTTP port, say
+    -- never answers. With ``RAY_USE_TLS`` only the TCP connection is probed.
+    """
+    target = _bootstrap_address(address)
+    if target is None:
+        return
+    deadline = time.monotonic() + timeout
+    where = repr(address) if target == address else f"{address!r} ({target})"
+
+    def failure(why: str, waited: bool = False) -> SeqpoolError:
+        longer = f", or wait longer than ray_timeout={timeout:g}" if waited else ""
+        return SeqpoolError(f"cannot join the Ray cluster at {where}: {why}; check the address and that the "
+                            f"cluster is up{longer}")
+
+    host, _, port = target.rpartition(":")
+    connected = False
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as connection:
+            connected = True
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            connection.settimeout(max(0.1, deadline - time.monotonic()))
+            connection.sendall(_HTTP2_PREFACE)
+            answer = b""
+            while len(answer) < 9 and (chunk := connection.recv(9 - len(answer))):
+                answer += chunk
+    except socket.timeout:
+        raise failure(f"{'it accepted the connection but ' if connected else ''}nothing answered within "
+                      f"{timeout:g} s", waited=True) from None
+    except (OSError, ValueError) as error:
+        raise failure(str(getattr(error, "strerror", None) or error).lower()) from None
+    if len(answer) < 9 or answer[3] != 0x4:  # a gRPC server opens with a SETTINGS frame (type 4)
+        raise failure("it accepts connections but does not answer as Ray does (is it another port of the "
+                      "cluster, e.g. the dashboard's?)")
+
+
+#: What an HTTP/2 client sends first: the connection preface and an empty SETTINGS frame.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _bootstrap_address(address: str) -> str | None:
+    """``host:port`` that ``ray.init(address)`` will connect to first (the GCS, or the Ray
+    Client server of a ``ray://`` address), or None when ``auto`` finds no cluster."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if address == "auto" and os.environ.get("RAY_ADDRESS", "").startswith("ray://"):
+        address = os.environ["RAY_ADDRESS"]
+    if address.startswith("ray://"):
+        target = address[len("ray://"):].split("/")[0]
+        return target if ":" in target.lstrip("[").split("]")[-1] else f"{target}:10001"
+    try:
+        return canonicalize_bootstrap_address(address)
+    except ConnectionError:  # "auto" found no cluster: ray.init says so itself, at once
+        return None
+    except (ValueError, OSError) as error:
+        raise SeqpoolError(f"cannot join the Ray cluster at {address!r}: {error}; give it as host:port, "
+                           f"ray://host:port or auto") from None
 
 
 @contextlib.contextmanager

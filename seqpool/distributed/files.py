@@ -11,7 +11,8 @@ is fixed by the plan, never by Ray's blocks or scheduling, so:
 * a killed actor is restarted by Ray and its batch retried (at most ``max_attempts`` times
   in all, so rows that crash their actor every time end the run instead of looping); rows
   land in their range by row number, so a retried batch can neither lose nor duplicate one;
-* ``resume=True`` after the driver died embeds exactly the ranges whose file is missing;
+* ``resume=True`` after the driver died embeds exactly the ranges whose file is missing or
+  fails verification (:func:`seqpool.io.shards.read_shard`: recorded digest, rows, finite values);
 * a range whose batch raises is retried in a fresh run, and after ``max_attempts`` the run
   ends with one line naming it; the ranges already written are kept for ``--resume``.
 """
@@ -23,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +33,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from seqpool.distributed.dataset import (
+    DEFAULT_RAY_TIMEOUT_S,
     check_resources,
+    check_timeout,
     check_workers,
     default_workers,
     import_ray,
@@ -41,22 +43,11 @@ from seqpool.distributed.dataset import (
     ray_session,
 )
 from seqpool.distributed.embedder import Embedder
+from seqpool.distributed.folder import ManifestRecorder, check_output_folder, check_same_run
 from seqpool.distributed.inputs import Input, expand_inputs, scan
-from seqpool.io.shards import (
-    DEFAULT_SHARD_ROWS,
-    MANIFEST,
-    MANIFEST_VERSION,
-    Shard,
-    finished_shards,
-    plan_shards,
-    read_manifest,
-    shard_of,
-    write_manifest,
-    write_shard,
-)
 from seqpool.errors import SeqpoolError
+from seqpool.io.shards import DEFAULT_SHARD_ROWS, MANIFEST_VERSION, Shard, kept_shards, plan_shards, shard_of
 
-_MANIFEST_EVERY_S = 2.0  # the shard files are the truth; the manifest's list may lag a little
 #: Bounds of the automatic rows per actor call (see :func:`call_rows`).
 MIN_CALL_ROWS, MAX_CALL_ROWS, CALLS_PER_ACTOR = 64, 8192, 4
 
@@ -72,6 +63,7 @@ class FilesResult:
     shards: int
     resumed_shards: int
     truncated: int  # texts cut at the model's max length (--long-texts truncate), resumed shards included
+    redone: tuple[str, ...] = ()  # kept shards that failed verification on resume, each with why: embedded again
 
 
 def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
@@ -84,7 +76,8 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
                 max_attempts: int = 3, embedder: Embedder | None = None, prompt: str | None = None,
                 prompt_name: str | None = None, include_prompt: bool | None = None, long_texts: str = "truncate",
                 window: int | None = None, stride: int | None = None, truncate_dim: int | None = None,
-                precision: str = "float32", calibration: str | os.PathLike | None = None) -> FilesResult:
+                precision: str = "float32", calibration: str | os.PathLike | None = None,
+                ray_timeout: float = DEFAULT_RAY_TIMEOUT_S) -> FilesResult:
     """Embed every row of ``inputs`` on a Ray cluster into parquet shards under ``output_dir``.
 
     ``inputs``: files, globs (``data/*.jsonl``, ``**`` too) or folders (every file inside,
@@ -108,8 +101,13 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
     first shard's vectors (embedded on the driver, and written as that shard), and kept in the
     manifest, so every shard and every resumed run uses the same buckets.
 
-    ``load_embeddings(output_dir)`` reads the result back in input order (decoded). ``resume=True``
-    continues an interrupted run with the same inputs and settings; anything else is an error.
+    ``ray_timeout``: seconds to wait for the cluster at ``ray_address`` to answer before the
+    run ends in one line naming the address (Ray itself retries for many minutes).
+
+    ``load_embeddings(output_dir)`` reads the result back in input order (decoded), every shard
+    verified against the manifest. ``resume=True`` continues an interrupted run with the same
+    inputs and settings (anything else is an error): shard files that pass the same checks are
+    kept, the others (named in ``FilesResult.redone``) are embedded again with the missing ones.
     """
     from seqpool.vector_options import VectorOptions
 
@@ -119,9 +117,10 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
     max_attempts = _whole(max_attempts, "max_attempts")
     workers = None if workers is None else check_workers(workers)
     rows_per_call = None if rows_per_call is None else _whole(rows_per_call, "rows_per_call")
+    ray_timeout = check_timeout(ray_timeout)
     import_ray()  # a missing extra is one line, before any input is read
     folder = Path(output_dir)
-    previous = _check_output_folder(folder, resume)
+    previous = check_output_folder(folder, resume)
     paths = expand_inputs(inputs, folder)
     if calibration is not None:
         from seqpool.io import TextSource
@@ -133,14 +132,15 @@ def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_
                             max_length=max_length, batch_size=batch_size, prompt=prompt, prompt_name=prompt_name,
                             include_prompt=include_prompt, long_texts=long_texts, window=window, stride=stride,
                             truncate_dim=truncate_dim)
-    with _ray_while_describing(embedder, ray_address, quiet=progress is False) as (ray, described):
+    with _ray_while_describing(embedder, ray_address, ray_timeout, quiet=progress is False) as (ray, described):
         return _run(ray, described, embedder, folder, previous, sources, compaction_args=(precision, calibration),
                     batch_size=batch_size, shard_rows=shard_rows, workers=workers, rows_per_call=rows_per_call,
                     num_cpus=num_cpus, num_gpus=num_gpus, progress=progress, max_attempts=max_attempts)
 
 
 @contextlib.contextmanager
-def _ray_while_describing(embedder: Embedder, address: str | None, quiet: bool) -> Iterator[tuple[Any, dict]]:
+def _ray_while_describing(embedder: Embedder, address: str | None, timeout: float,
+                          quiet: bool) -> Iterator[tuple[Any, dict]]:
     """Ray, and the embedder's resolved settings, with the two started side by side.
 
     ``describe`` loads torch and the model on the driver to check them; starting Ray is mostly
@@ -149,7 +149,7 @@ def _ray_while_describing(embedder: Embedder, address: str | None, quiet: bool) 
     """
     with ThreadPoolExecutor(1, thread_name_prefix="seqpool-describe") as pool:
         described = pool.submit(embedder.describe)
-        with ray_session(address, quiet=quiet) as ray:
+        with ray_session(address, quiet=quiet, timeout=timeout) as ray:
             yield ray, described.result()
 
 
@@ -170,10 +170,11 @@ def _run(ray: Any, described: dict[str, Any], embedder: Embedder, folder: Path, 
     manifest = {"version": MANIFEST_VERSION, "complete": False, "inputs": [source.record() for source in sources],
                 "settings": settings, "shards": []}
     plan = plan_shards([source.rows for source in sources], shard_rows)
-    done: dict[Shard, int] = {}  # finished shard -> its texts cut at max_length
+    done: dict[Shard, tuple[str, int]] = {}  # verified finished shard -> its sha256, its texts cut at max_length
+    damaged: dict[Shard, str] = {}  # shard files that failed verification -> why: embedded again
     if previous is not None:
-        _check_same_run(folder, previous, manifest)
-        done = finished_shards(folder, plan)
+        check_same_run(folder, previous, manifest)
+        done, damaged = kept_shards(folder, plan, previous, [source.path for source in sources])
         for stale in folder.glob(".part-*.tmp"):  # a temporary file of a write the kill interrupted
             stale.unlink(missing_ok=True)
     compaction = Compaction.from_metadata(previous) if previous is not None and "compaction" in previous \
@@ -183,7 +184,7 @@ def _run(ray: Any, described: dict[str, Any], embedder: Embedder, folder: Path, 
         manifest.update(_compaction_record(compaction))
     created = not folder.exists()
     folder.mkdir(exist_ok=True)
-    recorder = _ManifestRecorder(folder, manifest, done)
+    recorder = ManifestRecorder(folder, manifest, done)
     try:
         if first is not None:  # the shard the ranges were fitted on: embedded already
             shard, vectors, truncated = first
@@ -200,12 +201,14 @@ def _run(ray: Any, described: dict[str, Any], embedder: Embedder, folder: Path, 
             recorder.flush()
         raise
     recorder.finish()
+    paths = [source.path for source in sources]
     return FilesResult(folder, sum(source.rows for source in sources), dims[settings["strategies"][0]],
-                       tuple(settings["strategies"]), len(plan), len(done), recorder.truncated)
+                       tuple(settings["strategies"]), len(plan), len(done), recorder.truncated,
+                       tuple(f"{shard.describe(paths)} {why}" for shard, why in damaged.items()))
 
 
 def _fit_ranges(compaction: Any, embedder: Embedder, sources: list[Input], plan: list[Shard],
-                done: dict[Shard, int], shard_rows: int,
+                done: dict[Shard, tuple[str, int]], shard_rows: int,
                 calibration: str | None) -> tuple[Shard, dict[str, np.ndarray], int] | None:
     """Fit int8/uint8 ranges once, on the driver (kept as they are when resuming): on the
     calibration texts, else on the first shard's vectors, which are returned to be written
@@ -244,89 +247,11 @@ def _encoded(compaction: Any, vectors: dict[str, np.ndarray]) -> dict[str, np.nd
     return {name: compaction.encode(name, array) for name, array in vectors.items()}
 
 
-# -- the output folder -------------------------------------------------------------------------------
-
-
-def _check_output_folder(folder: Path, resume: bool) -> dict[str, Any] | None:
-    """The previous run's manifest when resuming one; errors for folders that must not be touched."""
-    if folder.exists() and not folder.is_dir():
-        raise SeqpoolError(f"output {folder} is a file; the Ray engine writes a folder of shards, name a folder")
-    if not folder.exists():
-        parent = folder.parent
-        if not parent.is_dir():
-            raise SeqpoolError(f"the folder {parent} (holding output {folder}) does not exist; create it first")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise SeqpoolError(f"cannot create {folder}: {parent} is not writable (permission denied)")
-        return None
-    manifest = read_manifest(folder)
-    if manifest is None:
-        if any(folder.iterdir()):
-            raise SeqpoolError(f"output folder {folder} is not empty and holds no {MANIFEST}; "
-                               f"choose a new or empty folder")
-        return None
-    if not resume:
-        state = "a finished" if manifest.get("complete") else "an unfinished"
-        raise SeqpoolError(f"output folder {folder} holds {state} run; pass --resume to continue it, "
-                           f"or choose another folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise SeqpoolError(f"cannot write to {folder} (permission denied)")
-    return manifest
-
-
-def _check_same_run(folder: Path, previous: dict[str, Any], current: dict[str, Any]) -> None:
-    """A resume must see the same inputs (paths, rows, digests) and settings; say what differs."""
-    before = [(item["path"], item["rows"], item["digest"]) for item in previous.get("inputs", [])]
-    now = [(item["path"], item["rows"], item["digest"]) for item in current["inputs"]]
-    if before != now:
-        old, new = {p for p, _, _ in before}, {p for p, _, _ in now}
-        if old != new or [p for p, _, _ in before] != [p for p, _, _ in now]:
-            what = f"the inputs differ (added: {', '.join(sorted(new - old)) or 'none'}; removed: " \
-                   f"{', '.join(sorted(old - new)) or 'none'}; or their order changed)"
-        else:
-            changed = [p for (p, r, d), (_, r2, d2) in zip(before, now) if (r, d) != (r2, d2)]
-            what = f"the content of {', '.join(changed)} changed"
-        raise SeqpoolError(f"cannot resume {folder}: {what}; rerun without --resume into a new folder")
-    old_settings, new_settings = previous.get("settings", {}), current["settings"]
-    changed = [key for key in sorted(set(old_settings) | set(new_settings))
-               if old_settings.get(key) != new_settings.get(key)]
-    if changed:
-        detail = "; ".join(f"{key} was {old_settings.get(key)!r}, now {new_settings.get(key)!r}" for key in changed)
-        raise SeqpoolError(f"cannot resume {folder}: the settings changed ({detail}); rerun with the same "
-                           f"options, or without --resume into a new folder")
-
-
-class _ManifestRecorder:
-    """Writes finished shards and keeps the manifest's list of them, rewritten atomically now and then."""
-
-    def __init__(self, folder: Path, manifest: dict[str, Any], done: dict[Shard, int]):
-        self.folder, self.manifest, self.done = folder, manifest, set(done)
-        self.truncated = sum(done.values())  # texts cut at max_length in the finished shards
-        self._written_at = 0.0
-        self.flush()
-
-    def write(self, shard: Shard, source_path: str, columns: dict[str, np.ndarray], truncated: int) -> None:
-        """Write one shard's file (atomically), then record it as done."""
-        write_shard(self.folder, shard, source_path, columns, truncated)
-        self.done.add(shard)
-        self.truncated += truncated
-        if time.monotonic() - self._written_at >= _MANIFEST_EVERY_S:
-            self.flush()
-
-    def flush(self) -> None:
-        self.manifest["shards"] = sorted(shard.name for shard in self.done)
-        write_manifest(self.folder, self.manifest)
-        self._written_at = time.monotonic()
-
-    def finish(self) -> None:
-        self.manifest["complete"] = True
-        self.flush()
-
-
 # -- the Ray run -----------------------------------------------------------------------------------
 
 
 def _embed_missing(ray: Any, missing: list[Shard], sources: list[Input], embedder: Embedder,
-                   recorder: _ManifestRecorder, compaction: Any, *, shard_rows: int, dims: dict[str, int],
+                   recorder: ManifestRecorder, compaction: Any, *, shard_rows: int, dims: dict[str, int],
                    workers: int | None, rows_per_call: int | None, num_cpus: float, num_gpus: float,
                    progress: bool | None, max_attempts: int) -> None:
     """Run rounds over the missing shards until none is left; a shard whose rows failed is
