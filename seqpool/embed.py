@@ -17,9 +17,9 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ from seqpool.io.writers import needs_sidecar, partial_folder, sidecar_path
 from seqpool.progress import progress_bar
 from seqpool.vector_options import VectorOptions
 
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "int8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
     from seqpool.quantize import Compaction, output_dtype, output_width
 
     settings = {"model": encoder.name_or_path, "layers": list(encoder.layers), "max_length": encoder.max_length,
-                "dtype": str(encoder.dtype), "normalize": normalize, "skip_empty": skip_empty,
+                "dtype": encoder.precision, "normalize": normalize, "skip_empty": skip_empty,
                 "batch_size": batch_size, "chunk_size": chunk_size, "input_format": source.format,
                 "text_field": source.text_field}
     plan = encoder.layer_plan(strategies)  # layers checked against the model before anything is written
@@ -154,10 +154,16 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
                                                    False, _NoBar(), options)[0].items():
                 compaction.fit(strategy, vectors)
         texts = source.texts()
-        digest = TextDigest().update(islice(texts, spool.texts_done))
+        head: list[str] = []  # the corpus's first chunk, as it streams past: an int8 model's calibration sample
+        digest = TextDigest().update(_keep_first(islice(texts, spool.texts_done), head, chunk_size))
         if digest.hexdigest() != spool.input_digest:
             raise SeqpoolError(f"cannot resume {output}: the first {spool.texts_done} rows of {source.name} "
                                f"differ from the interrupted run's; delete {spool.folder} to start over")
+        int8: dict[str, Any] = {}
+        if encoder.quantized:
+            more = list(islice(texts, max(0, chunk_size - len(head))))
+            texts = chain(more, texts)
+            int8 = _calibrate_int8(encoder, options, head + more, spool.state.get("int8"), output)
         with progress_bar(total, progress, initial=spool.texts_done) as bar:
             for chunk in chunked(texts, chunk_size):
                 vectors, table, cut = _encode_chunk(encoder, chunk, strategies, normalize, batch_size, skip_empty,
@@ -167,7 +173,8 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
                     rows.update(table, doc=table["doc"] + spool.texts_done)
                 truncated += cut
                 spool.append(rows, digest.update(chunk).hexdigest(), texts=len(chunk),
-                             state={**compaction.to_metadata(), "truncated": truncated})
+                             state={**compaction.to_metadata(), "truncated": truncated,
+                                    **({"int8": int8} if int8 else {})})
     except BaseException:
         if spool.rows_done == 0:
             spool.discard()
@@ -176,17 +183,44 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
         raise
     metadata = {"model": encoder.name_or_path, "strategies": ",".join(strategies), "normalize": str(normalize),
                 "layers": ",".join(map(str, encoder.layers)), "max_length": str(encoder.max_length),
-                "dtype": str(encoder.dtype).removeprefix("torch."), "texts": str(spool.texts_done),
+                "dtype": encoder.precision, "texts": str(spool.texts_done),
                 "truncated": str(truncated), "pipeline": "; ".join(f"{s}: {p}" for s, p in pipelines.items()),
                 "dims": json.dumps(widths)}
     if options != VectorOptions():
         metadata.update({k: str(v) for k, v in vars(options).items() if v is not None and k != "calibration"})
     if not compaction.is_identity:
         metadata.update(compaction.to_metadata())
+    if int8:
+        metadata["int8_calibration"] = json.dumps(int8, sort_keys=True)
     paths = spool.finish(metadata)
     return EmbedResult(paths, spool.rows_done, widths[strategies[0]], strategies, started_at,
                        texts=spool.texts_done, truncated=truncated, pipelines=tuple(pipelines.values()),
                        widths=tuple(widths.values()))
+
+
+def _keep_first(texts: Iterator[str], head: list[str], count: int) -> Iterator[str]:
+    """``texts`` unchanged, copying the first ``count`` of them into ``head`` as they pass."""
+    for text in texts:
+        if len(head) < count:
+            head.append(text)
+        yield text
+
+
+def _calibrate_int8(encoder: Any, options: VectorOptions, head: list[str], recorded: Any,
+                    output: Path) -> dict[str, Any]:
+    """Quantize an int8 Encoder on the ``calibration`` file's texts, else the corpus's first chunk
+    (the same texts on every run and every resume of this output), and check a resumed run's
+    calibration is the interrupted run's: its record goes into the checkpoints and the metadata."""
+    texts = list(calibration_source(options.calibration).texts()) if options.calibration else head
+    if not any(text.strip() for text in texts):
+        raise SeqpoolError("dtype int8 needs texts to calibrate on, and the corpus (or `calibration` file) has none")
+    encoder.calibrate(texts)
+    record = dict(encoder.int8_runtime.calibration)
+    if isinstance(recorded, dict) and recorded.get("sha256") != record["sha256"]:
+        raise SeqpoolError(f"cannot resume {output}: the int8 calibration differs from the interrupted run's "
+                           f"(another `calibration` file, or it changed); delete {partial_folder(output)} to "
+                           f"start over")
+    return record
 
 
 class _NoBar:
@@ -237,6 +271,17 @@ def check_outputs(output: Path, output_format: str, strategies: Sequence[str], s
         check_working_paths(path, {"metadata": sidecar_path(path)}, inputs)
 
 
+def _check_int8_outputs(output: Path, output_format: str, strategies: Sequence[str], source: TextSource,
+                       options: VectorOptions) -> None:
+    """An int8 run's calibration record goes beside an npy / jsonl file: that path must be free or seqpool's.
+    (A stream output keeps nothing beside it; its float32 vectors need no record to be read.)"""
+    if output_format not in ("npy", "jsonl") or resolve_output(output)[1] == "stream":
+        return
+    inputs = [None if source.is_stream else source.path, options.calibration]
+    for path in dict.fromkeys(output_paths(output, output_format, strategies).values()):
+        check_working_paths(path, {"metadata": sidecar_path(path)}, inputs)
+
+
 def calibration_source(calibration: str | os.PathLike) -> TextSource:
     """The calibration texts, or one line saying that it is the calibration file that is wrong."""
     if not os.path.exists(calibration):
@@ -269,9 +314,9 @@ def _check_sizes(**sizes: int | None) -> None:
 
 
 def parse_dtype(dtype: str) -> str:
-    """``fp32``/``float32`` or ``bf16``/``bfloat16`` as the torch dtype name."""
+    """``fp32``/``float32``, ``bf16``/``bfloat16`` as the torch dtype name, or ``int8`` (OpenVINO)."""
     if not isinstance(dtype, str) or dtype.lower() not in DTYPES:
-        raise SeqpoolError(f"unknown `dtype` {dtype!r}; choose fp32 or bf16")
+        raise SeqpoolError(f"unknown `dtype` {dtype!r}; choose fp32, bf16 or int8")
     return DTYPES[dtype.lower()]
 
 
@@ -318,6 +363,8 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
     # and every per-strategy file again in embed_corpus, still before the corpus is read.
     check_outputs(target, fmt, chosen or ("mean",), source, options)
     _check_calibration(options, target, resume)
+    if torch_dtype == "int8":
+        _check_int8_outputs(target, fmt, chosen or ("mean",), source, options)
     from seqpool.encoder import Encoder, native_bf16_cpu
 
     run_id = new_run_id()
@@ -331,6 +378,8 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
                  "use dtype=fp32 for speed")
         chosen = tuple(dict.fromkeys(check_strategy(s) for s in (chosen or (encoder.default_strategy,))))
         check_outputs(target, fmt, chosen, source, options)
+        if torch_dtype == "int8":
+            _check_int8_outputs(target, fmt, chosen, source, options)
         options.check_model(encoder, chosen)
         try:
             return _embed_locked(encoder, source, target, fmt, chosen,

@@ -8,6 +8,7 @@ extra. Speed is measured in ``benchmarks/embed_throughput.py``, not here.
 from __future__ import annotations
 
 import importlib.util
+import json
 import warnings
 
 import numpy as np
@@ -113,3 +114,64 @@ def test_minilm_int8_keeps_the_fp32_vectors(senteval_dir):
     int8.calibrate(calibration)
     cosines = _cosines(int8.encode(held_out)["mean"], fp32)
     assert cosines.mean() >= 0.997 and cosines.min() >= 0.98, (cosines.mean(), cosines.min())
+
+
+def _embed(*args):
+    from click.testing import CliRunner
+
+    from seqpool.cli import main
+
+    return CliRunner().invoke(main, ["embed", *map(str, args)])
+
+
+def test_embed_int8_records_its_calibration_and_resume_gives_the_same_vectors(tiny_bert_dir, tmp_path):
+    from seqpool.io import load_embeddings
+    from seqpool.io.loading import read_metadata
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"{text} {i}" for i, text in enumerate(CALIBRATION)) + "\n", encoding="utf-8")
+    whole = _embed(corpus, "--model", tiny_bert_dir, "--dtype", "int8", "--chunk-size", "10", "-o",
+                   tmp_path / "whole.parquet", "--quiet")
+    assert whole.exit_code == 0, whole.output
+    metadata = read_metadata(tmp_path / "whole.parquet")
+    record = json.loads(metadata["int8_calibration"])
+    assert metadata["dtype"] == "int8" and record["sequences"] == 10 and len(record["sha256"]) == 64
+    # an interrupted run (its first two chunks) resumed: the same calibration (the first chunk), the same rows
+    from seqpool.embed import EmbedInterrupted
+
+    import seqpool.embed as embed_module
+
+    real = embed_module._encode_chunk
+    calls = {"n": 0}
+
+    def interrupt_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    embed_module._encode_chunk = interrupt_third
+    try:
+        with pytest.raises(EmbedInterrupted):
+            embed_module.embed_file(corpus, tmp_path / "resumed.parquet", model=tiny_bert_dir, dtype="int8",
+                                    chunk_size=10, progress=False)
+    finally:
+        embed_module._encode_chunk = real
+    resumed = _embed(corpus, "--model", tiny_bert_dir, "--dtype", "int8", "--chunk-size", "10", "-o",
+                     tmp_path / "resumed.parquet", "--resume", "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    np.testing.assert_array_equal(load_embeddings(tmp_path / "resumed.parquet"),
+                                  load_embeddings(tmp_path / "whole.parquet"))
+    assert read_metadata(tmp_path / "resumed.parquet")["int8_calibration"] == metadata["int8_calibration"]
+
+
+def test_embed_int8_npy_keeps_the_record_beside_it_and_ray_refuses_int8(tiny_bert_dir, tmp_path):
+    from seqpool import Embedder
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(CALIBRATION[:8]) + "\n", encoding="utf-8")
+    result = _embed(corpus, "--model", tiny_bert_dir, "--dtype", "int8", "-o", tmp_path / "o.npy", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "int8_calibration" in (tmp_path / "o.npy.json").read_text(encoding="utf-8")
+    with pytest.raises(SeqpoolError, match="not available with the Ray engine"):
+        Embedder(str(tiny_bert_dir), dtype="int8")

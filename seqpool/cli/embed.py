@@ -25,6 +25,7 @@ FLAGS = {"output": "-o/--output", "output_format": "--format", "input_format": "
          "window": "--window", "stride": "--stride", "chunk_output": "--chunk-output",
          "truncate_dim": "--truncate-dim", "precision": "--precision", "calibration": "--calibration",
          "skip_empty": "--skip-empty", "workers": "--workers", "ray_address": "--ray-address",
+         "ray_timeout": "--ray-timeout",
          "shard_rows": "--chunk-size"}
 
 
@@ -68,8 +69,9 @@ def parse_layers(value: str) -> int | tuple[int, ...]:
 @click.option("--max-length", type=int, help="Truncate texts to this many tokens [default: the model's].")
 @click.option("--normalize/--no-normalize", default=None,
               help="L2-normalise the vectors [default: as the model was trained, e.g. on for MiniLM].")
-@click.option("--dtype", default="fp32", show_default=True, metavar="fp32|bf16",
-              help="Encoder precision; pooling always accumulates in fp32.")
+@click.option("--dtype", default="fp32", show_default=True, metavar="fp32|bf16|int8",
+              help="Encoder precision; pooling always accumulates in fp32. int8: OpenVINO, calibrated on "
+                   "--calibration or the corpus's first chunk (pip install 'seqpool[int8]').")
 @click.option("--device", help="torch device [default: cpu].")
 @click.option("--threads", type=int, help="CPU threads for torch [default: one per core]; on a machine busy "
                                           "with other work, fewer threads can be much faster.")
@@ -99,13 +101,16 @@ def parse_layers(value: str) -> int | tuple[int, ...]:
               metavar="float32|float16|int8|uint8|binary|ubinary",
               help="Stored precision. int8/uint8 ranges are fitted once (first chunk, or --calibration) and "
                    "stored in the metadata; binary packs 8 sign bits per byte. load_embeddings decodes them.")
-@click.option("--calibration", metavar="FILE", help="Texts (any input format) to fit the int8/uint8 ranges on.")
+@click.option("--calibration", metavar="FILE", help="Texts (any input format) to fit the int8/uint8 ranges on "
+                                                    "(--precision) and the int8 model's ranges (--dtype int8).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last complete chunk.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process. ray: a Ray cluster (pip install \"seqpool[ray]\"); INPUT may then be "
                    "several files, globs or folders, and -o names a folder of parquet shards.")
 @click.option("--ray-address", metavar="ADDR", help="Join this Ray cluster (auto, host:port, ray://host:port) "
                                                     "[default: start a local Ray sized to this machine].")
+@click.option("--ray-timeout", type=float, metavar="SECONDS",
+              help="Seconds the cluster at --ray-address has to answer before the run gives up [default: 30].")
 @click.option("--workers", type=int, help="Ray actors, one model each [default: one per CPU, or per GPU with "
                                           "--device cuda]; each takes --threads CPUs [default: 1].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
@@ -115,7 +120,7 @@ def embed(input_paths: tuple[str, ...], output: str | None, output_format: str |
           skip_empty: bool, chunk_size: int, prompt: str | None, prompt_name: str | None,
           exclude_prompt: bool | None, long_texts: str, window: int | None, stride: int | None, chunk_output: bool,
           truncate_dim: int | None, precision: str, calibration: str | None, resume: bool, engine: str,
-          ray_address: str | None, workers: int | None, quiet: bool) -> None:
+          ray_address: str | None, workers: int | None, quiet: bool, ray_timeout: float | None = None) -> None:
     """Embed every text of INPUT (a file, or - for stdin) into one vector per row.
 
     \b
@@ -148,7 +153,7 @@ def embed(input_paths: tuple[str, ...], output: str | None, output_format: str |
                         input_format=input_format, text_field=text_field, model=model, strategies=strategies,
                         layer=layer, batch_size=batch_size, max_length=max_length, normalize=normalize, dtype=dtype,
                         device=device, threads=threads, chunk_size=chunk_size, resume=resume,
-                        ray_address=ray_address, workers=workers, quiet=quiet, prompt=prompt,
+                        ray_address=ray_address, ray_timeout=ray_timeout, workers=workers, quiet=quiet, prompt=prompt,
                         prompt_name=prompt_name, include_prompt=False if exclude_prompt else None,
                         long_texts=long_texts, window=window, stride=stride, truncate_dim=truncate_dim,
                         precision=precision, calibration=calibration)
@@ -199,11 +204,12 @@ def _embed_with_ray(input_paths: tuple[str, ...], output: str | None, refused: l
                     input_format: str | None, text_field: str | None, model: str | None,
                     strategies: tuple[str, ...], layer: str, batch_size: int | None, max_length: int | None,
                     normalize: bool | None, dtype: str, device: str | None, threads: int | None, chunk_size: int,
-                    resume: bool, ray_address: str | None, workers: int | None, quiet: bool,
-                    **vector_options: Any) -> None:
+                    resume: bool, ray_address: str | None, ray_timeout: float | None, workers: int | None,
+                    quiet: bool, **vector_options: Any) -> None:
     """``--engine ray``: :func:`seqpool.distributed.embed_files`, with the flags mapped onto it
     (``--threads``: CPUs per actor; ``--device cuda``: a GPU per actor; ``--chunk-size``: rows per shard;
-    prompt, long-text and compact-vector flags as for the local engine)."""
+    prompt, long-text and compact-vector flags as for the local engine; ``--ray-timeout``: how long
+    the cluster at ``--ray-address`` has to answer)."""
     from seqpool.embed import parse_dtype
 
     if refused:
@@ -216,12 +222,14 @@ def _embed_with_ray(input_paths: tuple[str, ...], output: str | None, refused: l
     if threads is not None and threads < 1:
         raise SeqpoolError(f"--threads must be at least 1, got {threads}")
     from seqpool.distributed import embed_files
+    from seqpool.distributed.dataset import DEFAULT_RAY_TIMEOUT_S
 
     try:
         result = embed_files(list(input_paths), output, model=model, strategies=parse_strategies(strategies),
                              normalize=normalize, layer=parse_layers(layer), dtype=parse_dtype(dtype),
                              max_length=max_length, batch_size=batch_size, input_format=input_format,
                              text_field=text_field, ray_address=ray_address, workers=workers,
+                             ray_timeout=DEFAULT_RAY_TIMEOUT_S if ray_timeout is None else ray_timeout,
                              num_cpus=threads or 1, num_gpus=1 if device == "cuda" else 0, shard_rows=chunk_size,
                              resume=resume, progress=False if quiet else None, **vector_options)
     except SeqpoolError as error:
@@ -233,4 +241,9 @@ def _embed_with_ray(input_paths: tuple[str, ...], output: str | None, refused: l
         done = f", {result.resumed_shards} of them already done" if result.resumed_shards else ""
         click.echo(f"wrote {result.rows} x {result.dim} embeddings ({', '.join(result.strategies)}) to "
                    f"{result.folder}/ as {result.shards} parquet shards{done}", err=True)
+        if result.redone:
+            many = len(result.redone) > 1
+            more = f" (and {len(result.redone) - 1} more)" if many else ""
+            click.echo(f"note: {len(result.redone)} kept shard{'s' if many else ''} failed verification and "
+                       f"{'were' if many else 'was'} embedded again: {result.redone[0]}{more}", err=True)
         _report_truncated(result.truncated, result.rows)

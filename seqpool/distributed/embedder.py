@@ -45,6 +45,9 @@ class Embedder:
 
         if isinstance(strategies, str):
             strategies = [strategies]
+        if isinstance(dtype, str) and dtype.lower() == "int8":
+            raise SeqpoolError("dtype int8 is not available with the Ray engine: each actor would fit its own "
+                               "calibration, so rows would differ by actor; use the local engine for int8")
         if not isinstance(text_column, str) or not text_column:
             raise SeqpoolError(f"text_column must be a column name, got {text_column!r}")
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):

@@ -377,6 +377,8 @@ _SAFETENSORS_DTYPES = {"f4": "F32", "f2": "F16", "i1": "I8", "u1": "U8", "i8": "
 METADATA_SIDECAR_KEY = "compaction"
 #: The output formats that hold no metadata of their own.
 SIDECAR_FORMATS = ("npy", "jsonl")
+#: The int8 model's calibration record: provenance that must travel with the vectors (``--dtype int8``).
+INT8_KEY = "int8_calibration"
 
 
 def needs_sidecar(output_format: str, metadata_keys: Sequence[str], rows: int | None = None) -> bool:
@@ -385,7 +387,8 @@ def needs_sidecar(output_format: str, metadata_keys: Sequence[str], rows: int | 
     has no row to say its width."""
     if output_format not in SIDECAR_FORMATS:
         return False
-    return METADATA_SIDECAR_KEY in metadata_keys or (output_format == "jsonl" and rows == 0)
+    return (METADATA_SIDECAR_KEY in metadata_keys or INT8_KEY in metadata_keys
+            or (output_format == "jsonl" and rows == 0))
 
 
 def check_sidecar(output: str | os.PathLike) -> Path:
