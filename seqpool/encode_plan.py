@@ -267,7 +267,7 @@ def encode_texts(encoder: Any, texts: Sequence[str], strategies: Sequence[str] |
     normalize = encoder.default_normalize if normalize is None else normalize
     texts = check_texts(texts)
     prompt = resolve_prompt(prompt, prompt_name, encoder.prompts, encoder.default_prompt_name)
-    include = encoder.include_prompt if include_prompt is None else bool(include_prompt)
+    include = encoder.include_prompt if include_prompt is None else check_flag(include_prompt, "include_prompt")
     prefix, suffix = encoder.special_tokens
     plan = EncodePlan(encoder.text_pieces(texts, prompt, offsets=options.chunk_output), prefix, suffix,
                       encoder.max_length, options, encoder.prompt_length(prompt) if prompt and not include else 0,

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from seqpool.batching import check_flag
 from seqpool.errors import SeqpoolError
 
 EXPORT_FORMATS = ("onnx", "openvino")
@@ -165,7 +166,7 @@ def build_graph(encoder: Any, strategy: str | None = None, normalize: bool | Non
     plan = encoder.layer_plan((strategy,))
     if plan.strategies != (strategy,) or any(plan.is_learned(s) for s in plan.strategies):
         raise SeqpoolError(f"strategy {strategy!r} cannot be expressed in the exported graph")
-    normalize = encoder.default_normalize if normalize is None else bool(normalize)
+    normalize = encoder.default_normalize if normalize is None else check_flag(normalize, "normalize")
     head = encoder.head if encoder.uses_head(strategy) else None
 
     def pool(hidden: Tensor, mask: Tensor) -> Tensor:

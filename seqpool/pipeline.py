@@ -27,6 +27,7 @@ from transformers import AutoModel, Pipeline
 
 from seqpool.encoder import Encoder
 from seqpool.model_reader import ModelSpec, read_model
+from seqpool.batching import check_flag
 from seqpool.errors import SeqpoolError
 from seqpool.encode_plan import EncodePlan
 from seqpool.layers import Pooler
@@ -150,11 +151,11 @@ class PoolingPipeline(Pipeline):
             preprocess["prompt"] = resolve_prompt(prompt, prompt_name, self.encoder.prompts)
         postprocess: dict[str, Any] = {}
         if include_prompt is not None:
-            postprocess["include_prompt"] = bool(include_prompt)
+            postprocess["include_prompt"] = check_flag(include_prompt, "include_prompt")
         if pooling is not None:
             postprocess["pooling"] = resolve_pooling(pooling)
         if normalize is not None:
-            postprocess["normalize"] = bool(normalize)
+            postprocess["normalize"] = check_flag(normalize, "normalize")
         return preprocess, {}, postprocess
 
     def __call__(self, inputs: Any, *args: Any, num_workers: int | None = None, batch_size: int | None = None,

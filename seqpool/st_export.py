@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from seqpool.batching import check_flag
 from seqpool.errors import SeqpoolError
 from seqpool.registry import st_names, st_pooling_flags, st_pooling_modes
 from seqpool.io.atomic import atomic_write_text
@@ -140,7 +141,7 @@ def export_sentence_transformers(encoder: "Encoder", directory: str | os.PathLik
     sentence-transformers pools the model's final hidden states.
     """
     strategy = encoder.default_strategy if strategy is None else strategy
-    normalize = encoder.default_normalize if normalize is None else bool(normalize)
+    normalize = encoder.default_normalize if normalize is None else check_flag(normalize, "normalize")
     check_exportable(strategy)
     if tuple(encoder.layers) != (-1,):
         raise SeqpoolError(

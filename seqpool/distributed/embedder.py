@@ -40,6 +40,7 @@ class Embedder:
                  text_column: str = "text", prompt: str | None = None, prompt_name: str | None = None,
                  include_prompt: bool | None = None, long_texts: str = "truncate", window: int | None = None,
                  stride: int | None = None, truncate_dim: int | None = None):
+        from seqpool.batching import check_flag
         from seqpool.pooling import check_strategy  # the registry's check: unknown names fail here
         from seqpool.vector_options import VectorOptions
 
@@ -56,7 +57,7 @@ class Embedder:
             model = os.path.abspath(os.path.expanduser(str(model)))  # workers run elsewhere: no cwd
         self.model = None if model is None else str(model)
         self.strategies = None if strategies is None else tuple(dict.fromkeys(check_strategy(s) for s in strategies))
-        self.normalize = normalize
+        self.normalize = check_flag(normalize, "normalize")  # checked on the driver, before any worker
         self.layer = layer if isinstance(layer, int) else tuple(layer)
         self.dtype = dtype
         self.max_length = max_length
