@@ -44,6 +44,8 @@ from typing import Callable
 import pytest
 import torch
 
+from model_zoo import save_random_model
+
 TINY_HIDDEN = 32
 TINY_LAYERS = 2
 _WORDS = ("the a an and or of to in is it was this that film movie story good bad great not very "
@@ -54,16 +56,6 @@ _GPT2_TRAINING_TEXT = [
     "the cat sat on the mat", "hello world", "a very good film", "not a bad movie at all",
     "pooling tokens into one vector", "seqpool embeds text", "it was boring and long",
 ]
-
-
-def _save_random_model(model_class: type, config: object, tokenizer: object, directory: Path, seed: int) -> Path:
-    """Randomly initialise ``model_class`` with a fixed seed (leaving the global RNG alone) and save it."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = model_class(config).eval()
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -88,7 +80,7 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = BertTokenizerFast.from_pretrained(directory, do_lower_case=True, model_max_length=64)
     config = BertConfig(vocab_size=len(vocab), hidden_size=TINY_HIDDEN, num_hidden_layers=TINY_LAYERS,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    return _save_random_model(BertModel, config, tokenizer, directory, seed=0)
+    return save_random_model(BertModel, config, tokenizer, directory, seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +100,7 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert tokenizer.pad_token is None  # like GPT-2: the encoder must cope without one
     config = GPT2Config(vocab_size=bpe.get_vocab_size(), n_embd=TINY_HIDDEN, n_layer=TINY_LAYERS, n_head=2,
                         n_positions=64, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return _save_random_model(GPT2Model, config, tokenizer, directory, seed=1)
+    return save_random_model(GPT2Model, config, tokenizer, directory, seed=1)
 
 
 @pytest.fixture(scope="session")

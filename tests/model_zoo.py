@@ -136,7 +136,7 @@ def _wrap(tokenizer: Any, input_names: Sequence[str] = ("input_ids", "attention_
                                    padding_side=padding_side, model_input_names=list(input_names), **special)
 
 
-def _save(model_class: type, config: Any, tokenizer: Any, directory: Path, seed: int) -> Path:
+def save_random_model(model_class: type, config: Any, tokenizer: Any, directory: Path, seed: int) -> Path:
     """Initialise ``model_class`` from ``config`` with ``seed`` (global RNG untouched) and save it
     with its tokenizer."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ def build_bert(directory: Path) -> Path:
     config = BertConfig(vocab_size=backend.get_vocab_size(), hidden_size=HIDDEN, num_hidden_layers=LAYERS,
                         num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,
                         max_position_embeddings=MAX_POSITIONS, pad_token_id=0)
-    return _save(BertModel, config, tokenizer, directory, seed=10)
+    return save_random_model(BertModel, config, tokenizer, directory, seed=10)
 
 
 def build_distilbert(directory: Path) -> Path:
@@ -174,7 +174,7 @@ def build_distilbert(directory: Path) -> Path:
                       mask_token="[MASK]")
     config = DistilBertConfig(vocab_size=backend.get_vocab_size(), dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS,
                               hidden_dim=INTERMEDIATE, max_position_embeddings=MAX_POSITIONS, pad_token_id=0)
-    return _save(DistilBertModel, config, tokenizer, directory, seed=11)
+    return save_random_model(DistilBertModel, config, tokenizer, directory, seed=11)
 
 
 def build_mpnet(directory: Path) -> Path:
@@ -190,7 +190,7 @@ def build_mpnet(directory: Path) -> Path:
                          # 32 buckets: MPNetEncoder.compute_position_bias ignores the config and uses 32
                          max_position_embeddings=MAX_POSITIONS + 2, relative_attention_num_buckets=32,
                          pad_token_id=1, bos_token_id=0, eos_token_id=2)
-    return _save(MPNetModel, config, tokenizer, directory, seed=12)
+    return save_random_model(MPNetModel, config, tokenizer, directory, seed=12)
 
 
 def build_deberta_v2(directory: Path) -> Path:
@@ -209,7 +209,7 @@ def build_deberta_v2(directory: Path) -> Path:
                              pad_token_id=0)
     for key, value in {"position_buckets": 16, "norm_rel_ebd": "layer_norm", "share_att_key": True}.items():
         setattr(config, key, value)
-    return _save(DebertaV2Model, config, tokenizer, directory, seed=13)
+    return save_random_model(DebertaV2Model, config, tokenizer, directory, seed=13)
 
 
 def build_modernbert(directory: Path) -> Path:
@@ -225,7 +225,7 @@ def build_modernbert(directory: Path) -> Path:
                               max_position_embeddings=MAX_POSITIONS, local_attention=8,
                               layer_types=["full_attention", "sliding_attention"],
                               pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3)
-    return _save(ModernBertModel, config, tokenizer, directory, seed=14)
+    return save_random_model(ModernBertModel, config, tokenizer, directory, seed=14)
 
 
 def build_roberta(directory: Path) -> Path:
@@ -240,7 +240,7 @@ def build_roberta(directory: Path) -> Path:
                            num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,
                            max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1,
                            pad_token_id=1, bos_token_id=0, eos_token_id=2)
-    return _save(RobertaModel, config, tokenizer, directory, seed=15)
+    return save_random_model(RobertaModel, config, tokenizer, directory, seed=15)
 
 
 def build_t5(directory: Path) -> Path:
@@ -259,7 +259,7 @@ def build_t5(directory: Path) -> Path:
                       relative_attention_num_buckets=8, relative_attention_max_distance=32,
                       feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
                       tie_word_embeddings=False)
-    return _save(T5Model, config, tokenizer, directory, seed=16)
+    return save_random_model(T5Model, config, tokenizer, directory, seed=16)
 
 
 def build_gpt2(directory: Path) -> Path:
@@ -271,7 +271,7 @@ def build_gpt2(directory: Path) -> Path:
     assert tokenizer.pad_token is None
     config = GPT2Config(vocab_size=backend.get_vocab_size(), n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,
                         n_positions=MAX_POSITIONS, bos_token_id=0, eos_token_id=0)
-    return _save(GPT2Model, config, tokenizer, directory, seed=17)
+    return save_random_model(GPT2Model, config, tokenizer, directory, seed=17)
 
 
 def build_qwen3(directory: Path) -> Path:
@@ -286,7 +286,7 @@ def build_qwen3(directory: Path) -> Path:
                          num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=1,
                          head_dim=HIDDEN // HEADS, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
                          pad_token_id=0, bos_token_id=0, eos_token_id=2)
-    return _save(Qwen3Model, config, tokenizer, directory, seed=18)
+    return save_random_model(Qwen3Model, config, tokenizer, directory, seed=18)
 
 
 def _build_llama(directory: Path, append_eos: bool) -> Path:
@@ -300,7 +300,7 @@ def _build_llama(directory: Path, append_eos: bool) -> Path:
                          num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=1,
                          head_dim=HIDDEN // HEADS, max_position_embeddings=MAX_POSITIONS,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0 if append_eos else None)
-    return _save(LlamaModel, config, tokenizer, directory, seed=19 if append_eos else 20)
+    return save_random_model(LlamaModel, config, tokenizer, directory, seed=19 if append_eos else 20)
 
 
 def build_llama(directory: Path) -> Path:
@@ -327,7 +327,7 @@ def build_gemma3(directory: Path) -> Path:
                               query_pre_attn_scalar=HIDDEN // HEADS, sliding_window=8,
                               layer_types=["sliding_attention", "full_attention"], use_bidirectional_attention=True,
                               pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    return _save(Gemma3TextModel, config, tokenizer, directory, seed=21)
+    return save_random_model(Gemma3TextModel, config, tokenizer, directory, seed=21)
 
 
 FAMILIES: dict[str, Callable[[Path], Path]] = {
