@@ -28,7 +28,9 @@ from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
 from seqpool.layers import Pooler
 from seqpool.pooling import normalize_mask
-from seqpool.serialization import CONFIG_NAME, REQUIRED, config_fields, load_state, read_config, save_module
+from seqpool.registry import get_strategy
+from seqpool.serialization import (CONFIG_NAME, REQUIRED, build_checked, config_fields, load_state, read_config,
+                                   save_module)
 from seqpool.states import TokenStates
 
 
@@ -322,8 +324,10 @@ class PooledClassifier(nn.Module):
         if unknown:
             raise SeqpoolError(f"{path}: unknown training setting(s) {', '.join(unknown)}; save the module again")
         try:
-            model = cls(values["strategy"], values["dim"], values["num_labels"], labels=values["labels"],
-                        encoder=values["encoder"], **training, **values["pooler_kwargs"])
+            get_strategy(values["strategy"])  # a plugin is imported and tried here, not while sizing on meta
+            model = build_checked(lambda: cls(values["strategy"], values["dim"], values["num_labels"],
+                                              labels=values["labels"], encoder=values["encoder"], **training,
+                                              **values["pooler_kwargs"]), directory)
         except (TypeError, SeqpoolError) as error:  # e.g. pooler_kwargs the strategy does not take
             raise SeqpoolError(f"{path} does not describe a valid PooledClassifier: {error}") from None
         return load_state(model, directory).eval()

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import html
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -100,11 +101,16 @@ class Explanation:
     word_contributions: np.ndarray   # (W, C)
     special_contribution: np.ndarray  # (C,) the special tokens' total
     truncated: bool = False
-    probabilities: np.ndarray = field(init=False)
+    #: the classes' probabilities; by default the softmax of ``logits`` (given when ``logits``
+    #: are not the classifier's own, as for a one-logit binary head, see :func:`explain`)
+    probabilities: np.ndarray | None = None
+    #: what ``logits`` holds: ``"logit"``, or ``"log-odds"`` of a class against the other
+    score_name: str = "logit"
 
     def __post_init__(self) -> None:
-        shifted = np.exp(self.logits - self.logits.max())
-        self.probabilities = shifted / shifted.sum()
+        if self.probabilities is None:
+            shifted = np.exp(self.logits - self.logits.max())
+            self.probabilities = shifted / shifted.sum()
 
     @property
     def predicted(self) -> int:
@@ -177,7 +183,7 @@ def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
 
 def _explanation(text: str, tokens: list[str], offsets: list[tuple[int, int]], word_ids: list[int | None],
                  contributions: np.ndarray, logits: np.ndarray, bias: np.ndarray, labels: list[Any],
-                 truncated: bool) -> Explanation:
+                 truncated: bool, probabilities: np.ndarray | None = None, score_name: str = "logit") -> Explanation:
     groups, special = _word_groups(word_ids, offsets)
     spans = [_trimmed(text, offsets[g[0]][0], offsets[g[-1]][1]) for g in groups]
     per_word = np.stack([contributions[g].sum(axis=0) for g in groups]) if groups else \
@@ -185,7 +191,7 @@ def _explanation(text: str, tokens: list[str], offsets: list[tuple[int, int]], w
     return Explanation(text=text, labels=labels, logits=logits, bias=bias, tokens=tokens,
                        token_contributions=contributions, words=[text[a:b] for a, b in spans], word_spans=spans,
                        word_contributions=per_word, special_contribution=contributions[special].sum(axis=0),
-                       truncated=truncated)
+                       truncated=truncated, probabilities=probabilities, score_name=score_name)
 
 
 def explain(texts: Sequence[str], classifier: "PooledClassifier | str | os.PathLike",
@@ -207,15 +213,33 @@ def explain(texts: Sequence[str], classifier: "PooledClassifier | str | os.PathL
     if batch_size < 1:
         raise SeqpoolError(f"batch_size must be at least 1, got {batch_size}")
     bias = classifier.head.bias.detach().float().numpy()
+    one_logit = _one_logit_head(classifier)
+    if one_logit:
+        bias = np.array([-bias[1], bias[1]])
     explanations: list[Explanation] = []
     for batch in encoder.text_batches(texts, batch_size):  # input order; tokens with offsets and word ids
         contributions, logits = token_contributions(classifier, batch.hidden_states, batch.attention_mask)
+        probabilities = torch.softmax(logits.double(), dim=-1).float().numpy()
+        if one_logit:  # class 0's score is class 1's log-odds negated, token by token
+            contributions[..., 0], logits[..., 0] = -contributions[..., 1], -logits[..., 1]
         for row, (text, tokenized) in enumerate(zip(batch.texts, batch.tokens)):
             offsets, word_ids = tokenized.offsets, tokenized.word_ids
             explanations.append(_explanation(text, tokenized.tokens, offsets, word_ids,
                                              contributions[row, :len(tokenized.ids)].numpy(), logits[row].numpy(),
-                                             bias, list(classifier.labels), _was_truncated(text, offsets, word_ids)))
+                                             bias, list(classifier.labels), _was_truncated(text, offsets, word_ids),
+                                             probabilities[row], "log-odds" if one_logit else "logit"))
     return explanations
+
+
+def _one_logit_head(classifier: "PooledClassifier") -> bool:
+    """Whether a binary head holds one logit, class 0's row and bias being exact zeros.
+
+    ``evaluate --save-best`` folds a binary logistic regression that way (logits ``(0, z)``:
+    the same softmax as the sigmoid of ``z``), so class 0's own decomposition is all zeros.
+    Its true score is the log-odds ``-z``, whose decomposition is class 1's negated.
+    """
+    weight, bias = classifier.head.weight.detach(), classifier.head.bias.detach()
+    return classifier.num_labels == 2 and not weight[0].any() and float(bias[0]) == 0.0 and bool(weight[1].any())
 
 
 def _was_truncated(text: str, offsets: list[tuple[int, int]], word_ids: list[int | None]) -> bool:
@@ -259,18 +283,39 @@ def _headline(explanation: Explanation, label: Any = None) -> str:
     index = explanation.class_index(label)
     predicted = explanation.predicted
     return (f"predicted {explanation.labels[predicted]!s} (p={explanation.probabilities[predicted]:.3f}); "
-            f"contributions to {explanation.labels[index]!s}: logit {explanation.logits[index]:+.3f} = "
-            f"words {explanation.word_scores(label).sum():+.3f} + special tokens "
+            f"contributions to {explanation.labels[index]!s}: {explanation.score_name} "
+            f"{explanation.logits[index]:+.3f} = words {explanation.word_scores(label).sum():+.3f} + special tokens "
             f"{explanation.special_contribution[index]:+.3f} + bias {explanation.bias[index]:+.3f}")
 
 
+#: C0 controls but tab and newline, DEL and the C1 controls (0x9b is a one-byte CSI on many terminals).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with its control characters shown, not obeyed.
+
+    A text is data: its ESC sequences must not set the window title, clear the screen or
+    recolour the terminal, with colours on or off (``--no-color`` strips only the styles
+    seqpool adds). C0 controls become their visible Unicode pictures (ESC -> U+241B), DEL
+    U+2421, C1 controls U+FFFD; tab and newline stay.
+    """
+    def picture(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return chr(0x2400 + code) if code < 0x20 else "\u2421" if code == 0x7F else "\ufffd"
+
+    return _CONTROL.sub(picture, text)
+
+
 def render_terminal(explanation: Explanation, label: Any = None) -> str:
-    """The text with each word's background shaded green (for ``label``) or red (against)."""
+    """The text with each word's background shaded green (for ``label``) or red (against); control
+    characters of the text and the class names are shown as symbols (:func:`terminal_safe`)."""
     import click
 
-    body = "".join(piece if value is None else click.style(piece, fg="black", bg=_rgb(value))
+    body = "".join(terminal_safe(piece) if value is None else
+                   click.style(terminal_safe(piece), fg="black", bg=_rgb(value))
                    for piece, value in _segments(explanation, label))
-    return f"{_headline(explanation, label)}\n{body}"
+    return f"{terminal_safe(_headline(explanation, label))}\n{body}"
 
 
 def render_html(explanations: Sequence[Explanation], label: Any = None) -> str:

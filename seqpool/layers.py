@@ -19,7 +19,7 @@ from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
 from seqpool.pooling import fill_padding, masked_mean, normalize_mask, upcast
 from seqpool.registry import LEARNED, PARAMETER_FREE, builtin_names, get_strategy
-from seqpool.serialization import CONFIG_NAME, load_state, read_config, save_module
+from seqpool.serialization import CONFIG_NAME, build_checked, load_state, read_config, save_module
 
 #: The built-in strategies with parameters; :class:`Pooler` needs ``dim`` for them.
 LEARNED_STRATEGIES: tuple[str, ...] = builtin_names(LEARNED)
@@ -321,7 +321,8 @@ class Pooler(nn.Module):
             raise SeqpoolError(
                 f"{directory}/{CONFIG_NAME} is malformed: it needs a 'strategy' name and a 'kwargs' object"
             )
-        pooler = cls(strategy, config.get("dim"), **kwargs)
+        get_strategy(strategy)  # a plugin is imported and tried here, not while sizing on the meta device
+        pooler = build_checked(lambda: cls(strategy, config.get("dim"), **kwargs), directory)
         return load_state(pooler, directory).eval()
 
     def extra_repr(self) -> str:

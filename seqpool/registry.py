@@ -18,6 +18,7 @@ used, and a warning when listing; it never affects the built-in strategies.
 from __future__ import annotations
 
 import importlib
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping
@@ -30,7 +31,10 @@ PARAMETER_FREE = "parameter-free"
 LEARNED = "learned"
 Kind = Literal["parameter-free", "learned"]
 _KINDS = (PARAMETER_FREE, LEARNED)
-_FORBIDDEN_IN_NAMES = ",+@"
+#: A strategy name: ASCII letters, digits, ``_``, ``-`` and ``.``, not starting with ``.`` or ``-``.
+#: Names end up in file names (``out.<name>.npy``) and command lines, so nothing in one may climb
+#: folders (``../``), hide a file, look like an option, or separate strategies (``,``, ``+``, ``@``).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 #: sentence-transformers' own order of its boolean pooling flags (its first match wins).
 _ST_FLAG_ORDER = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
@@ -106,6 +110,14 @@ class StrategySpec:
         return self.origin == "built-in"
 
 
+def _check_name(name: Any) -> str:
+    """``name`` if it is a safe strategy name (see :data:`_SAFE_NAME`), for built-ins, users and plugins alike."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise SeqpoolError(f"name must be a non-empty string of ASCII letters, digits, '_', '-' and '.' (not first): "
+                           f"it becomes part of file names and command lines, got {name!r}")
+    return name
+
+
 def _builtin(name: str, kind: Kind, description: str, ref: str, weights: str | None = None,
              st: tuple[str, str] | None = None, width: Callable[..., int] = same_width) -> StrategySpec:
     module = "seqpool.pooling" if kind == PARAMETER_FREE else "seqpool.layers"
@@ -116,7 +128,7 @@ def _builtin(name: str, kind: Kind, description: str, ref: str, weights: str | N
         token_weights=f"{module}:{weights}" if weights else None)
 
 
-_BUILTINS: dict[str, StrategySpec] = {spec.name: spec for spec in (
+_BUILTINS: dict[str, StrategySpec] = {_check_name(spec.name): spec for spec in (
     _builtin("mean", PARAMETER_FREE, "average of the real tokens", "masked_mean", "mean_token_weights",
              ("mean", "pooling_mode_mean_tokens")),
     _builtin("max", PARAMETER_FREE, "channel-wise maximum over the real tokens", "masked_max", "max_token_weights",
@@ -163,7 +175,7 @@ def _operator(name: str, kind: Kind, description: str, ref: str, weights: str | 
 #: meaning "the classic ones" (all ``dim`` wide, exportable to sentence-transformers).
 #: Exact explain weights exist for latent_attention only: power means (p != 1), standard
 #: deviations and GeM are not linear in the tokens, and scalar_mix mixes layers explain never sees.
-_OPERATORS: dict[str, StrategySpec] = {spec.name: spec for spec in (
+_OPERATORS: dict[str, StrategySpec] = {_check_name(spec.name): spec for spec in (
     _operator("mean_std", PARAMETER_FREE, "statistics pooling: mean ⊕ standard deviation of the real tokens; "
               "width 2 * dim", "seqpool.moments:masked_mean_std", width=double_width),
     _operator("power_mean", PARAMETER_FREE, "signed power mean with p = 3 (Rücklé et al.); any p >= 1 as "
@@ -309,13 +321,6 @@ def load_plugins() -> list[str]:
 # -- user and plugin strategies ---------------------------------------------------------------
 
 
-def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not name or any(c.isspace() or c in _FORBIDDEN_IN_NAMES for c in name):
-        raise SeqpoolError(f"name must be a non-empty string without whitespace or any of {_FORBIDDEN_IN_NAMES!r} "
-                           f"(they separate strategies on the command line), got {name!r}")
-    return name
-
-
 def _width_function(output_dim: int | Callable[[int], int] | None) -> Callable[..., int]:
     if output_dim is None:
         return same_width
@@ -403,13 +408,16 @@ def _load_plugin(entry_point: Any) -> StrategySpec | SeqpoolError:
 
 
 def _try_out(spec: StrategySpec) -> None:
-    """Pool a small fixed batch (right padding, one empty row excluded) through the checked function."""
+    """Pool a small fixed batch (right padding, one empty row excluded) through the checked function,
+    on the CPU whatever the caller's default device (a plugin may first be looked up while a
+    module is sized on the ``meta`` device, see :func:`seqpool.serialization.build_checked`)."""
     import torch
 
-    generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(2, 5, 8, generator=generator)
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    spec.fn(hidden, mask)
+    with torch.device("cpu"):
+        generator = torch.Generator().manual_seed(0)
+        hidden = torch.randn(2, 5, 8, generator=generator)
+        mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+        spec.fn(hidden, mask)
 
 
 def _one_line(error: BaseException) -> str:

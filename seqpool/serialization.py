@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save
 
 from seqpool.errors import SeqpoolError
 from seqpool.io.atomic import atomic_path, atomic_write_text  # noqa: F401  (atomic_write_text: old import path)
+from seqpool.io.ownership import input_paths  # noqa: F401  (its old import path)
+from seqpool.model_reader import safetensors_header
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -61,19 +63,40 @@ def load_state(module: torch.nn.Module, directory: str | os.PathLike) -> torch.n
         state = load_file(str(path))
     except SafetensorError as error:
         raise SeqpoolError(f"{path} is not a readable safetensors file ({error}); save the module again") from None
-    expected = module.state_dict()
-    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    reshaped = sorted(
-        f"{name} {tuple(state[name].shape)} vs {tuple(expected[name].shape)}"
-        for name in expected.keys() & state.keys()
-        if state[name].shape != expected[name].shape
-    )
+    _check_shapes(path, {name: tuple(t.shape) for name, t in state.items()},
+                  {name: tuple(t.shape) for name, t in module.state_dict().items()})
+    module.load_state_dict(state)
+    return module
+
+
+def build_checked(build: Callable[[], _M], directory: str | os.PathLike) -> _M:
+    """``build()`` once its parameter shapes match the saved weights' safetensors header.
+
+    A config is only a claim: ``dim`` 10**9 would make torch allocate gigabytes before
+    :func:`load_state` could see that the weights disagree. So the module is first built on the
+    ``meta`` device (shapes only, no memory, no data), its state dict compared with the header
+    of ``model.safetensors`` (read without the data), and only a match is built for real.
+    """
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise SeqpoolError(f"{directory} is not a saved seqpool module: {WEIGHTS_NAME} is missing")
+    header = safetensors_header(path)
+    saved = {name: tuple(entry.get("shape", ())) for name, entry in header.items() if isinstance(entry, dict)}
+    with torch.device("meta"):
+        skeleton = build()
+    _check_shapes(path, saved, {name: tuple(t.shape) for name, t in skeleton.state_dict().items()})
+    return build()
+
+
+def _check_shapes(path: Path, saved: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
+    """One SeqpoolError listing every name missing, unexpected or of another shape in ``path``."""
+    missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    reshaped = sorted(f"{name} {saved[name]} vs {expected[name]}" for name in expected.keys() & saved.keys()
+                      if saved[name] != expected[name])
     found = (("missing", missing), ("unexpected", unexpected), ("wrong shape (saved vs config)", reshaped))
     problems = [f"{label} {names}" for label, names in found if names]
     if problems:
         raise SeqpoolError(f"{path} does not match its config.json: {'; '.join(problems)}")
-    module.load_state_dict(state)
-    return module
 
 
 def load_configured(cls: type[_M], directory: str | os.PathLike) -> _M:
@@ -90,7 +113,7 @@ def load_configured(cls: type[_M], directory: str | os.PathLike) -> _M:
         )
     kwargs = {key: value for key, value in config.items() if key not in ("seqpool_type", "seqpool_version")}
     try:
-        module = cls(**kwargs)
+        module = build_checked(lambda: cls(**kwargs), directory)
     except TypeError as error:
         raise SeqpoolError(f"{Path(directory) / CONFIG_NAME} does not fit {cls.__name__}: {error}") from None
     return load_state(module, directory).eval()

@@ -320,12 +320,30 @@ def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     return adjusted
 
 
+#: The fewest within-split (seed) and between-split degrees of freedom with which a split of the
+#: variance is stated. Below them the 95 % interval of the seed share covers most of [0, 1] for
+#: any scores: with 5 splits x 2 seeds (4 and 5 df) it is at best about [0.02, 0.90] (at an
+#: estimated share of 0.2) and [0.19, 1] at a share of 1; with 2 splits (1 df) it is about
+#: [0, 1] whatever the seeds; and the seed variance alone is known only within a factor 15
+#: (chi-square with 5 df). From 4 and 10 df (5 x 3; 10 x 2 gives 9 and 10) an interval such
+#: as [0.03, 0.61] can rule shares out, and the seed variance is known within a factor 6.
+MIN_SPLIT_DF = 4
+MIN_SEED_DF = 10
+
+
 @dataclass(frozen=True)
 class VarianceComponents:
-    """How much of the score variance is due to the data split and to the training seed."""
+    """How much of the score variance is due to the data split and to the training seed.
+
+    ``split_df`` / ``seed_df`` are the between- and within-split degrees of freedom of the
+    ANOVA; ``seed_share_ci`` the 95 % interval of :attr:`seed_share` (NaN when no score varies).
+    """
 
     split: float
     seed: float
+    split_df: int = 0
+    seed_df: int = 0
+    seed_share_ci: tuple[float, float] = (float("nan"), float("nan"))
 
     @property
     def total(self) -> float:
@@ -335,19 +353,46 @@ class VarianceComponents:
     def seed_share(self) -> float:
         return self.seed / self.total if self.total > 0 else 0.0
 
+    @property
+    def enough_to_split(self) -> bool:
+        """Whether the design has the degrees of freedom to state the split (see :data:`MIN_SEED_DF`)."""
+        return self.split_df >= MIN_SPLIT_DF and self.seed_df >= MIN_SEED_DF
 
-def variance_components(scores: np.ndarray) -> VarianceComponents:
+
+def variance_components(scores: np.ndarray, confidence: float = 0.95) -> VarianceComponents:
     """Split and seed variance from a (splits, seeds) score table (seeds nested in splits).
 
     Model: ``s_ij = mu + a_i + e_ij`` with split effects ``a_i ~ (0, var_split)`` and seed
     effects ``e_ij ~ (0, var_seed)``; one-way random-effects ANOVA estimators
     ``var_seed = MS_within`` and ``var_split = (MS_between - MS_within) / seeds``, clipped at
     0 (their sum estimates the variance of one score, by the law of total variance).
+
+    The seed share is one minus the intraclass correlation ICC(1) of the splits, so its
+    interval is the exact one of the ICC under normal effects (Shrout & Fleiss 1979), from
+    ``F = MS_between / MS_within`` and the F distribution with (splits - 1, splits * (seeds - 1)) df.
     """
     table = np.asarray(scores, dtype=np.float64)
     if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 2:
         raise SeqpoolError(f"variance components need a (splits >= 2, seeds >= 2) table, got shape {table.shape}")
-    n_seeds = table.shape[1]
+    splits, n_seeds = table.shape
     within = float(table.var(axis=1, ddof=1).mean())
     between = float(n_seeds * table.mean(axis=1).var(ddof=1))
-    return VarianceComponents(split=max(0.0, (between - within) / n_seeds), seed=within)
+    split_df, seed_df = splits - 1, splits * (n_seeds - 1)
+    return VarianceComponents(split=max(0.0, (between - within) / n_seeds), seed=within, split_df=split_df,
+                              seed_df=seed_df,
+                              seed_share_ci=_seed_share_interval(between, within, n_seeds, split_df, seed_df,
+                                                                 confidence))
+
+
+def _seed_share_interval(between: float, within: float, n_seeds: int, split_df: int, seed_df: int,
+                         confidence: float) -> tuple[float, float]:
+    """``1 - ICC`` bounds: ICC = (F - 1) / (F + seeds - 1) at F divided (lower) and multiplied
+    (upper) by the F distribution's upper quantiles."""
+    if within <= 0:
+        return (0.0, 0.0) if between > 0 else (float("nan"), float("nan"))
+    tail = (1 + confidence) / 2
+    f = between / within
+    f_low = f / float(scipy_stats.f.ppf(tail, split_df, seed_df))
+    f_high = f * float(scipy_stats.f.ppf(tail, seed_df, split_df))
+    icc = [min(1.0, max(0.0, (x - 1) / (x + n_seeds - 1))) for x in (f_low, f_high)]
+    return 1.0 - icc[1], 1.0 - icc[0]

@@ -136,15 +136,20 @@ def test_save_best_refuses_a_non_empty_folder_before_any_work(toy_file, tmp_path
 
 def test_save_best_overwrites_when_asked_and_saves_a_learned_winner(toy_file, tiny_bert_encoder, cache_dir,
                                                                    tmp_path):
+    from seqpool.evaluation.save_best import save_atomically
+
     target = tmp_path / "best"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
+    save_atomically(PooledClassifier("mean", 32, 2), target, "an-earlier-run")  # what an earlier save_best left
     result = evaluate(toy_file, strategies="attention", folds=2, encoder=tiny_bert_encoder, cache_dir=cache_dir,
                       save_best=target, overwrite=True, learned_options=LEARNED_FAST, **FAST)
-    assert not (target / "old.txt").exists() and (target / "config.json").is_file()
+    assert (target / "config.json").is_file()
     model = PooledClassifier.from_pretrained(target)
     assert model.strategy == "attention" and result.saved["learned"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    (target / "old.txt").write_text("old")  # a file seqpool did not write: overwrite never deletes it
+    with pytest.raises(SeqpoolError, match="not saved by seqpool"):
+        evaluate(toy_file, strategies="attention", encoder=object(), save_best=target, overwrite=True)
+    assert (target / "old.txt").read_text() == "old"
 
 
 def test_by_length_must_be_at_least_two(toy_file):

@@ -3,7 +3,8 @@
 A thin layer over :func:`seqpool.explain.explain`: texts come from the arguments or
 ``--input``; the terminal shows each text shaded by contribution, ``--html`` / ``--png``
 write the same heat map to a file. Every option, output path and the ``--label`` are
-checked before the input is read or the encoder is loaded.
+checked before the input is read or the encoder is loaded; an output that is an input
+(``--input``, the classifier's or the model's files) is refused.
 """
 
 from __future__ import annotations
@@ -75,9 +76,14 @@ def explain(texts: tuple[str, ...], classifier_dir: Path, model: str | None, inp
     pooling the contributions add up exactly to the logit minus the bias.
     """
     from seqpool.io import TextSource, check_writable
+    from seqpool.io.ownership import check_outputs_against_inputs
+    from seqpool.io.ownership import input_paths
 
     if png_path is not None and png_path.suffix.lower() != ".png":
         raise SeqpoolError(f"--png needs a .png file name, got {png_path}")
+    # a heat map never replaces what it explains: the texts, the classifier's files, the model's
+    check_outputs_against_inputs({"--html": html_path, "--png": png_path},
+                                 input_paths(input_path, classifier_dir, model))
     for flag, path in (("--html", html_path), ("--png", png_path)):
         if path is not None:
             check_writable(path, flag)
@@ -110,14 +116,14 @@ def _explain_and_show(texts: list[str], classifier: Any, encoder: Any, label: An
                       html_path: Path | None, png_path: Path | None, color: bool | None) -> None:
     """Explain ``texts`` and print / write the heat maps."""
     from seqpool.explain import explain as explain_texts
-    from seqpool.explain import render_terminal, write_html, write_png
+    from seqpool.explain import render_terminal, terminal_safe, write_html, write_png
 
     explanations = explain_texts(texts, classifier, encoder=encoder)
     for explanation in explanations:
         click.echo(render_terminal(explanation, label), color=color)
         if top:
             words = ", ".join(f"{word} {score:+.3f}" for word, score in explanation.top_words(top, label))
-            click.echo(f"top words: {words or '(none)'}")
+            click.echo(f"top words: {terminal_safe(words) or '(none)'}")
         if explanation.truncated:
             click.echo("note: the text was truncated to the model's maximum length; later words are not shown")
         click.echo("")

@@ -1,8 +1,11 @@
 """Encode once: token states cached on disk, keyed by the encoder's fingerprint and the texts.
 
-A cache is an optimisation, never a reason to fail: a damaged file is re-encoded, and a cache
-folder that cannot be written (read-only, a path under a regular file, a full disk) gives one
-warning and the run continues without it — before the encoder runs, not after.
+A cache is an optimisation, never a reason to fail, and never trusted unchecked: each file
+records the sha256 of its states (:func:`states_digest`), so a file that does not match its
+digest, or holds non-finite states, or no digest at all, is re-encoded and replaced with one
+warning (not scored at chance). A cache folder that cannot be written (read-only, a path under
+a regular file, a full disk) gives one warning and the run continues without it — before the
+encoder runs, not after.
 """
 
 from __future__ import annotations
@@ -85,6 +88,42 @@ def encode_states(encoder: Any, texts: Sequence[str], batch_size: int | None = N
     return states.to(torch.float32 if overflow else torch.float16)
 
 
+#: The safetensors metadata key holding :func:`states_digest` of the stored states.
+DIGEST_KEY = "sha256"
+
+
+def states_digest(states: TokenStates) -> str:
+    """sha256 over the dtype, shape and bytes of the token states and their offsets: what a cache
+    file must still hold when it is read back."""
+    digest = hashlib.sha256()
+    for tensor in (states.states, states.offsets):
+        tensor = tensor.contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)};".encode())
+        digest.update(memoryview(tensor.view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path, count: int, width: int) -> tuple[TokenStates | None, str]:
+    """(the states of a cache file, "") if it is whole and fits; else (None, why not)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            recorded = (handle.metadata() or {}).get(DIGEST_KEY)
+        states = TokenStates.load(path)
+    except Exception as error:  # a damaged file is not the user's problem: re-encode
+        return None, f"is unreadable ({' '.join(str(error).split())[:120]})"
+    if len(states) != count or states.dim != width:
+        return None, f"holds {len(states)} x {states.dim} states, not {count} x {width}"
+    if recorded is None:
+        return None, "records no digest of its content"
+    if states_digest(states) != recorded:
+        return None, "does not match its recorded digest (damaged)"
+    if not bool(torch.isfinite(states.states).all()):
+        return None, "holds non-finite token states"
+    return states, ""
+
+
 @dataclass
 class EncodedStates:
     """Token states plus where they came from and what they cost."""
@@ -103,28 +142,33 @@ def cached_states(encoder: Any, texts: Sequence[str], cache_dir: str | os.PathLi
     from the cache, or encode and store them.
 
     ``cache_dir=None`` disables the cache; ``writable=False`` reads it but stores nothing. A
-    damaged or mismatching cache file is re-encoded and replaced; a failed store is a
-    ``warn``-ing, never an error (the states are in memory, the run goes on).
+    cache file that is damaged, mismatching, without digest or non-finite is re-encoded and
+    replaced with one ``warn``-ing; states that are not finite are not stored; a failed store is
+    a ``warn``-ing, never an error (the states are in memory, the run goes on). ``log`` gets a
+    line when the states come from the cache.
     """
     start = time.perf_counter()
     fingerprint = {**encoder_fingerprint(encoder), **({"blocks": [list(b) for b in blocks]} if blocks else {})}
     path = states_cache_path(cache_dir, fingerprint, texts) if cache_dir is not None else None
     width = encoder.hidden_size * (len(blocks) if blocks else 1)
     if path is not None and path.is_file():
-        try:
-            states = TokenStates.load(path)
-            if len(states) == len(texts) and states.dim == width:
-                return EncodedStates(states, time.perf_counter() - start, True, str(path))
-        except Exception:  # a damaged cache file is not the user's problem: re-encode
-            pass
-        if log:
-            log(f"cache file {path} does not match; re-encoding")
+        states, problem = _read_cache(path, len(texts), width)
+        if states is not None:
+            if log:
+                log(f"token states of {len(texts)} texts read from the cache (digest checked)")
+            return EncodedStates(states, time.perf_counter() - start, True, str(path))
+        if warn:
+            warn(f"the token-state cache file {path} {problem}; re-encoding")
     states = encode_states(encoder, texts, batch_size, progress, blocks)
     stored = None
-    if path is not None and writable:
+    if path is not None and writable and not bool(torch.isfinite(states.states).all()):
+        if warn:
+            warn("the encoder gave non-finite token states; they are not cached, and scores built on them "
+                 "are not meaningful")
+    elif path is not None and writable:
         try:
             states.save(path, metadata={"seqpool_version": __version__, "model": str(encoder.name_or_path),
-                                        "texts": str(len(texts))})
+                                        "texts": str(len(texts)), DIGEST_KEY: states_digest(states)})
             stored = str(path)
         except Exception as error:  # OSError, or safetensors' own error on a full disk
             if warn:

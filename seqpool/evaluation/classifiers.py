@@ -57,14 +57,22 @@ def inner_splits(y: np.ndarray, grid: Sequence[float], inner_folds: int,
     there is nothing to tune (a one-value grid, or too few examples of some class)."""
     from sklearn.model_selection import StratifiedKFold
 
-    counts = np.bincount(y)
-    folds = min(inner_folds, int(counts[counts > 0].min()))
+    folds = inner_folds_used(y, grid, inner_folds)
     if len(grid) == 1:
         return float(grid[0])
     if folds < 2:
         return 1.0 if 1.0 in grid else float(grid[len(grid) // 2])
     placeholder = np.zeros((len(y), 1))
     return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(placeholder, y))
+
+
+def inner_folds_used(y: np.ndarray, grid: Sequence[float], inner_folds: int) -> int:
+    """How many inner folds choose C on training labels ``y``: ``inner_folds``, at most the smallest
+    class's count (a stratified fold needs one of each); 0 when nothing is tuned (a one-value grid,
+    or fewer than 2 possible folds)."""
+    counts = np.bincount(np.asarray(y))
+    folds = min(inner_folds, int(counts[counts > 0].min())) if len(y) else 0
+    return folds if len(grid) > 1 and folds >= 2 else 0
 
 
 Task = tuple[np.ndarray, np.ndarray, int]  # (training rows, test rows, seed of the inner split)

@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import seqpool.stats as stats
-from seqpool.evaluation.classifiers import Task, accuracy_and_f1, fit_predict_learned, fit_predict_logistic_many
+from seqpool.evaluation.classifiers import (Task, accuracy_and_f1, fit_predict_learned, fit_predict_logistic_many,
+                                            inner_folds_used)
 from seqpool.evaluation.result import Comparison, StrategyResult, clip_interval
 from seqpool.evaluation.settings import ALPHA, EvaluationSettings, derive_seed
 from seqpool.evaluation.workers import FitWorkers
@@ -199,8 +200,20 @@ def cross_validate(names: Sequence[str], workers: FitWorkers, corpus: Corpus, lo
         stats.corrected_paired_ttest(runs[a].accuracy, runs[b].accuracy, n_train, n_test), {}))
     protocol = {"mode": "cross-validation", "folds": s.folds, "repeats": s.repeats, "n_train": n_train,
                 "n_test": n_test, "split_seeds": [derive_seed(s.seed, "split", r) for r in range(s.repeats)],
-                "fit_walls": walls}
+                "fit_walls": walls, "inner_folds_used": _inner_folds(names, s, corpus.labels, tasks)}
     return runs, results, comparisons, protocol
+
+
+def _inner_folds(names: Sequence[str], settings: EvaluationSettings, labels: np.ndarray,
+                 tasks: Sequence[tuple[np.ndarray, Any, int]]) -> int | list[int]:
+    """The inner folds the logistic regressions actually used (``inner_folds`` is only an upper
+    bound): one number, or the distinct numbers when the outer folds' class counts differ; 0
+    when no C was chosen by inner CV."""
+    if not settings.tune or all(is_learned(name) for name in names):
+        return 0
+    used = sorted({inner_folds_used(labels[np.asarray(rows)], settings.c_grid, settings.inner_folds)
+                   for rows, _, _ in tasks})
+    return used[0] if len(used) == 1 else used
 
 
 def _seed_table(done: Runs, extra: Runs, folds: int, repeats: int) -> np.ndarray:
@@ -227,7 +240,8 @@ def train_test(names: Sequence[str], workers: FitWorkers, train: Corpus, test: C
     comparisons = compare(names, best, s.all_pairs, lambda a, b: _compare_test(
         runs[a], runs[b], s.n_resamples, derive_seed(s.seed, "bootstrap", names.index(a), names.index(b))))
     protocol = {"mode": "train-test", "repeats": s.repeats, "n_train": len(train.labels),
-                "n_test": len(test.labels), "fit_walls": walls}
+                "n_test": len(test.labels), "fit_walls": walls,
+                "inner_folds_used": _inner_folds(names, s, train.labels, [(train.rows(), None, 0)])}
     return runs, results, comparisons, protocol
 
 
@@ -240,8 +254,12 @@ def summarize_cv(name: str, runs: Runs, n_train: float, n_test: float, repeats: 
     if seed_table is not None:
         components = stats.variance_components(seed_table)
         variance = {"split": components.split, "seed": components.seed, "seed_share": components.seed_share,
+                    "seed_share_ci95": components.seed_share_ci, "split_df": components.split_df,
+                    "seed_df": components.seed_df, "enough_to_split": components.enough_to_split,
+                    "splits": seed_table.shape[0], "seeds": seed_table.shape[1],
                     "design": f"{seed_table.shape[0]} splits of repeat 0 x {seed_table.shape[1]} seeds "
-                              f"(a seed sets initialisation, batch order and early-stopping split)"}
+                              f"(a seed sets initialisation, batch order and early-stopping split); "
+                              f"one-way random-effects ANOVA, F-based interval of the seed share"}
     elif repeats > 1 and not is_learned(name):
         variance = {"split": accuracy.std ** 2, "seed": 0.0, "seed_share": 0.0,
                     "design": "parameter-free: no seed, all variance comes from the split"}

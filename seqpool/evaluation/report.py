@@ -17,7 +17,7 @@ import numpy as np
 from seqpool.errors import SeqpoolError
 from seqpool.evaluation.settings import ALPHA, parameter_error
 from seqpool.io import atomic_path, resolve_output
-from seqpool.stats import clip_interval
+from seqpool.stats import MIN_SEED_DF, MIN_SPLIT_DF, clip_interval
 
 if TYPE_CHECKING:  # the result's table() and plot() call this module: no arrow back at run time
     from seqpool.evaluation.result import EvaluationResult
@@ -141,13 +141,25 @@ def _variance_note(result: EvaluationResult) -> str | None:
     parts = []
     for name, res in result.strategies.items():
         if res.learned and res.variance and "split" in res.variance:
-            parts.append(f"{name}: {100 * res.variance['seed_share']:.0f}% of the fold-score variance from the seed "
-                         f"(sd split {_percent(np.sqrt(res.variance['split']))}, seed "
-                         f"{_percent(np.sqrt(res.variance['seed']))} points)")
+            parts.append(_seed_split(name, res.variance))
         elif res.learned and res.variance and len(res.scores) > 1:
             parts.append(f"{name}: seed sd {_percent(np.sqrt(res.variance['seed']))} vs test-sample sd "
                          f"{_percent(np.sqrt(res.variance['test_sample']))} points")
     return ("Variance: " + "; ".join(parts) + ".") if parts else None
+
+
+def _seed_split(name: str, v: dict[str, Any]) -> str:
+    """The seed share with its degrees of freedom and 95 % interval, or why the design cannot say
+    (fewer df than :data:`seqpool.stats.MIN_SEED_DF` / ``MIN_SPLIT_DF``, whose comment says why)."""
+    if "seed_df" not in v:  # a result recorded before intervals were
+        return f"{name}: {100 * v['seed_share']:.0f}% of the fold-score variance from the seed (no interval)"
+    df = f"{v['split_df']} and {v['seed_df']} df"
+    if not v["enough_to_split"]:
+        return (f"{name}: too few repeats to split the variance ({v['splits']} splits x {v['seeds']} seeds: {df}; "
+                f"needs {MIN_SPLIT_DF} and {MIN_SEED_DF}: more repeats or folds)")
+    return (f"{name}: {100 * v['seed_share']:.0f}% of the fold-score variance from the seed, 95% CI "
+            f"{_interval(v['seed_share_ci95'], 0)} % (one-way ANOVA, {df}; sd split "
+            f"{_percent(np.sqrt(v['split']))}, seed {_percent(np.sqrt(v['seed']))} points)")
 
 
 def _timing_note(result: EvaluationResult) -> str:
@@ -178,19 +190,15 @@ def _length_table(analysis: dict[str, Any], best: str) -> str:
     header = ["strategy", *[f"{b['min_tokens']}-{b['max_tokens']} tok (n={b['examples']})" for b in bins]]
     rows = [[name, *[f"{_percent(point['mean'], 1)} {_interval(point['ci95'], 1)}" for point in points]]
             for name, points in analysis["strategies"].items()]
-    deltas: dict[str, list[str]] = {}
-    for comparisons in analysis["comparisons"]:
-        seen = set()
+    deltas: dict[str, list[str]] = {}  # a cell per bin from the start: a bin without a test shows "-"
+    for column, comparisons in enumerate(analysis["comparisons"]):
         for c in comparisons:
             if best not in (c["a"], c["b"]):
                 continue
             other, sign = (c["b"], -1.0) if c["a"] == best else (c["a"], 1.0)
             ci = None if c["ci95"] is None else tuple(sorted(sign * x + 0.0 for x in c["ci95"]))
-            deltas.setdefault(other, []).append(f"{100 * sign * c['diff']:+.1f} {_interval(ci, 1, (-1.0, 1.0))}"
-                                                + (" *" if c["significant"] else ""))
-            seen.add(other)
-        for other in set(deltas) - seen:
-            deltas[other].append("-")
+            deltas.setdefault(other, ["-"] * len(bins))[column] = (
+                f"{100 * sign * c['diff']:+.1f} {_interval(ci, 1, (-1.0, 1.0))}" + (" *" if c["significant"] else ""))
     rows += [[f"Δ {name} - {best}", *cells] for name, cells in deltas.items()]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [f"By length: accuracy % [95% CI] in {len(bins)} token-length quantile bins "

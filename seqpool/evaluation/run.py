@@ -30,6 +30,8 @@ from seqpool.evaluation.report import check_output_paths
 from seqpool.evaluation.save_best import check_save_dir
 from seqpool.evaluation.settings import ALPHA, EvaluationSettings, check_strategies, parameter_error
 from seqpool.io import text_digest
+from seqpool.io.ownership import check_outputs_against_inputs
+from seqpool.io.ownership import input_paths
 from seqpool.threads import limited_threads
 
 if TYPE_CHECKING:  # the encoding and fitting stages (torch, scipy, sklearn) import when they run,
@@ -68,16 +70,20 @@ def evaluate(
     an :class:`EvaluationSettings` (``settings=``), or its fields as keyword arguments
     (``folds=5, seed=1``), which override ``settings``. ``encoder`` (an
     :class:`~seqpool.encoder.Encoder`) overrides ``model``/``layer``/``max_length``.
-    ``json_path`` / ``plot_path`` are checked before anything is read and written at the end.
-    ``save_best`` names a folder for the winner fitted on all training data (a
-    :class:`~seqpool.classifier.PooledClassifier`, see :mod:`.save_best`); it must be new or
-    empty unless ``overwrite``, and is checked first too.
+    ``json_path`` / ``plot_path`` are checked before anything is read (never an input, nor the
+    same file as one) and written at the end. ``save_best`` names a folder for the winner
+    fitted on all training data (a :class:`~seqpool.classifier.PooledClassifier`, see
+    :mod:`.save_best`); it must be new or empty, or with ``overwrite`` a folder an earlier
+    ``save_best`` wrote, never the working folder nor one holding an input; checked first too.
     ``log`` gets progress lines; ``warn`` gets warnings (default: :class:`EvaluationWarning`
     through :mod:`warnings`), which the result also records.
     """
     settings = EvaluationSettings.build(settings, overrides)
     names = check_strategies(strategies)
     check_output_paths(json_path, plot_path)
+    check_outputs_against_inputs({"json_path": json_path, "plot_path": plot_path},
+                                 input_paths(train, test, settings.model),
+                                 folders={"save_best": None if save_best is None else Path(save_best).expanduser()})
     save_dir = check_save_dir(save_best, overwrite) if save_best is not None else None
     log = log or (lambda message: None)
     with limited_threads(settings.threads):
@@ -160,6 +166,11 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
     sides = [data for data in (train_data, test_data) if data is not None]
     log(f"encoding {' + '.join(str(len(d)) for d in sides)} texts with {encoder.name_or_path}")
     plan = encoder.layer_plan(names)  # every hidden layer a strategy names (mean@-2, scalar_mix), one pass
+    if save_dir is not None:  # any strategy may win: each must be savable, known before encoding
+        from seqpool.evaluation.save_best import winner_input
+
+        for name in names:
+            winner_input(name, plan, encoder.layers)
     encoded = [cached_states(encoder, data.texts, directory, settings.batch_size, progress, log,
                              warn_and_record, writable, plan.blocks) for data in sides]
     pooling_start = time.perf_counter()
@@ -186,7 +197,8 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
             curve["test"] = description
         curve_seconds = time.perf_counter() - curve_start if curve is not None else 0.0
 
-    protocol.update(_protocol(names, settings, encoder, train_data, test_data, encoded))
+    protocol.update(_protocol(names, settings, encoder, train_data, test_data, encoded,
+                              protocol.pop("inner_folds_used")))
     best = next(name for name, res in results.items() if res.rank == 1)
     length_analysis = None
     if settings.by_length is not None:
@@ -199,7 +211,7 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
     saved, save_seconds = None, 0.0
     if save_dir is not None:
         save_start = time.perf_counter()
-        saved = _save_best(best, corpora[0], train_data, settings, encoder, save_dir)
+        saved = _save_best(best, corpora[0], train_data, settings, encoder, save_dir, plan)
         save_seconds = time.perf_counter() - save_start
         log(f"saved {best} fitted on all {len(train_data)} training texts to {save_dir}")
     timings = {
@@ -221,23 +233,30 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
 
 
 def _save_best(best: str, corpus: Any, data: LabelledTexts, settings: EvaluationSettings, encoder: Any,
-               directory: Path) -> dict[str, Any]:
-    """Fit the winner on every training row, save it atomically, and say what was saved."""
+               directory: Path, plan: Any) -> dict[str, Any]:
+    """Fit the winner on every training row of its own layer's states, save it atomically with
+    that layer choice, and say what was saved."""
     import numpy as np
 
     from seqpool.evaluation.protocol import is_learned
-    from seqpool.evaluation.save_best import fit_best, save_atomically
+    from seqpool.evaluation.save_best import fit_best, save_atomically, winner_input
+    from seqpool.io.ownership import new_run_id
 
-    layers = list(encoder.layers)
+    winner = winner_input(best, plan, encoder.layers)
+    layers = list(winner.layers)
     info = {"model": str(encoder.name_or_path), "layer": layers[0] if len(layers) == 1 else layers,
             "max_length": encoder.max_length}
+    states = corpus.states
+    if winner.channels != slice(0, states.dim):
+        states = type(states)(states.states[:, winner.channels], states.offsets)
     learned = is_learned(best)
     pooled = None if learned else corpus.pooled[best]
-    model = fit_best(best, learned, corpus.states, pooled, corpus.labels, data.label_names, settings, info)
-    save_atomically(model, directory)
-    accuracy = float(np.mean(model.predict(corpus.states) == corpus.labels))
-    return {"strategy": best, "path": str(directory), "learned": learned, "examples": int(len(corpus.labels)),
-            "chosen_c": getattr(model, "chosen_c_", None), "training_accuracy": accuracy, "encoder": info}
+    model = fit_best(winner.strategy, learned, states, pooled, corpus.labels, data.label_names, settings, info)
+    save_atomically(model, directory, new_run_id())
+    accuracy = float(np.mean(model.predict(states) == corpus.labels))
+    return {"strategy": best, "saved_strategy": winner.strategy, "path": str(directory), "learned": learned,
+            "examples": int(len(corpus.labels)), "chosen_c": getattr(model, "chosen_c_", None),
+            "training_accuracy": accuracy, "encoder": info}
 
 
 def _cache_folder(settings: EvaluationSettings, warn: Log) -> tuple[Path | None, bool]:
@@ -256,15 +275,17 @@ def _cache_folder(settings: EvaluationSettings, warn: Log) -> tuple[Path | None,
 
 
 def _protocol(names: Sequence[str], settings: EvaluationSettings, encoder: Any, train: LabelledTexts,
-              test: LabelledTexts | None, encoded: list[EncodedStates]) -> dict[str, Any]:
-    """Everything needed to reproduce the numbers."""
+              test: LabelledTexts | None, encoded: list[EncodedStates],
+              inner_folds: int | list[int]) -> dict[str, Any]:
+    """Everything needed to reproduce the numbers (``inner_folds``: those used, not the one asked for)."""
     from seqpool.evaluation.cache import encoder_fingerprint
 
     s = settings
     return {
         "seed": s.seed, "strategies": list(names), "metric": "accuracy", "secondary_metric": "macro_f1",
         "classifier": {"parameter_free": "StandardScaler + LogisticRegression (lbfgs, L2)", "tune_c": s.tune,
-                       "c_grid": list(s.c_grid), "inner_folds": s.inner_folds,
+                       "c_grid": list(s.c_grid), "inner_folds": inner_folds,
+                       "inner_folds_requested": s.inner_folds,
                        "learned": "PooledClassifier on frozen token states, early stopping on an inner split",
                        "learned_options": dict(s.learned_options)},
         "comparisons": "all pairs" if s.all_pairs else "best against each other", "alpha": ALPHA,

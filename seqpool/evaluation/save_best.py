@@ -5,44 +5,97 @@ A parameter-free winner keeps the comparison's classifier: a standardised logist
 linear head of a :class:`~seqpool.classifier.PooledClassifier` (its token standardisation left
 at the identity), so the folder predicts exactly what that fit predicts. A learned winner is
 trained on all training states with the evaluation's options. The folder records the encoder
-(model, layer, max length), so ``seqpool explain --classifier DIR`` and the pipeline rebuild it.
+(model, the winner's own layer choice, max length): ``mean@-2`` is saved as ``mean`` over an
+encoder of layer -2, so ``seqpool explain --classifier DIR`` and the pipeline pool the states
+the comparison pooled (:func:`winner_input`).
 
 The folder is checked before any work (see :func:`check_save_dir`) and published atomically:
-written in a temporary sibling folder, then renamed into place, so a crash never leaves half a
-classifier under ``DIR``.
+written in a working folder beside it (made exclusively, marked with the run, see
+:mod:`seqpool.io.ownership`), then renamed into place, so a crash never leaves half a
+classifier under ``DIR``. That marker stays in the folder: it is how a later ``overwrite``
+knows the folder is a classifier seqpool saved, the only kind it replaces.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from seqpool.evaluation.settings import EvaluationSettings, derive_seed, parameter_error
-from seqpool.io.atomic import current_umask
+from seqpool.io.ownership import FOLDER_MARKER, make_working_folder, owned_by_seqpool, remove_working_folder
+
+#: Everything a saved winner's folder holds; a folder with anything else is not replaced.
+#: What a save-best folder holds: serialization's config.json + model.safetensors (named here, so
+#: checking options never imports torch through serialization) and the run marker.
+SAVED_FILES = frozenset({"config.json", "model.safetensors", FOLDER_MARKER})
+_MARKED_AS = "evaluate --save-best"
+
+
+def is_saved_winner(folder: Path) -> bool:
+    """Whether ``folder`` is a classifier seqpool saved (its run marker) holding only its own files,
+    so replacing it deletes nothing of the user's."""
+    if folder.is_symlink() or not folder.is_dir() or not owned_by_seqpool(folder):
+        return False
+    entries = list(folder.iterdir())
+    return all(entry.name in SAVED_FILES and entry.is_file() and not entry.is_symlink() for entry in entries)
 
 
 def check_save_dir(directory: str | os.PathLike, overwrite: bool) -> Path:
-    """``directory`` if a classifier can be saved there: not a file, empty or absent (an existing
-    non-empty folder only with ``overwrite``), and its nearest existing parent a writable folder."""
+    """``directory`` if a classifier can be saved there: absent, an empty folder, or (with
+    ``overwrite``) a folder an earlier ``save_best`` wrote and nobody added to; and its nearest
+    existing parent a writable folder."""
     path = Path(directory).expanduser()
-    if path.exists() or path.is_symlink():
+    if path.is_symlink():
+        raise parameter_error(f"save_best {os.fspath(directory)} is a symbolic link; name a new folder",
+                              "save_best")
+    if path.exists():
         if not path.is_dir():
             raise parameter_error(f"save_best {os.fspath(directory)} exists and is not a folder; "
                                   f"name a new or empty folder", "save_best")
         if any(path.iterdir()) and not overwrite:
             raise parameter_error(f"save_best folder {os.fspath(directory)} is not empty; pass overwrite=True "
                                   f"to replace it, or name a new folder", "save_best", "overwrite=True")
+        if any(path.iterdir()) and not is_saved_winner(path):
+            raise parameter_error(f"save_best folder {os.fspath(directory)} was not saved by seqpool evaluate, or "
+                                  f"holds files it did not write; overwrite=True replaces only such a folder, so "
+                                  f"move it or name a new folder", "save_best", "overwrite=True")
     parent = path.resolve().parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise parameter_error(f"cannot write save_best {os.fspath(directory)}: {existing or parent} is not a "
                               f"writable folder", "save_best")
     return path
+
+
+@dataclass(frozen=True)
+class WinnerInput:
+    """What a saved winner pools: ``strategy`` (no ``@``) on the average of hidden ``layers``,
+    which are ``channels`` of the evaluation's cached states."""
+
+    strategy: str
+    layers: tuple[int, ...]
+    channels: slice
+
+
+def winner_input(strategy: str, plan: Any, encoder_layers: Sequence[int]) -> WinnerInput:
+    """How ``strategy`` of a :class:`~seqpool.layer_plan.LayerPlan` is saved, or a SeqpoolError
+    naming save_best when one classifier over one encoder layer (or average) cannot hold it:
+    a concatenation of terms on different layers, or ``scalar_mix`` (every layer side by side)."""
+    terms = plan.terms[strategy]
+    names, blocks = [name for name, _ in terms], {index for _, index in terms}
+    if "scalar_mix" in names or len(blocks) != 1:
+        raise parameter_error(f"save_best cannot save the strategy {strategy!r}: a saved classifier pools the "
+                              f"states of one encoder layer (or one average of layers), and this one pools "
+                              f"{'every layer' if 'scalar_mix' in names else 'several'}; leave it out of "
+                              f"strategies or drop save_best", "save_best", "strategies")
+    (index,) = blocks
+    if plan.blocks is None:
+        return WinnerInput("+".join(names), tuple(encoder_layers), slice(0, plan.dim))
+    return WinnerInput("+".join(names), tuple(plan.blocks[index]), slice(index * plan.dim, (index + 1) * plan.dim))
 
 
 def fit_best(strategy: str, learned: bool, states: Any, pooled: np.ndarray | None, labels: np.ndarray,
@@ -85,25 +138,33 @@ def fit_final_logistic(x: np.ndarray, y: np.ndarray, num_classes: int, settings:
     return weight.astype(np.float32), bias.astype(np.float32), chosen
 
 
-def save_atomically(model: Any, directory: Path) -> Path:
-    """Write ``model`` into a temporary sibling folder, then rename it to ``directory``
-    (an existing folder is moved aside first and removed once the new one is in place)."""
+def save_atomically(model: Any, directory: Path, run_id: str) -> Path:
+    """Write ``model`` into a working folder beside ``directory`` (made exclusively, marked with
+    ``run_id``), then rename it to ``directory``. An existing ``directory`` is checked again (it
+    must still be empty or a saved winner: the run took a while) and moved aside, then removed."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    staging = make_working_folder(directory.parent / f".{directory.name}.{run_id}.tmp", run_id, _MARKED_AS)
+    old = None
     try:
-        os.chmod(staging, 0o777 & ~current_umask())
         model.save_pretrained(staging)
-        old = None
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
-            os.rmdir(old)
+        if directory.exists() or directory.is_symlink():
+            check_save_dir(directory, overwrite=True)
+            old = directory.parent / f".{directory.name}.{run_id}.old"
             os.rename(directory, old)
-        os.rename(staging, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(staging, directory)
+        except BaseException:
+            if old is not None:  # put the previous folder back
+                os.rename(old, directory)
+            raise
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_working_folder(staging)
         raise
+    if old is not None:
+        if any(old.iterdir()):
+            remove_working_folder(old)  # a saved winner: seqpool's marker and files only
+        else:
+            old.rmdir()
     return directory
 
 

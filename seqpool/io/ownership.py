@@ -236,3 +236,20 @@ def remove_working_folder(folder: str | os.PathLike) -> None:
         raise SeqpoolError(f"{folder} was not made by seqpool (it has no {FOLDER_MARKER} marker); seqpool never "
                            f"deletes what it did not create, so move it yourself")
     shutil.rmtree(folder)
+
+
+def input_paths(*sources: Any) -> list[Path]:
+    """The local paths a command reads, for :func:`seqpool.io.ownership.check_outputs_against_inputs`:
+    each existing file or folder named (streams ``-``, Hub names and in-memory data skipped) and
+    the files directly inside a named folder -- a saved module's ``config.json`` and weights, a
+    model's files -- so that no output overwrites one."""
+    paths: list[Path] = []
+    for source in sources:
+        if not isinstance(source, (str, os.PathLike)) or os.fspath(source) in ("", "-"):
+            continue
+        path = Path(source).expanduser()
+        if path.is_dir():
+            paths += [path, *(entry for entry in sorted(path.iterdir()) if entry.is_file())]
+        elif path.exists():
+            paths.append(path)
+    return paths
