@@ -212,9 +212,13 @@ class Encoder:
         else:
             vocabulary = json.dumps(sorted(self.tokenizer.get_vocab().items()))
         config = self.model.config.to_json_string(use_diff=False) if hasattr(self.model, "config") else ""
-        int8 = self.int8_runtime.calibration if self.int8_runtime is not None else None
+        if self.quantized:  # before calibration: the texts it will calibrate on (part of any cache key) decide
+            calibrated = self.int8_runtime.calibration["sha256"] if self.int8_runtime is not None else "on its texts"
+            dtype = f"int8 {calibrated}"
+        else:
+            dtype = str(self.dtype)
         return {"model": str(self.name_or_path), "layers": list(self.layers), "max_length": self.max_length,
-                "dtype": str(self.dtype) if int8 is None else f"int8 {int8['sha256']}", "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+                "dtype": dtype, "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
                 "weights_sha256": weights.hexdigest(),
                 "tokenizer_sha256": hashlib.sha256(f"{type(self.tokenizer).__name__}{vocabulary}".encode()).hexdigest()}
 

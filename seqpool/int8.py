@@ -98,8 +98,27 @@ def quantize_onnx(onnx_path: Path, inputs: list[dict[str, np.ndarray]], out_path
     """An int8 (QDQ) ONNX graph of an fp32 one, for ONNX Runtime and transformers.js users."""
     import onnx
 
-    quantized = _quantize(onnx.load(str(onnx_path)), inputs)
+    quantized = _quantize(_outputs_behind_identity(onnx.load(str(onnx_path))), inputs)
     onnx.save(quantized, str(out_path))
+
+
+def _outputs_behind_identity(model: Any) -> Any:
+    """Each graph output produced by an Identity, every tensor's type inferred: NNCF's ONNX pass that
+    removes no-op Casts looks their outputs up among the inferred types, which never list a graph
+    output, so a Cast that ends the graph (a float32 ``.float()``) would stop it with a KeyError."""
+    import onnx
+
+    produced = {name: node for node in model.graph.node for name in node.output}
+    for output in model.graph.output:
+        node = produced.get(output.name)
+        if node is None or node.op_type == "Identity":
+            continue
+        inner = f"{output.name}_before_output"
+        node.output[list(node.output).index(output.name)] = inner
+        for other in model.graph.node:  # anything else reading the output tensor reads the renamed one
+            other.input[:] = [inner if name == output.name else name for name in other.input]
+        model.graph.node.append(onnx.helper.make_node("Identity", [inner], [output.name]))
+    return onnx.shape_inference.infer_shapes(model)
 
 
 class _HiddenStates(nn.Module):

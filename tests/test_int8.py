@@ -175,3 +175,39 @@ def test_embed_int8_npy_keeps_the_record_beside_it_and_ray_refuses_int8(tiny_ber
     assert "int8_calibration" in (tmp_path / "o.npy.json").read_text(encoding="utf-8")
     with pytest.raises(SeqpoolError, match="not available with the Ray engine"):
         Embedder(str(tiny_bert_dir), dtype="int8")
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
+def test_an_int8_export_keeps_the_fp32_vectors(tiny_bert_dir, tmp_path, fmt):
+    """``seqpool export --dtype int8 --calibration FILE``: the quantized graph, pooling inside."""
+    from seqpool.encoder import Encoder
+
+    (tmp_path / "calibration.txt").write_text("\n".join(CALIBRATION) + "\n", encoding="utf-8")
+    result = _export_cli(tmp_path / "out", "--model", tiny_bert_dir, "--format", fmt, "--dtype", "int8",
+                         "--calibration", tmp_path / "calibration.txt")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "seqpool_export.json").read_text(encoding="utf-8"))
+    assert record["dtype"] == "int8" and record["calibration"]["texts"] == len(CALIBRATION)
+    encoder = Encoder(tiny_bert_dir)
+    batch = encoder.collate(encoder.tokenize(TEXTS[:-1]))
+    feed = {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy(),
+            "token_type_ids": np.zeros_like(batch["input_ids"].numpy())}
+    if fmt == "openvino":
+        import openvino
+
+        got = openvino.Core().compile_model(str(tmp_path / "out" / "openvino_model.xml"), "CPU")(feed)[0]
+    else:
+        import onnxruntime
+
+        got = onnxruntime.InferenceSession(str(tmp_path / "out" / "model.onnx"),
+                                           providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    expected = encoder.encode(TEXTS[:-1])["mean"]
+    assert got.shape == expected.shape and _cosines(np.asarray(got), expected).min() > 0.95
+
+
+def _export_cli(output, *args):
+    from click.testing import CliRunner
+
+    from seqpool.cli import main
+
+    return CliRunner().invoke(main, ["export", "-o", str(output), *map(str, args)])

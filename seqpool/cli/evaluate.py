@@ -25,7 +25,7 @@ FLAGS = {
     "input_format": "--input-format", "split": "--split", "test_split": "--test-split", "strategies": "--strategies",
     "max_length": "--max-length", "batch_size": "--batch-size", "threads": "--threads", "cache_dir": "--cache-dir",
     "json_path": "--json", "plot_path": "--plot", "by_length": "--by-length", "save_best": "--save-best",
-    "overwrite=True": "--overwrite", "layer": "--layer", "device": "--device", "model": "--model",
+    "overwrite=True": "--overwrite", "layer": "--layer", "device": "--device", "dtype": "--dtype", "model": "--model",
 }
 
 
@@ -87,6 +87,9 @@ def parse_c_grid(value: str | None) -> tuple[float, ...] | None:
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the token-state cache.")
 @click.option("--batch-size", type=int, help="Most texts per encoder batch.")
 @click.option("--device", help="torch device for the encoder [default: cpu].")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "int8"]), default=None,
+              help="Encoder precision [default: the model's stored dtype]; int8 calibrates on a sample of the "
+                   "texts (pip install 'seqpool[int8]').")
 @click.option("--threads", type=int, help="CPUs to use: encoder threads, and single-threaded fit workers (default: all).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every number to this JSON file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
@@ -103,7 +106,7 @@ def evaluate(train: str, test: str | None, input_format: str | None, text_field:
              model: str | None, layer: str, max_length: int | None, no_tune: bool, c_grid: str | None,
              inner_folds: int, max_epochs: int | None, all_pairs: bool, seed_variance: bool,
              learning_curve: str | None, curve_experiments: int, cache_dir: str | None, no_cache: bool,
-             batch_size: int | None, device: str | None, threads: int | None, json_path: str | None,
+             batch_size: int | None, device: str | None, dtype: str | None, threads: int | None, json_path: str | None,
              plot_path: str | None, by_length: int | None, save_best: str | None, overwrite: bool,
              quiet: bool) -> None:
     """Compare pooling strategies on a labelled corpus, with honest statistics.
@@ -136,7 +139,8 @@ def evaluate(train: str, test: str | None, input_format: str | None, text_field:
             curve_experiments=curve_experiments, by_length=by_length, text_field=text_field,
             label_field=label_field,
             input_format=input_format, split=split, test_split=test_split, model=model, layer=parse_layers(layer),
-            max_length=max_length, device=device, batch_size=batch_size, threads=threads, cache=not no_cache,
+            max_length=max_length, device=device, dtype=dtype, batch_size=batch_size, threads=threads,
+            cache=not no_cache,
             cache_dir=cache_dir)
         result = run_evaluation(train, test, strategies, settings=settings, json_path=json_path,
                                 plot_path=plot_path, save_best=save_best, overwrite=overwrite,
