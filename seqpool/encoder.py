@@ -325,6 +325,15 @@ class Encoder:
             chosen = [output.hidden_states[i].float() for i in self.layers]
             return chosen[0] if len(chosen) == 1 else torch.stack(chosen).mean(dim=0)
 
+    def model_outputs(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                      all_layers: bool = False) -> Any:
+        """The torch model's raw outputs (``last_hidden_state``, ``hidden_states`` with ``all_layers``),
+        without inference mode: what an exported or quantized graph traces. Only the Encoder calls the model."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return self.model(**inputs, output_hidden_states=all_layers, return_dict=True)
+
     def forward_batch(self, batch: Mapping[str, Tensor],
                       blocks: Sequence[LayerKey] | None = None) -> tuple[Tensor, Tensor]:
         """CPU float32 (B, T, D) states and (B, T) bool mask of a collated, right-padded batch.

@@ -104,10 +104,11 @@ class SentenceGraph(nn.Module):
     ``blocks``: the layer blocks the strategy names (``None``: the model's last layer).
     """
 
-    def __init__(self, model: nn.Module, pool: Any, blocks: Sequence[tuple[int, ...]] | None,
+    def __init__(self, encoder: Any, pool: Any, blocks: Sequence[tuple[int, ...]] | None,
                  head: nn.Module | None, normalize: bool, token_types: bool):
         super().__init__()
-        self.model = model
+        self.encoder = encoder  # the Encoder runs its model (model_outputs) ...
+        self.model = encoder.model  # ... registered here too, so tracing sees its weights as parameters
         self.pool = pool
         self.blocks = tuple(blocks) if blocks else None
         self.head = head
@@ -123,12 +124,11 @@ class SentenceGraph(nn.Module):
         # right padding is unchanged, so the model sees what seqpool's Encoder runs.
         leading = (mask.cumsum(dim=1) == 0).to(torch.int64).sum(dim=1, keepdim=True)
         index = (torch.arange(tokens, device=mask.device).unsqueeze(0) + leading) % tokens
-        inputs = {"input_ids": input_ids.gather(1, index), "attention_mask": mask.gather(1, index)}
-        if self.token_types and token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids.gather(1, index)
-        output = self.model(**inputs, output_hidden_states=self.blocks is not None, return_dict=True)
+        ids, mask = input_ids.gather(1, index), mask.gather(1, index)
+        types = token_type_ids.gather(1, index) if self.token_types and token_type_ids is not None else None
+        output = self.encoder.model_outputs(ids, mask, types, all_layers=self.blocks is not None)
         hidden = average_layers(output.hidden_states, self.blocks) if self.blocks else output.last_hidden_state.float()
-        pooled = self.pool(hidden, inputs["attention_mask"]).float()
+        pooled = self.pool(hidden, mask).float()
         if self.head is not None:
             pooled = self.head(pooled)
         if self.normalize:
@@ -149,14 +149,14 @@ def build_graph(encoder: Any, strategy: str | None = None, normalize: bool | Non
         if clf.dim != encoder.hidden_size:
             raise SeqpoolError(f"the classifier in {classifier} was trained on {clf.dim}-dim states but this "
                                f"model gives {encoder.hidden_size}; export the model it was trained with")
-        return (SentenceGraph(encoder.model, clf, None, None, False, token_types).eval(), "logits",
+        return (SentenceGraph(encoder, clf, None, None, False, token_types).eval(), "logits",
                 f"{classifier}: logits")
     if strategy is not None and Path(strategy).is_dir():
         from seqpool.layers import Pooler
 
         pooler = Pooler.from_pretrained(strategy).eval()
         normalize = encoder.default_normalize if normalize is None else normalize
-        graph = SentenceGraph(encoder.model, pooler, None, None, normalize, token_types).eval()
+        graph = SentenceGraph(encoder, pooler, None, None, normalize, token_types).eval()
         return graph, "sentence_embedding", f"Pooler({strategy})" + (" -> Normalize" if normalize else "")
     strategy = strategy or encoder.default_strategy
     spec = find_strategy(strategy.split("@")[0].split("+")[0])
@@ -172,7 +172,7 @@ def build_graph(encoder: Any, strategy: str | None = None, normalize: bool | Non
     def pool(hidden: Tensor, mask: Tensor) -> Tensor:
         return plan.pool(hidden, mask, (strategy,))[strategy]
 
-    graph = SentenceGraph(encoder.model, _Pool(pool), plan.blocks, head, normalize, token_types).eval()
+    graph = SentenceGraph(encoder, _Pool(pool), plan.blocks, head, normalize, token_types).eval()
     return graph, "sentence_embedding", encoder.pipeline(strategy, normalize)
 
 

@@ -124,16 +124,16 @@ def _outputs_behind_identity(model: Any) -> Any:
 class _HiddenStates(nn.Module):
     """The model's every hidden state, one output each (``hidden_0`` = embeddings ... ``hidden_L``)."""
 
-    def __init__(self, model: nn.Module, token_types: bool):
+    def __init__(self, encoder: Any, token_types: bool):
         super().__init__()
-        self.model = model
+        self.encoder = encoder  # the Encoder runs its model (model_outputs) ...
+        self.model = encoder.model  # ... registered here too, so tracing sees its weights as parameters
         self.token_types = token_types
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor,
                 token_type_ids: Tensor | None = None) -> tuple[Tensor, ...]:
-        kwargs = {"token_type_ids": token_type_ids} if self.token_types else {}
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                            return_dict=True, **kwargs)
+        types = token_type_ids if self.token_types else None
+        output = self.encoder.model_outputs(input_ids, attention_mask, types, all_layers=True)
         return tuple(h.float() for h in output.hidden_states)
 
 
@@ -176,7 +176,7 @@ class Int8Runtime:
         sample = encoder.collate(used[:2])
         args = [sample["input_ids"], sample["attention_mask"]] + ([torch.zeros_like(sample["input_ids"])]
                                                                   if token_types else [])
-        graph = _HiddenStates(encoder.model, token_types).eval()
+        graph = _HiddenStates(encoder, token_types).eval()
         layers = int(getattr(encoder.model.config, "num_hidden_layers", 0)) + 1
         outputs = [f"hidden_{i}" for i in range(layers)]
         with tempfile.TemporaryDirectory(prefix="seqpool-int8-") as scratch:

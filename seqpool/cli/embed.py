@@ -161,8 +161,10 @@ def embed(input_paths: tuple[str, ...], output: str | None, output_format: str |
     if len(input_paths) != 1:
         raise SeqpoolError(f"{len(input_paths)} INPUTs given; the local engine embeds one file (run it once per "
                            f"file, or use --engine ray for several files, globs or folders)")
-    if ray_address is not None or workers is not None or ray_timeout is not None:
-        raise SeqpoolError("--ray-address, --ray-timeout and --workers need --engine ray")
+    if ray_address is not None or workers is not None:
+        raise SeqpoolError("--ray-address and --workers need --engine ray")
+    if ray_timeout is not None:
+        raise SeqpoolError("--ray-timeout needs --engine ray (it bounds joining the cluster at --ray-address)")
     input_path = input_paths[0]
     from seqpool.embed import EmbedInterrupted, embed_file
 
