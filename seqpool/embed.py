@@ -376,6 +376,9 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
         if torch_dtype == "bfloat16" and encoder.device.type == "cpu" and native_bf16_cpu() is False and note:
             note("this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs slower than fp32 here; "
                  "use dtype=fp32 for speed")
+        if not chosen and encoder.spec is not None and encoder.spec.pooling is None and note:
+            note(f"{encoder.name_or_path} has no sentence-transformers modules.json, so it pools with mean and does "
+                 f"not normalise, as sentence-transformers would; name `strategies` to choose")
         chosen = tuple(dict.fromkeys(check_strategy(s) for s in (chosen or (encoder.default_strategy,))))
         check_outputs(target, fmt, chosen, source, options)
         if torch_dtype == "int8":

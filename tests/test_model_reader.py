@@ -304,3 +304,13 @@ def test_a_sharded_checkpoint_loads_and_inspect_counts_every_shard(tiny_bert_dir
     whole = describe_model(tiny_bert_dir)["parameters"]
     assert describe_model(sharded)["parameters"] == whole == sum(
         p.numel() for p in AutoModel.from_pretrained(tiny_bert_dir).parameters())
+
+
+def test_embed_says_when_a_model_has_no_sentence_transformers_modules(tiny_bert_dir, tmp_path):
+    (tmp_path / "t.txt").write_text("hello\n")
+    result = _run_cli("embed", str(tmp_path / "t.txt"), "--model", str(tiny_bert_dir), "-o", str(tmp_path / "o.npy"))
+    assert result.exit_code == 0, result.output
+    assert "note:" in result.stderr and "no sentence-transformers modules.json" in result.stderr
+    chosen = _run_cli("embed", str(tmp_path / "t.txt"), "--model", str(tiny_bert_dir), "--strategy", "max",
+                      "-o", str(tmp_path / "m.npy"))
+    assert "modules.json" not in chosen.stderr
