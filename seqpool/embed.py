@@ -132,7 +132,7 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
                 "dtype": encoder.precision, "normalize": normalize, "skip_empty": skip_empty,
                 "batch_size": batch_size, "chunk_size": chunk_size, "input_format": source.format,
                 "text_field": source.text_field}
-    plan = encoder.layer_plan(strategies)  # layers checked against the model before anything is written
+    encoder.layer_plan(strategies)  # layers checked against the model before anything is written
     widths = {s: options.truncate_dim or encoder.output_dim(s) for s in strategies}  # the model's head included
     pipelines = {s: encoder.pipeline(s, normalize) for s in strategies}
     settings["pipeline"] = pipelines

@@ -11,11 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +40,7 @@ from seqpool.model_head import ModelHead
 from seqpool.model_loading import load_tokenizer_and_model, lowercase_in_tokenizer
 from seqpool.model_reader import ModelSpec, default_model_path, read_model  # noqa: F401 (default_model_path public here)
 from seqpool.states import Batch, TokenStates
-from seqpool.threads import available_cpus, limited_threads
+from seqpool.threads import available_cpus, limited_threads, ordered_map  # noqa: F401 (ordered_map public here)
 from seqpool.vector_options import LongTextOptions
 
 # sentence-transformers Pooling config -> seqpool strategy (first match wins, in ST's order):
@@ -297,7 +294,21 @@ class Encoder:
         for row, ids in enumerate(token_ids):
             input_ids[row, :len(ids)] = torch.as_tensor(ids, dtype=torch.long)
             attention_mask[row, :len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.token_types:
+            batch["token_type_ids"] = torch.zeros_like(input_ids)  # one segment, as the tokenizer gives it
+        return batch
+
+    @property
+    def token_types(self) -> bool:
+        """Whether the model gets ``token_type_ids``: when its tokenizer emits them and its forward takes
+        them, as sentence-transformers passes them (GPT-2 adds their embeddings, so it matters)."""
+        if not hasattr(self, "_token_types"):
+            import inspect
+
+            emitted = "token_type_ids" in (getattr(self.tokenizer, "model_input_names", None) or ())
+            self._token_types = emitted and "token_type_ids" in inspect.signature(self.model.forward).parameters
+        return self._token_types
 
     def forward_tokens(self, batch: Mapping[str, Tensor], blocks: Sequence[LayerKey] | None = None) -> Tensor:
         """Float32 (B, T, D) states of the chosen layer(s) for a tokenized, right-padded batch.
@@ -531,32 +542,6 @@ class Encoder:
         return encode_texts(self, texts, strategies, batch_size, normalize, progress, prompt, prompt_name,
                             include_prompt, LongTextOptions(long_texts, window, stride, chunk_output=True),
                             truncate_dim)
-
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-
-
-def ordered_map(function: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Iterator[_R]:
-    """``map(function, items)`` on ``workers`` threads, results in order, few in flight.
-
-    At most ``2 * workers`` results wait at once, so memory stays bounded however many
-    items there are; ``workers <= 1`` runs in the calling thread.
-    """
-    if workers <= 1:
-        yield from map(function, items)
-        return
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seqpool-encoder")
-    pending: deque[Future[_R]] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def default_workers() -> int:

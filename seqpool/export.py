@@ -141,7 +141,7 @@ def build_graph(encoder: Any, strategy: str | None = None, normalize: bool | Non
     """``(graph, output name, what it computes)`` for ``encoder`` and the chosen pooling."""
     from seqpool.registry import LEARNED, find_strategy
 
-    token_types = "token_type_ids" in _forward_inputs(encoder.model)
+    token_types = encoder.token_types
     if classifier is not None:
         from seqpool.classifier import PooledClassifier
 
@@ -185,12 +185,6 @@ class _Pool(nn.Module):
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
         return self.function(hidden, mask)
-
-
-def _forward_inputs(model: nn.Module) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(model.forward).parameters)
 
 
 def export_model(request: ExportRequest, progress: Any = None) -> Path:

@@ -159,14 +159,13 @@ class Int8Runtime:
         sequences, at most :data:`CALIBRATION_TEXTS`, evenly spread) and compile it."""
         require_extra()
         import hashlib
-        import inspect
         import warnings
 
         import nncf
         import openvino
 
         names = ["input_ids", "attention_mask"]
-        token_types = "token_type_ids" in inspect.signature(encoder.model.forward).parameters
+        token_types = encoder.token_types
         if token_types:
             names.append("token_type_ids")
         used = [list(ids) for ids in spread([ids for ids in token_ids if len(ids)])]

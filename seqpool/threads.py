@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from seqpool.errors import SeqpoolError
 
@@ -61,3 +63,29 @@ def limited_threads(count: int | None, *, blas: bool = True) -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(previous)
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def ordered_map(function: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Iterator[_R]:
+    """``map(function, items)`` on ``workers`` threads, results in order, few in flight.
+
+    At most ``2 * workers`` results wait at once, so memory stays bounded however many
+    items there are; ``workers <= 1`` runs in the calling thread.
+    """
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seqpool-encoder")
+    pending: deque[Future[_R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

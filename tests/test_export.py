@@ -200,3 +200,28 @@ def test_bad_exports_exit_1_in_one_line_and_write_nothing(tiny_bert_dir, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if case == "nonempty":
         assert (target / "notes.md").read_text() == "mine" and len(list(target.iterdir())) == 1
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_decoder_exports_with_its_last_token_on_either_padding_side(tiny_gpt2_dir, tmp_path, side):
+    """GPT-2: no token types in the graph (it would add their embeddings), the last real token wherever
+    the padding is."""
+    import onnxruntime
+
+    from seqpool import Encoder
+
+    _export("-o", str(tmp_path / "gpt2"), "--model", str(tiny_gpt2_dir), "--strategy", "last", "--no-normalize")
+    session = onnxruntime.InferenceSession(str(tmp_path / "gpt2" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    encoder = Encoder(tiny_gpt2_dir)
+    texts = [t for t in TEXTS if t]
+    ids = encoder.tokenize(texts)
+    width = max(map(len, ids))
+    input_ids = np.zeros((len(ids), width), dtype=np.int64)
+    mask = np.zeros_like(input_ids)
+    for row, row_ids in enumerate(ids):
+        cols = slice(0, len(row_ids)) if side == "right" else slice(width - len(row_ids), width)
+        input_ids[row, cols], mask[row, cols] = row_ids, 1
+    got = session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+    expected = encoder.encode(texts, "last", normalize=False)["last"]
+    assert float(np.abs(got - expected).max()) <= TOLERANCE
