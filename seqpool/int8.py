@@ -26,6 +26,10 @@ from torch import Tensor, nn
 
 from seqpool.errors import SeqpoolError
 
+#: What OpenVINO computes the unquantized operations in (softmax, layer norm, the residual adds):
+#: f32, because on a CPU with avx512_bf16 its default is bf16 and the int8 model already spends
+#: most of the fidelity budget.
+PRECISION_HINT = "f32"
 #: Calibration texts used at most (NNCF's subset); more adds time, not accuracy.
 CALIBRATION_TEXTS = 300
 _CALIBRATION_BATCH = 16
@@ -187,7 +191,7 @@ class Int8Runtime:
                                   dynamic_axes=axes, opset_version=17, dynamo=False)
             quantized = _quantize(openvino.convert_model(str(path)), inputs)
         # f32 for what stays unquantized: on a CPU with avx512_bf16 OpenVINO would run it in bf16
-        config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": str(streams),
+        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINT, "NUM_STREAMS": str(streams),
                   "INFERENCE_NUM_THREADS": str(streams)}
         core = openvino.Core()
         compiled = core.compile_model(quantized, "CPU", config)
