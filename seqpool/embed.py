@@ -376,18 +376,20 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
         if torch_dtype == "bfloat16" and encoder.device.type == "cpu" and native_bf16_cpu() is False and note:
             note("this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs slower than fp32 here; "
                  "use dtype=fp32 for speed")
-        if not chosen and encoder.spec is not None and encoder.spec.pooling is None and note:
-            note(f"{encoder.name_or_path} has no sentence-transformers modules.json, so it pools with mean and does "
-                 f"not normalise, as sentence-transformers would; name `strategies` to choose")
+        defaulted = not chosen and encoder.spec is not None and encoder.spec.pooling is None
         chosen = tuple(dict.fromkeys(check_strategy(s) for s in (chosen or (encoder.default_strategy,))))
         check_outputs(target, fmt, chosen, source, options)
         if torch_dtype == "int8":
             _check_int8_outputs(target, fmt, chosen, source, options)
         options.check_model(encoder, chosen)
         try:
-            return _embed_locked(encoder, source, target, fmt, chosen,
-                                 encoder.default_normalize if normalize is None else normalize,
-                                 batch_size, chunk_size, skip_empty, resume, progress, options, run_id)
+            result = _embed_locked(encoder, source, target, fmt, chosen,
+                                   encoder.default_normalize if normalize is None else normalize,
+                                   batch_size, chunk_size, skip_empty, resume, progress, options, run_id)
+            if defaulted and note:  # with the summary, after the run: a refusal stays one line
+                note(f"{encoder.name_or_path} has no sentence-transformers modules.json, so it pooled with mean and "
+                     f"did not normalise, as sentence-transformers would; name `strategies` to choose")
+            return result
         except KeyboardInterrupt as error:
             raise EmbedInterrupted(partial_folder(target).is_dir()) from error
 
