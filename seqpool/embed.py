@@ -38,6 +38,7 @@ from seqpool.io import (
     resolve_output,
 )
 from seqpool.io.lock import lock_path, output_lock
+from seqpool.io.readers import calibration_source
 from seqpool.io.ownership import check_working_paths, new_run_id
 from seqpool.io.writers import needs_sidecar, partial_folder, sidecar_path
 from seqpool.progress import progress_bar
@@ -280,19 +281,6 @@ def _check_int8_outputs(output: Path, output_format: str, strategies: Sequence[s
     inputs = [None if source.is_stream else source.path, options.calibration]
     for path in dict.fromkeys(output_paths(output, output_format, strategies).values()):
         check_working_paths(path, {"metadata": sidecar_path(path)}, inputs)
-
-
-def calibration_source(calibration: str | os.PathLike) -> TextSource:
-    """The calibration texts, or one line saying that it is the calibration file that is wrong."""
-    if not os.path.exists(calibration):
-        raise SeqpoolError(f"calibration file not found: {calibration}; `calibration` names the texts the "
-                           f"int8/uint8 ranges are fitted on")
-    if os.path.isdir(calibration):
-        raise SeqpoolError(f"calibration file {calibration} is a directory; pass a file of texts as `calibration`")
-    try:
-        return TextSource.open(calibration)
-    except SeqpoolError as error:
-        raise SeqpoolError(f"calibration file {calibration}: {error}") from None
 
 
 def _check_calibration(options: VectorOptions, output: Path, resume: bool) -> None:

@@ -30,14 +30,13 @@ from seqpool.encode_plan import EncodeStats, TextPieces, encode_texts
 from seqpool.errors import SeqpoolError
 from seqpool.layer_plan import LayerKey, LayerPlan, average_layers, plan_layers
 from seqpool.local import SEGMENT_REDUCTIONS, segment_pool, word_segment_ids
-from seqpool.long_texts import special_tokens_around
 from seqpool.pooling import check_strategy
 from seqpool.progress import progress_bar
 from seqpool.prompts import prompt_length
 from seqpool.registry import st_pooling_flags, st_pooling_modes
 from seqpool.st_config import sentence_transformers_defaults, strategy_from_st_pooling_config  # noqa: F401
 from seqpool.model_head import ModelHead
-from seqpool.model_loading import load_tokenizer_and_model, lowercase_in_tokenizer
+from seqpool.model_loading import load_tokenizer_and_model, lowercase_in_tokenizer, max_length_limit, special_token_ids
 from seqpool.model_reader import ModelSpec, default_model_path, read_model  # noqa: F401 (default_model_path public here)
 from seqpool.states import Batch, TokenStates
 from seqpool.threads import available_cpus, limited_threads, ordered_map  # noqa: F401 (ordered_map public here)
@@ -171,16 +170,7 @@ class Encoder:
         return layers
 
     def _check_max_length(self, max_length: int | None) -> int:
-        limits = [getattr(self.model.config, "max_position_embeddings", None),
-                  getattr(self.model.config, "n_positions", None),
-                  getattr(self.tokenizer, "model_max_length", None)]
-        limit = min(int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000) if any(
-            isinstance(x, int) and 0 < x < 1_000_000 for x in limits) else 512
-        if max_length is None:
-            return limit
-        if max_length < 1:
-            raise SeqpoolError(f"max_length must be at least 1, got {max_length}")
-        return min(int(max_length), limit)
+        return max_length_limit(self.model.config, self.tokenizer, max_length)
 
     def fingerprint(self) -> dict[str, Any]:
         """What determines the token states besides the texts: model, weights, tokenizer, layer.
@@ -256,8 +246,7 @@ class Encoder:
     def special_tokens(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer puts before and after every text (``[CLS]``, ``[SEP]``)."""
         if not hasattr(self, "_special_tokens"):
-            with_special, without = (self.tokenizer("a", add_special_tokens=flag)["input_ids"] for flag in (True, False))
-            self._special_tokens = special_tokens_around(with_special, without)
+            self._special_tokens = special_token_ids(self.tokenizer)
         return self._special_tokens
 
     def prompt_length(self, prompt: str) -> int:

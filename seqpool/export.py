@@ -257,11 +257,9 @@ def trace_onnx(graph: SentenceGraph, encoder: Any, path: Path, output_name: str)
 
 def _calibration_texts(path: str) -> list[str]:
     """The calibration file's texts (any input format seqpool reads); empty or unreadable is refused."""
-    from seqpool.io.readers import TextSource
+    from seqpool.io.readers import calibration_source
 
-    if not Path(path).is_file():
-        raise SeqpoolError(f"calibration file {path} not found")
-    texts = [text for text in TextSource.open(path).texts() if text.strip()]
+    texts = [text for text in calibration_source(path).texts() if text.strip()]
     if not texts:
         raise SeqpoolError(f"calibration file {path} holds no text; give it texts like the ones to embed")
     return texts

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpool.errors import SeqpoolError
-from seqpool.model_loading import quiet_transformers, stored_dtype
+from seqpool.model_loading import max_length_limit, quiet_transformers, special_token_ids, stored_dtype
 from seqpool.model_reader import ModelSpec, read_model, safetensors_header
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -48,7 +48,7 @@ def describe_model(model: str | os.PathLike | None = None, trust_remote_code: bo
         "pooling_from": "modules.json" if spec.pooling else "default: no sentence-transformers modules.json",
         "include_prompt": spec.include_prompt, "head": [layer.describe() for layer in spec.head],
         "normalize": spec.normalize, "pipeline": spec.pipeline(head=head_in == pooled), "output_width": width,
-        "max_length": _max_length(spec, config, tokenizer), "do_lower_case": spec.do_lower_case,
+        "max_length": max_length_limit(config, tokenizer, spec.max_length), "do_lower_case": spec.do_lower_case,
         "prompts": dict(spec.prompts), "default_prompt_name": spec.default_prompt_name,
         "padding_side": getattr(tokenizer, "padding_side", "right"),
         "special_tokens": {"before": prefix, "after": suffix},
@@ -92,20 +92,8 @@ def _weights(spec: ModelSpec) -> tuple[int | None, int | None]:
 
 def _special_tokens(tokenizer: Any) -> tuple[list[str], list[str]]:
     """The tokens the tokenizer puts before and after every text (``[CLS]``/``[SEP]``, an appended EOS)."""
-    from seqpool.long_texts import special_tokens_around
-
-    with_special, without = (tokenizer("a", add_special_tokens=flag)["input_ids"] for flag in (True, False))
-    before, after = special_tokens_around(with_special, without)
+    before, after = special_token_ids(tokenizer)
     return tokenizer.convert_ids_to_tokens(before), tokenizer.convert_ids_to_tokens(after)
-
-
-def _max_length(spec: ModelSpec, config: Any, tokenizer: Any) -> int:
-    """The Encoder's max length rule: the model's setting, capped by position embeddings and the tokenizer."""
-    limits = [getattr(config, "max_position_embeddings", None), getattr(config, "n_positions", None),
-              getattr(tokenizer, "model_max_length", None)]
-    known = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
-    limit = min(known) if known else 512
-    return min(spec.max_length, limit) if spec.max_length else limit
 
 
 def format_description(info: dict[str, Any]) -> str:

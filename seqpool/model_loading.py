@@ -96,6 +96,28 @@ def _load_model(folder: str, config: Any, dtype: torch.dtype, trust_remote_code:
     return encoder
 
 
+def max_length_limit(config: Any, tokenizer: Any, asked: int | None = None) -> int:
+    """The Encoder's max length: ``asked`` (the user's or the model's setting), capped by the position
+    embeddings and the tokenizer's limit (512 when neither says)."""
+    limits = [getattr(config, "max_position_embeddings", None), getattr(config, "n_positions", None),
+              getattr(tokenizer, "model_max_length", None)]
+    known = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    limit = min(known) if known else 512
+    if asked is None:
+        return limit
+    if asked < 1:
+        raise SeqpoolError(f"max_length must be at least 1, got {asked}")
+    return min(int(asked), limit)
+
+
+def special_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after every text (``[CLS]``/``[SEP]``, an appended EOS)."""
+    from seqpool.long_texts import special_tokens_around
+
+    with_special, without = (tokenizer("a", add_special_tokens=flag)["input_ids"] for flag in (True, False))
+    return special_tokens_around(with_special, without)
+
+
 def _dtype_keyword() -> str:
     """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
     import transformers

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -366,24 +365,34 @@ def weights_file(folder: Path) -> Path | None:
     return None
 
 
+#: Largest safetensors header read (the safetensors library's own limit).
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """``(tensors, metadata, data_start)`` of a safetensors file, from its header alone: the header's
+    length is checked against the file's size before it is read, so a crafted one costs nothing."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            fits = size >= 8 and length <= min(size - 8, MAX_SAFETENSORS_HEADER)
+            header = json.loads(handle.read(length)) if fits else None
+    except (OSError, ValueError, RecursionError) as error:
+        raise SeqpoolError(f"{path} is not a readable safetensors file ({error})") from None
+    if not fits:
+        raise SeqpoolError(f"{path} is not a readable safetensors file: its header claims {length} bytes "
+                           f"of the {size} in the file")
+    metadata = (header.pop("__metadata__", None) or {}) if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SeqpoolError(f"{path} is not a readable safetensors file: its header is not a JSON object "
+                           f"of tensors with string metadata")
+    return header, metadata, 8 + length
+
+
 def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (names -> dtype, shape, offsets), read without the data."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) != 8:
-            raise SeqpoolError(f"{path} is not a safetensors file (too short)")
-        length = struct.unpack("<Q", prefix)[0]
-        if length > min(size - 8, 100 << 20):
-            raise SeqpoolError(f"{path} is not a safetensors file (its header claims {length} bytes)")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError:
-            raise SeqpoolError(f"{path} is not a safetensors file (unreadable header)") from None
-    if not isinstance(header, dict):
-        raise SeqpoolError(f"{path} is not a safetensors file (unreadable header)")
-    header.pop("__metadata__", None)
-    return header
+    """The tensors of a safetensors file's header (names -> dtype, shape, offsets), without the data."""
+    return read_safetensors_header(path)[0]
 
 
 def _check_weights(folder: Path, where: str, shapes: Mapping[str, tuple[int, ...]]) -> None:

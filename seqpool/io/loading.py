@@ -28,12 +28,11 @@ import numpy as np
 from seqpool.errors import SeqpoolError
 from seqpool.io.formats import CHUNK_COLUMNS, detect_output_format, npy_strategy, sidecar_path
 from seqpool.io.ownership import JSON_MARKER_KEY
+from seqpool.model_reader import read_safetensors_header
 from seqpool.quantize import BINARY_PRECISIONS, Compaction, output_dtype, output_width
 
 #: safetensors dtypes seqpool writes, as numpy reads them (little-endian, as the format says).
 _SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "I8": "i1", "U8": "u1", "I64": "<i8"}
-#: Largest safetensors header read (the safetensors library's own limit).
-_MAX_HEADER_BYTES = 100_000_000
 _CHUNK_DTYPE = np.dtype(np.int64)
 #: dtypes of compact codes, which mean nothing without the metadata that decodes them.
 _CODE_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.float16))
@@ -250,22 +249,8 @@ def _npy_array(path: Path) -> _Stored:
 
 def _safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, _Stored]]:
     """(metadata, tensors) of a safetensors file; every size and offset checked against the file."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            fits = size >= 8 and length <= min(size - 8, _MAX_HEADER_BYTES)
-            header = json.loads(handle.read(length)) if fits else None
-    except (OSError, ValueError, RecursionError) as error:
-        raise SeqpoolError(f"{path} is not a readable safetensors file ({error})") from None
-    if not fits:
-        raise SeqpoolError(f"{path} is not a readable safetensors file: its header claims {length} bytes "
-                           f"of the {size} in the file")
-    metadata = (header.pop("__metadata__", None) or {}) if isinstance(header, dict) else None
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise SeqpoolError(f"{path} is not a readable safetensors file: its header is not a JSON object "
-                           f"of tensors with string metadata")
-    data_start, data_size = 8 + length, size - 8 - length
+    header, metadata, data_start = read_safetensors_header(path)
+    data_size = path.stat().st_size - data_start
     return metadata, {name: _safetensors_tensor(path, name, entry, data_start, data_size)
                       for name, entry in header.items()}
 

@@ -500,3 +500,16 @@ def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def calibration_source(calibration: str | os.PathLike) -> TextSource:
+    """The calibration texts, or one line saying that it is the calibration file that is wrong."""
+    if not os.path.exists(calibration):
+        raise SeqpoolError(f"calibration file not found: {calibration}; `calibration` names the texts the "
+                           f"int8/uint8 ranges are fitted on")
+    if os.path.isdir(calibration):
+        raise SeqpoolError(f"calibration file {calibration} is a directory; pass a file of texts as `calibration`")
+    try:
+        return TextSource.open(calibration)
+    except SeqpoolError as error:
+        raise SeqpoolError(f"calibration file {calibration}: {error}") from None
