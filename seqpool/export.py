@@ -25,7 +25,6 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 
 from seqpool.batching import check_flag
 from seqpool.errors import SeqpoolError
+from seqpool.io.atomic import staging_folder
 
 EXPORT_FORMATS = ("onnx", "openvino")
 EXPORT_DTYPES = ("fp32", "int8")
@@ -195,7 +195,7 @@ def export_model(request: ExportRequest, progress: Any = None) -> Path:
 
     encoder = Encoder(request.model)  # fp32: the graph is traced in fp32 and quantized afterwards
     graph, output_name, description = build_graph(encoder, request.strategy, request.normalize, request.classifier)
-    staging = Path(tempfile.mkdtemp(dir=request.output.parent, prefix=f".{request.output.name}.", suffix=".tmp"))
+    staging = staging_folder(request.output)
     try:
         onnx_path = staging / "model.onnx"
         names = trace_onnx(graph, encoder, onnx_path, output_name)

@@ -16,7 +16,6 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from seqpool.batching import check_flag
 from seqpool.errors import SeqpoolError
 from seqpool.registry import st_names, st_pooling_flags, st_pooling_modes
-from seqpool.io.atomic import atomic_write_text
+from seqpool.io.atomic import atomic_write_text, staging_folder
 
 if TYPE_CHECKING:
     from seqpool.encoder import Encoder
@@ -151,7 +150,7 @@ def export_sentence_transformers(encoder: "Encoder", directory: str | os.PathLik
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise SeqpoolError(f"{target} already exists and is not an empty folder; choose a new path")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    staging = staging_folder(target)
     try:
         encoder.model.save_pretrained(staging)
         padding_ready_tokenizer(encoder.tokenizer, encoder.pad_token_id).save_pretrained(staging)

@@ -225,3 +225,13 @@ def test_a_decoder_exports_with_its_last_token_on_either_padding_side(tiny_gpt2_
     got = session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
     expected = encoder.encode(texts, "last", normalize=False)["last"]
     assert float(np.abs(got - expected).max()) <= TOLERANCE
+
+
+def test_an_export_folder_gets_the_permissions_the_umask_gives(tiny_bert_dir, tmp_path):
+    import os
+
+    from seqpool.io.atomic import current_umask
+
+    _export("-o", str(tmp_path / "out"), "--model", str(tiny_bert_dir))
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~current_umask()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and os.access(tmp_path / "out" / "model.onnx", os.R_OK)

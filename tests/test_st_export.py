@@ -132,3 +132,11 @@ def test_export_into_an_existing_empty_folder(tiny_bert_encoder, tmp_path):
     (tmp_path / "empty").mkdir()
     target = export_sentence_transformers(tiny_bert_encoder, tmp_path / "empty", "mean")
     assert (target / "modules.json").is_file() and (target / "1_Pooling" / "config.json").is_file()
+
+
+def test_an_exported_folder_gets_the_permissions_the_umask_gives(tiny_bert_encoder, tmp_path):
+    from seqpool.io.atomic import current_umask
+    from seqpool.st_export import export_sentence_transformers
+
+    folder = export_sentence_transformers(tiny_bert_encoder, tmp_path / "st")
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~current_umask()

@@ -182,3 +182,12 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def staging_folder(target: str | os.PathLike) -> Path:
+    """A new, empty folder beside ``target`` (hidden, unique) to build a folder output in before it is
+    renamed into place; with the permissions the umask gives, not ``mkdtemp``'s 0o700."""
+    target = Path(target)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    os.chmod(staging, 0o777 & ~current_umask())
+    return staging
