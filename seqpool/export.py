@@ -139,7 +139,8 @@ class SentenceGraph(nn.Module):
 def build_graph(encoder: Any, strategy: str | None = None, normalize: bool | None = None,
                 classifier: str | None = None) -> tuple[SentenceGraph, str, str]:
     """``(graph, output name, what it computes)`` for ``encoder`` and the chosen pooling."""
-    from seqpool.registry import LEARNED, find_strategy
+    from seqpool.expressions import parse_strategy
+    from seqpool.registry import LEARNED, get_strategy
 
     token_types = encoder.token_types
     if classifier is not None:
@@ -159,8 +160,7 @@ def build_graph(encoder: Any, strategy: str | None = None, normalize: bool | Non
         graph = SentenceGraph(encoder, pooler, None, None, normalize, token_types).eval()
         return graph, "sentence_embedding", f"Pooler({strategy})" + (" -> Normalize" if normalize else "")
     strategy = strategy or encoder.default_strategy
-    spec = find_strategy(strategy.split("@")[0].split("+")[0])
-    if spec is not None and spec.kind == LEARNED:
+    if any(get_strategy(term.name).kind == LEARNED for term in parse_strategy(strategy)):
         raise SeqpoolError(f"strategy {strategy!r} is learned: train it (seqpool evaluate --save-best) and export the "
                            f"saved folder with --strategy FOLDER")
     plan = encoder.layer_plan((strategy,))

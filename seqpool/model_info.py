@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from seqpool.errors import SeqpoolError
+from seqpool.expressions import parse_strategy
 from seqpool.model_loading import max_length_limit, quiet_transformers, special_token_ids, stored_dtype
 from seqpool.model_reader import ModelSpec, read_model, safetensors_header
+from seqpool.registry import get_strategy
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
@@ -34,7 +36,7 @@ def describe_model(model: str | os.PathLike | None = None, trust_remote_code: bo
         detail = " ".join(str(error).split())[:200] or type(error).__name__
         raise SeqpoolError(f"cannot read model {spec.name!r}: {detail}") from None
     hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "d_model", 0))
-    pooled = hidden * len(spec.strategy.split("+"))
+    pooled = sum(get_strategy(term.name).output_dim(hidden) for term in parse_strategy(spec.strategy))
     head_in = spec.head[0].in_features if spec.head else None
     width = spec.head[-1].out_features if spec.head and head_in == pooled else pooled
     stored = stored_dtype(config, folder)
