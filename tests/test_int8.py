@@ -99,6 +99,42 @@ def test_int8_is_cpu_only(tiny_bert_dir):
         Encoder(tiny_bert_dir, dtype="int8", device="cuda")
 
 
+
+@pytest.mark.parametrize("family", ["modernbert", "qwen3"])
+def test_int8_converts_encoders_directly_and_decoders_through_onnx(family, tmp_path):
+    """ModernBERT goes through OpenVINO's torch frontend, a causal decoder (its mask code is not
+    convertible there) through ONNX; both must give the fp32 vectors, padded batches included."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model_zoo import build_family
+
+    from seqpool.encoder import Encoder
+
+    folder = build_family(family, tmp_path / family)
+    texts = ["a fine film", "x", "the plot is thin but the acting is good and the music is great"] * 4
+    fp32 = Encoder(folder).encode(texts, strategies=["mean", "last", "mean@-2"])
+    int8 = Encoder(folder, dtype="int8")
+    int8.calibrate(texts * 4)
+    for name, vectors in int8.encode(texts, strategies=["mean", "last", "mean@-2"]).items():
+        assert _cosines(vectors, fp32[name]).min() > 0.995, (family, name)
+
+
+def test_a_model_no_converter_takes_is_one_line(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model_zoo import build_family
+
+    from seqpool.encoder import Encoder
+
+    encoder = Encoder(build_family("gemma3", tmp_path / "gemma3"), dtype="int8")
+    with pytest.raises(SeqpoolError, match="dtype int8 cannot convert .* use dtype bf16 or fp32") as raised:
+        encoder.calibrate(["a fine film", "a dull one"])
+    assert "\n" not in str(raised.value)
+
 @pytest.mark.integration
 def test_minilm_int8_keeps_the_fp32_vectors(senteval_dir):
     """The issue's fidelity bar on real reviews: cosine to fp32 mean >= 0.997, min >= 0.98."""
