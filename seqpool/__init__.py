@@ -35,20 +35,20 @@ _EXPORTS: dict[str, str] = {
     "masked_weighted_mean": "seqpool.pooling",
     "first_token": "seqpool.pooling",
     "last_token": "seqpool.pooling",
-    # learned poolers
-    "LEARNED_STRATEGIES": "seqpool.layers",
-    "POOLER_STRATEGIES": "seqpool.layers",
-    "AttentionPooling": "seqpool.layers",
-    "SqueezeExcitation": "seqpool.layers",
-    "Pooler": "seqpool.layers",
+    # learned poolers (seqpool/pooling/: one module per pooler, one base class)
+    "LEARNED_STRATEGIES": "seqpool.pooling.pooler",
+    "POOLER_STRATEGIES": "seqpool.pooling.pooler",
+    "Pooler": "seqpool.pooling.pooler",
+    "AttentionPooling": "seqpool.pooling.attention",
+    "SqueezeExcitation": "seqpool.pooling.squeeze_excitation",
     # issue-11 operators: moments, learned poolers, layer mixing, expressions
-    "masked_power_mean": "seqpool.moments",
-    "masked_mean_std": "seqpool.moments",
-    "GeMPooling": "seqpool.gem",
-    "AttentiveStatisticsPooling": "seqpool.attentive_stats",
-    "LatentAttentionPooling": "seqpool.latent_attention",
-    "ScalarMix": "seqpool.scalar_mix",
-    "ScalarMixPooling": "seqpool.scalar_mix",
+    "masked_power_mean": "seqpool.pooling.moments",
+    "masked_mean_std": "seqpool.pooling.moments",
+    "GeMPooling": "seqpool.pooling.gem",
+    "AttentiveStatisticsPooling": "seqpool.pooling.attentive_stats",
+    "LatentAttentionPooling": "seqpool.pooling.latent_attention",
+    "ScalarMix": "seqpool.pooling.scalar_mix",
+    "ScalarMixPooling": "seqpool.pooling.scalar_mix",
     "parse_strategy": "seqpool.expressions",
     # encoder, token states, classifier
     "Encoder": "seqpool.encoder",
@@ -95,12 +95,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from seqpool.errors import PoolingWarning, SeqpoolError
     from seqpool.embed import embed_file
     from seqpool.evaluation import EvaluationResult, EvaluationSettings, evaluate, load_labelled
-    from seqpool.attentive_stats import AttentiveStatisticsPooling
     from seqpool.explain import Explanation
     from seqpool.expressions import parse_strategy
-    from seqpool.gem import GeMPooling
-    from seqpool.latent_attention import LatentAttentionPooling
-    from seqpool.layers import LEARNED_STRATEGIES, POOLER_STRATEGIES, AttentionPooling, Pooler, SqueezeExcitation
     from seqpool.local import (
         ShiftConsistency,
         avg_pool_tokens,
@@ -111,7 +107,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         shift_consistency,
         word_segment_ids,
     )
-    from seqpool.moments import masked_mean_std, masked_power_mean
     from seqpool.io import load_embeddings
     from seqpool.pipeline import PoolingPipeline, register_pipeline
     from seqpool.pooling import (
@@ -125,6 +120,14 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         pool,
         pool_many,
     )
+    from seqpool.pooling.attention import AttentionPooling
+    from seqpool.pooling.attentive_stats import AttentiveStatisticsPooling
+    from seqpool.pooling.gem import GeMPooling
+    from seqpool.pooling.latent_attention import LatentAttentionPooling
+    from seqpool.pooling.moments import masked_mean_std, masked_power_mean
+    from seqpool.pooling.pooler import LEARNED_STRATEGIES, POOLER_STRATEGIES, Pooler
+    from seqpool.pooling.scalar_mix import ScalarMix, ScalarMixPooling
+    from seqpool.pooling.squeeze_excitation import SqueezeExcitation
     from seqpool.registry import (
         StrategySpec,
         get_strategy,
@@ -132,7 +135,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         strategy_names,
         unregister_strategy,
     )
-    from seqpool.scalar_mix import ScalarMix, ScalarMixPooling
     from seqpool.quantize import Compaction
     from seqpool.st_export import export_sentence_transformers, read_sentence_transformers_layout
     from seqpool.states import TokenStates

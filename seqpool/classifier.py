@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
-from seqpool.layers import Pooler
+from seqpool.pooling.pooler import Pooler
 from seqpool.pooling import normalize_mask
 from seqpool.registry import get_strategy
 from seqpool.serialization import (CONFIG_NAME, REQUIRED, build_checked, config_fields, load_state, read_config,
@@ -89,7 +89,7 @@ class PooledClassifier(nn.Module):
     ``labels`` names the classes in index order (ints or strings); ``encoder`` optionally
     records which encoder produced the training states (``{"model": ..., "layer": ...}``)
     so an explanation can rebuild it. ``seed`` ... ``validation_fraction`` are the
-    :class:`TrainingSettings`; other keywords go to the :class:`~seqpool.layers.Pooler`
+    :class:`TrainingSettings`; other keywords go to the :class:`~seqpool.pooling.pooler.Pooler`
     (``heads``, ``dropout``, ``rd_ratio``, ...). The initial weights come from ``seed`` too:
     building or fitting a classifier never reads or advances the global RNG.
     """

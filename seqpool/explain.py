@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from seqpool.errors import SeqpoolError
-from seqpool.layers import Pooler
+from seqpool.pooling.pooler import Pooler
 from seqpool.pooling import normalize_mask
 from seqpool.registry import get_strategy
 from seqpool.io.atomic import atomic_path

@@ -9,7 +9,7 @@ JavaScript re-implements pooling by hand -- and gets padding wrong. ``seqpool ex
   real tokens to the front (a per-row rotation by its count of leading pads), so the model sees
   exactly the right-padded batch seqpool itself runs and positions never shift;
 * output ``sentence_embedding``: the strategy (any parameter-free expression, layers included:
-  ``mean``, ``cls+mean``, ``mean@-2``), or a saved :class:`~seqpool.layers.Pooler`, then the
+  ``mean``, ``cls+mean``, ``mean@-2``), or a saved :class:`~seqpool.pooling.pooler.Pooler`, then the
   model's own head where seqpool applies it, then L2 normalisation -- or, with a saved
   :class:`~seqpool.classifier.PooledClassifier`, its ``logits``;
 * ``--dtype int8``: weights and activations quantized by NNCF with calibration on the user's
@@ -153,7 +153,7 @@ def build_graph(encoder: Any, strategy: str | None = None, normalize: bool | Non
         return (SentenceGraph(encoder, clf, None, None, False, token_types).eval(), "logits",
                 f"{classifier}: logits")
     if strategy is not None and Path(strategy).is_dir():
-        from seqpool.layers import Pooler
+        from seqpool.pooling.pooler import Pooler
 
         pooler = Pooler.from_pretrained(strategy).eval()
         normalize = encoder.default_normalize if normalize is None else normalize

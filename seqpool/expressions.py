@@ -45,7 +45,7 @@ def parse_strategy(expression: str) -> tuple[Term, ...]:
     """The terms of a strategy expression (``"cls+mean@-2"`` -> cls on the default layer, mean on -2).
 
     Names are checked to be strategies; a learned strategy cannot be part of a concatenation
-    and ``scalar_mix`` takes no ``@`` (it mixes every layer).
+    and one that needs every layer (``scalar_mix``, which mixes them) takes no ``@``.
     """
     if not isinstance(expression, str) or not expression:
         raise SeqpoolError(f"a strategy must be a non-empty name, got {expression!r}")
@@ -63,8 +63,8 @@ def parse_strategy(expression: str) -> tuple[Term, ...]:
         if spec.kind == LEARNED and len(terms) > 1:
             raise SeqpoolError(f"strategy {expression!r}: only parameter-free strategies can be concatenated with "
                                f"'+', and {term.name!r} is learned; evaluate it on its own")
-        if term.name == "scalar_mix" and term.layers is not None:
-            raise SeqpoolError(f"strategy {expression!r}: scalar_mix learns its own mix of every layer; drop the '@'")
+        if spec.needs_all_layers and term.layers is not None:
+            raise SeqpoolError(f"strategy {expression!r}: {term.name} learns its own mix of every layer; drop the '@'")
     return tuple(terms)
 
 
@@ -87,9 +87,9 @@ def _power_spec(name: str, p: float) -> StrategySpec:
 
     def power_mean(hidden_states: Any, attention_mask: Any = None) -> Any:
         # named as a string, like every built-in record: the registry layer sits under the math
-        return _resolve("seqpool.moments:masked_power_mean")(hidden_states, attention_mask, p)
+        return _resolve("seqpool.pooling.moments:masked_power_mean")(hidden_states, attention_mask, p)
 
-    weights = "seqpool.pooling:mean_token_weights" if p == 1 else None
+    weights = "seqpool.pooling.functional:mean_token_weights" if p == 1 else None
     return StrategySpec(name, PARAMETER_FREE, f"signed power mean with p = {p:g}", function=power_mean,
                         token_weights=weights)
 

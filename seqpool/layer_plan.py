@@ -8,8 +8,9 @@ token-states file, so every layer comes from the same pass and is cached togethe
 each expression then pools its own block. With no ``@`` and no ``scalar_mix`` there is one block,
 the encoder's own layer, and nothing changes: (B, T, D) states, as before.
 
-``scalar_mix`` reads the blocks of the single layers 0 .. L-1, which the plan places first and in
-order, so its input is one contiguous (B, T, L * D) slice.
+A strategy whose record says it needs every layer (``scalar_mix``) reads the blocks of the single
+layers 0 .. L-1, which the plan places first and in order, so its input is one contiguous
+(B, T, L * D) slice.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from seqpool.registry import LEARNED, get_strategy
 
 #: Hidden-state indices (0 = embeddings), sorted, that one block averages.
 LayerKey = tuple[int, ...]
-SCALAR_MIX = "scalar_mix"
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,11 @@ class LayerPlan:
     def learned(self, strategy: str) -> tuple[str, slice, dict[str, Any]]:
         """``(name for Pooler, channel slice of the plan's states, Pooler kwargs)`` of a learned strategy.
 
-        ``attention@-2`` is ``attention`` on block -2's channels; ``scalar_mix`` reads every
-        single-layer block and needs ``num_layers``.
+        ``attention@-2`` is ``attention`` on block -2's channels; a strategy that needs every layer
+        (``scalar_mix``) reads every single-layer block and needs ``num_layers``.
         """
         ((name, index),) = self.terms[strategy]
-        if name == SCALAR_MIX:
+        if get_strategy(name).needs_all_layers:
             layers = self.num_hidden_states
             return name, slice(0, layers * self.dim), {"num_layers": layers}
         return name, slice(index * self.dim, (index + 1) * self.dim), {}
@@ -126,7 +126,7 @@ def plan_layers(strategies: Sequence[str], num_hidden_states: int, default_layer
     for strategy in strategies:
         get_strategy(strategy)  # one clear error for an unknown or malformed name
         terms = parse_strategy(strategy)
-        needs_every_layer |= any(term.name == SCALAR_MIX for term in terms)
+        needs_every_layer |= any(get_strategy(term.name).needs_all_layers for term in terms)
         keys[strategy] = [default if term.layers is None else normalize_layers(term.layers, num_hidden_states, strategy)
                           for term in terms]
     if not needs_every_layer and all(key == default for ks in keys.values() for key in ks):

@@ -20,7 +20,9 @@ it. A strategy pools the merged sequence exactly as it pools one encoded text, s
 * ``cls``: the first window's first token ([CLS] of the text's start).
 * ``last``: the last window's last token.
 * ``max``: the maximum over every token state of every window, overlaps included (max does
-  not double count, so nothing is averaged first).
+  not double count, so nothing is averaged first). Its record says so
+  (``window_merge=EVERY_WINDOW_STATE`` in :mod:`seqpool.registry`); every other record keeps the
+  default, the merged sequence.
 * any other parameter-free strategy (registered, a plugin, or an expression such as ``cls+max``
   or ``mean@-2``): the merged sequence.
 
@@ -41,10 +43,16 @@ import torch
 from torch import Tensor
 
 from seqpool.errors import SeqpoolError
+from seqpool.registry import EVERY_WINDOW_STATE, find_strategy
 
 Span = tuple[int, int]
-#: Strategies pooled over every window's raw states instead of the merged sequence.
-ALL_WINDOW_STATES = frozenset({"max"})
+
+
+def pools_every_window_state(strategy: str) -> bool:
+    """Whether ``strategy``'s record says to pool every window's raw states instead of the merged
+    sequence (a name no record has -- a pooler's own key -- pools the merged sequence)."""
+    spec = find_strategy(strategy)
+    return spec is not None and spec.window_merge == EVERY_WINDOW_STATE
 
 
 def special_tokens_around(with_special: Sequence[int], without_special: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -168,9 +176,10 @@ def pool_windows(window_states: Sequence[Tensor], spans: Sequence[Span], n_prefi
     pool = _pooler(pool)
     window_states = [states[exclude:].float() for states in window_states]
     out = _pool_sequence(pool, merge_windows(window_states, spans, n_prefix - exclude, n_suffix), exclude)
-    if ALL_WINDOW_STATES & set(out) and len(window_states) > 1:
+    every_window = [name for name in out if pools_every_window_state(name)]
+    if every_window and len(window_states) > 1:
         every_state = _pool_sequence(pool, torch.cat(window_states), exclude)
-        out.update({name: every_state[name] for name in ALL_WINDOW_STATES & set(out)})
+        out.update({name: every_state[name] for name in every_window})
     return out
 
 

@@ -76,16 +76,15 @@ def exclude_prompt(attention_mask: Tensor, prompt_lengths: Tensor | Sequence[int
 def pool_excluding_prompt(hidden_states: Tensor, attention_mask: Tensor,
                           prompt_lengths: Tensor | Sequence[int] | int, strategies: Sequence[str]) -> dict[str, Tensor]:
     """Pool with the prompt's tokens masked out (rules in the module docstring)."""
-    from seqpool.pooling import normalize_mask, pool, upcast
+    from seqpool.pooling import normalize_mask, pool
+    from seqpool.registry import get_strategy
 
     full = normalize_mask(hidden_states, attention_mask)
     kept = exclude_prompt(full, prompt_lengths)
     out: dict[str, Tensor] = {}
     for strategy in strategies:
-        if strategy == "weighted_mean":  # original positions, as sentence-transformers keeps them
-            weights = (full.cumsum(dim=1) * kept).to(torch.float32).unsqueeze(-1)
-            total = (upcast(hidden_states).masked_fill(~kept.unsqueeze(-1), 0.0) * weights).sum(dim=1)
-            out[strategy] = (total / weights.sum(dim=1).clamp(min=1.0)).to(hidden_states.dtype)
-        else:
-            out[strategy] = pool(hidden_states, kept, strategy)
+        # a strategy whose weights depend on positions (weighted_mean) keeps the original ones,
+        # as sentence-transformers does; its record names the function that does it
+        keeping = get_strategy(strategy).prompt_excluded_fn()
+        out[strategy] = keeping(hidden_states, full, kept) if keeping else pool(hidden_states, kept, strategy)
     return out

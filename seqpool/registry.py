@@ -1,15 +1,22 @@
 """One record per pooling strategy: the single place every consumer looks strategies up.
 
-``pool``, :class:`~seqpool.layers.Pooler`, ``explain``, the sentence-transformers export and
-reader, ``evaluate``, the pipeline and ``seqpool strategies`` all read this table, so adding a
-strategy is one record here (built-in) or one call to :func:`register_strategy` (yours), or one
-entry point in the ``seqpool.strategies`` group (a package's)::
+``pool``, :class:`~seqpool.pooling.pooler.Pooler`, ``explain``, the sentence-transformers export
+and reader, ``evaluate``, the pipeline, long texts, layer plans and ``seqpool strategies`` all read
+this table, so adding a strategy is one record here (built-in) or one call to
+:func:`register_strategy` (yours), or one entry point in the ``seqpool.strategies`` group (a
+package's)::
 
     [project.entry-points."seqpool.strategies"]
     myname = "mypkg.module:function"   # function(hidden_states, attention_mask) -> (B, D)
 
-This module imports neither torch nor transformers: built-in records name their functions as
-``"module:attribute"`` strings resolved on first use, so listing strategies stays cheap.
+Every fact about a strategy is a field of its record (its function or module, output width,
+sentence-transformers mode, explain weights, how long-text windows merge for it, whether it needs
+every hidden layer, whether the default comparison runs it): nothing else in seqpool keys on a
+strategy's name (``tests/test_registry_facts.py`` greps for it).
+
+This module imports neither torch nor transformers: built-in records name their functions,
+modules and width formulas as ``"module:attribute"`` strings resolved on first use, so listing
+strategies stays cheap, and each width formula has one home, next to the code it describes.
 Plugins load lazily (on the first lookup of a name no record has, or when listing), one at
 a time and isolated: a broken plugin is one :class:`SeqpoolError` line naming it when it is
 used, and a warning when listing; it never affects the built-in strategies.
@@ -31,6 +38,12 @@ PARAMETER_FREE = "parameter-free"
 LEARNED = "learned"
 Kind = Literal["parameter-free", "learned"]
 _KINDS = (PARAMETER_FREE, LEARNED)
+#: How a long text's windows become one vector (see :mod:`seqpool.long_texts`): pool the merged
+#: sequence (overlaps averaged), or pool every window's raw token states together.
+MERGED_SEQUENCE = "merged_sequence"
+EVERY_WINDOW_STATE = "every_window_state"
+WindowMerge = Literal["merged_sequence", "every_window_state"]
+_WINDOW_MERGES = (MERGED_SEQUENCE, EVERY_WINDOW_STATE)
 #: A strategy name: ASCII letters, digits, ``_``, ``-`` and ``.``, not starting with ``.`` or ``-``.
 #: Names end up in file names (``out.<name>.npy``) and command lines, so nothing in one may climb
 #: folders (``../``), hide a file, look like an option, or separate strategies (``,``, ``+``, ``@``).
@@ -42,11 +55,15 @@ _ST_FLAG_ORDER = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling
 
 
 def _resolve(ref: Any) -> Any:
-    """A callable given directly, or as a lazy ``"package.module:attribute"`` reference."""
+    """A callable given directly, or as a lazy ``"package.module:attribute"`` reference (the
+    attribute may be dotted: ``"seqpool.pooling.gem:GeMPooling.output_width"``)."""
     if ref is None or not isinstance(ref, str):
         return ref
     module, _, attribute = ref.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    value = importlib.import_module(module)
+    for part in attribute.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def same_width(dim: int, **_: Any) -> int:
@@ -54,22 +71,33 @@ def same_width(dim: int, **_: Any) -> int:
     return dim
 
 
-def attention_width(dim: int, heads: int = 1, **_: Any) -> int:
-    """Attention pooling concatenates its heads: ``heads * dim``."""
-    return heads * dim
-
-
 @dataclass(frozen=True)
 class StrategySpec:
     """Everything seqpool knows about one pooling strategy.
 
     ``function`` (parameter-free) is ``fn(hidden_states, attention_mask) -> (B, D')``;
-    ``factory`` (learned) is ``factory(dim, **kwargs) -> nn.Module`` whose forward has the same
-    signature. Either may be a lazy ``"module:attribute"`` string. ``width(dim, **kwargs)``
-    is ``D'``. ``st_mode``/``st_flag`` are its sentence-transformers ``pooling_mode`` string and
-    boolean flag, if sentence-transformers has it. ``token_weights(hidden_states, mask, module)``
-    gives the exact (B, T) or (B, T, D') token weights ``explain`` needs, or is None when no
-    exact decomposition exists. ``origin`` is ``"built-in"``, ``"user"`` or the plugin and its entry point.
+    ``factory`` (learned) is ``factory(dim, **kwargs)`` returning a
+    :class:`~seqpool.pooling.base.PoolerBase` module whose forward has the same signature. Either may be a lazy ``"module:attribute"`` string. ``width(dim, **kwargs)``
+    is ``D'`` (a function or a lazy reference: a learned module's ``output_width``).
+    ``st_mode``/``st_flag`` are its sentence-transformers ``pooling_mode`` string and boolean
+    flag, if sentence-transformers has it. ``token_weights(hidden_states, mask, module)`` gives the
+    exact (B, T) or (B, T, D') token weights ``explain`` needs, or is None when no exact
+    decomposition exists. ``origin`` is ``"built-in"``, ``"user"`` or the plugin and its entry point.
+
+    The facts other parts of seqpool act on (defaults fit any registered or plugin strategy):
+
+    * ``window_merge``: how a long text's windows are pooled -- :data:`MERGED_SEQUENCE` (the
+      merged sequence, overlaps averaged) or :data:`EVERY_WINDOW_STATE` (every window's raw
+      states, for strategies that do not double count, such as ``max``);
+    * ``needs_all_layers``: a learned strategy that mixes every hidden layer: it pools states
+      holding all L layers side by side, takes ``num_layers=L``, and cannot take an ``@``;
+    * ``in_default_comparison``: ``evaluate`` runs it when no strategies are named (and it is in
+      the ``STRATEGIES`` / ``LEARNED_STRATEGIES`` constants); opt-in, so a new operator or a
+      plugin never silently joins the default run and its cost;
+    * ``prompt_excluded``: ``fn(hidden_states, attention_mask, kept)`` pooling only the ``kept``
+      tokens while they keep the positions they have in the whole text (position-weighted
+      strategies, as sentence-transformers' ``include_prompt=False``); None: pool the kept
+      tokens as a text of their own.
     """
 
     name: str
@@ -77,11 +105,19 @@ class StrategySpec:
     description: str = ""
     function: Any = None
     factory: Any = None
-    width: Callable[..., int] = same_width
+    width: Callable[..., int] | str = same_width
     st_mode: str | None = None
     st_flag: str | None = None
     token_weights: Any = None
     origin: str = "built-in"
+    window_merge: WindowMerge = MERGED_SEQUENCE
+    needs_all_layers: bool = False
+    in_default_comparison: bool = False
+    prompt_excluded: Any = None
+
+    def __post_init__(self) -> None:
+        if self.window_merge not in _WINDOW_MERGES:
+            raise SeqpoolError(f"window_merge must be one of {', '.join(_WINDOW_MERGES)}, got {self.window_merge!r}")
 
     @property
     def fn(self) -> Callable[..., Any]:
@@ -99,11 +135,15 @@ class StrategySpec:
 
     def output_dim(self, dim: int, **kwargs: Any) -> int:
         """Width of the pooled vector for ``dim``-wide token states."""
-        return int(self.width(dim, **kwargs))
+        return int(_resolve(self.width)(dim, **kwargs))
 
     def weights_fn(self) -> Callable[..., Any] | None:
         """The exact token-weight function for ``explain`` (None: no exact decomposition)."""
         return _resolve(self.token_weights)
+
+    def prompt_excluded_fn(self) -> Callable[..., Any] | None:
+        """The function that pools with a prompt left out but positions kept (None: none needed)."""
+        return _resolve(self.prompt_excluded)
 
     @property
     def is_builtin(self) -> bool:
@@ -118,76 +158,73 @@ def _check_name(name: Any) -> str:
     return name
 
 
-def _builtin(name: str, kind: Kind, description: str, ref: str, weights: str | None = None,
-             st: tuple[str, str] | None = None, width: Callable[..., int] = same_width) -> StrategySpec:
-    module = "seqpool.pooling" if kind == PARAMETER_FREE else "seqpool.layers"
+_FUNCTIONAL = "seqpool.pooling.functional"
+_MOMENTS = "seqpool.pooling.moments"
+
+
+def _builtin(name: str, kind: Kind, description: str, ref: str, *, weights: str | None = None,
+             st: tuple[str, str] | None = None, width: Callable[..., int] | str = same_width,
+             **facts: Any) -> StrategySpec:
+    """One built-in record: ``ref`` (``"module:attribute"``) is its function (parameter-free) or
+    module factory (learned); ``facts`` are the record's remaining fields."""
     return StrategySpec(
-        name, kind, description, function=f"{module}:{ref}" if kind == PARAMETER_FREE else None,
-        factory=f"{module}:{ref}" if kind == LEARNED else None, width=width,
-        st_mode=st[0] if st else None, st_flag=st[1] if st else None,
-        token_weights=f"{module}:{weights}" if weights else None)
+        _check_name(name), kind, description, function=ref if kind == PARAMETER_FREE else None,
+        factory=ref if kind == LEARNED else None, width=width, st_mode=st[0] if st else None,
+        st_flag=st[1] if st else None, token_weights=weights, **facts)
 
 
-_BUILTINS: dict[str, StrategySpec] = {_check_name(spec.name): spec for spec in (
-    _builtin("mean", PARAMETER_FREE, "average of the real tokens", "masked_mean", "mean_token_weights",
-             ("mean", "pooling_mode_mean_tokens")),
-    _builtin("max", PARAMETER_FREE, "channel-wise maximum over the real tokens", "masked_max", "max_token_weights",
-             ("max", "pooling_mode_max_tokens")),
-    _builtin("cls", PARAMETER_FREE, "the first real token ([CLS] of BERT-style encoders)", "first_token",
-             "first_token_weights", ("cls", "pooling_mode_cls_token")),
-    _builtin("last", PARAMETER_FREE, "the last real token (the summary state of causal decoders)", "last_token",
-             "last_token_weights", ("lasttoken", "pooling_mode_lasttoken")),
+#: Every strategy seqpool ships, in listing order. The classic ones (``in_default_comparison``)
+#: come first: the default ``evaluate`` run and the ``STRATEGIES`` / ``LEARNED_STRATEGIES``
+#: constants (all exportable to sentence-transformers or learned on the encoder's own layer).
+#: The operators after them are usable by name everywhere; exact explain weights exist for
+#: latent_attention only among them: power means (p != 1), standard deviations and GeM are not
+#: linear in the tokens, and scalar_mix mixes layers explain never sees.
+_BUILTINS: dict[str, StrategySpec] = {spec.name: spec for spec in (
+    _builtin("mean", PARAMETER_FREE, "average of the real tokens", f"{_FUNCTIONAL}:masked_mean",
+             weights=f"{_FUNCTIONAL}:mean_token_weights", st=("mean", "pooling_mode_mean_tokens"),
+             in_default_comparison=True),
+    _builtin("max", PARAMETER_FREE, "channel-wise maximum over the real tokens", f"{_FUNCTIONAL}:masked_max",
+             weights=f"{_FUNCTIONAL}:max_token_weights", st=("max", "pooling_mode_max_tokens"),
+             window_merge=EVERY_WINDOW_STATE, in_default_comparison=True),
+    _builtin("cls", PARAMETER_FREE, "the first real token ([CLS] of BERT-style encoders)", f"{_FUNCTIONAL}:first_token",
+             weights=f"{_FUNCTIONAL}:first_token_weights", st=("cls", "pooling_mode_cls_token"),
+             in_default_comparison=True),
+    _builtin("last", PARAMETER_FREE, "the last real token (the summary state of causal decoders)",
+             f"{_FUNCTIONAL}:last_token", weights=f"{_FUNCTIONAL}:last_token_weights",
+             st=("lasttoken", "pooling_mode_lasttoken"), in_default_comparison=True),
     _builtin("mean_sqrt_len", PARAMETER_FREE, "sum of the real tokens divided by sqrt(length)",
-             "masked_mean_sqrt_len", "mean_sqrt_len_token_weights",
-             ("mean_sqrt_len_tokens", "pooling_mode_mean_sqrt_len_tokens")),
+             f"{_FUNCTIONAL}:masked_mean_sqrt_len", weights=f"{_FUNCTIONAL}:mean_sqrt_len_token_weights",
+             st=("mean_sqrt_len_tokens", "pooling_mode_mean_sqrt_len_tokens"), in_default_comparison=True),
     _builtin("weighted_mean", PARAMETER_FREE, "position-weighted mean: the k-th real token weighs k (SGPT)",
-             "masked_weighted_mean", "weighted_mean_token_weights",
-             ("weightedmean", "pooling_mode_weightedmean_tokens")),
+             f"{_FUNCTIONAL}:masked_weighted_mean", weights=f"{_FUNCTIONAL}:weighted_mean_token_weights",
+             st=("weightedmean", "pooling_mode_weightedmean_tokens"), in_default_comparison=True,
+             prompt_excluded=f"{_FUNCTIONAL}:masked_weighted_mean_keeping_positions"),
     _builtin("attention", LEARNED, "learned softmax attention over the real tokens; width heads * dim",
-             "AttentionPooling", "attention_token_weights", width=attention_width),
-    _builtin("se_mean", LEARNED, "squeeze-and-excitation channel gates, then the mean", "SqueezeExcitationMean",
-             "se_mean_token_weights"),
-)}
-
-def double_width(dim: int, **_: Any) -> int:
-    """Mean ⊕ standard deviation: ``2 * dim``."""
-    return 2 * dim
-
-
-def latent_attention_width(dim: int, num_queries: int = 4, mode: str = "mean", **_: Any) -> int:
-    """Latent attention averages its queries (``dim``) or concatenates them (``num_queries * dim``)."""
-    return dim if mode == "mean" else num_queries * dim
-
-
-def scalar_mix_width(dim: int, num_layers: int = 1, **_: Any) -> int:
-    """``scalar_mix`` pools states that hold every layer side by side (``num_layers * D`` wide) to ``D``."""
-    return dim // num_layers
-
-
-def _operator(name: str, kind: Kind, description: str, ref: str, weights: str | None = None,
-              width: Callable[..., int] = same_width) -> StrategySpec:
-    return StrategySpec(name, kind, description, function=ref if kind == PARAMETER_FREE else None,
-                        factory=ref if kind == LEARNED else None, width=width, token_weights=weights)
-
-
-#: Built-in operators beyond the classic sentence-transformers set: listed, usable by name
-#: everywhere, but not in the ``STRATEGIES`` / ``LEARNED_STRATEGIES`` constants, which keep
-#: meaning "the classic ones" (all ``dim`` wide, exportable to sentence-transformers).
-#: Exact explain weights exist for latent_attention only: power means (p != 1), standard
-#: deviations and GeM are not linear in the tokens, and scalar_mix mixes layers explain never sees.
-_OPERATORS: dict[str, StrategySpec] = {_check_name(spec.name): spec for spec in (
-    _operator("mean_std", PARAMETER_FREE, "statistics pooling: mean ⊕ standard deviation of the real tokens; "
-              "width 2 * dim", "seqpool.moments:masked_mean_std", width=double_width),
-    _operator("power_mean", PARAMETER_FREE, "signed power mean with p = 3 (Rücklé et al.); any p >= 1 as "
-              "pP: p2, p2.5, p7 (p1 = mean)", "seqpool.moments:masked_power_mean"),
-    _operator("gem", LEARNED, "GeM: signed power mean with a learned p (Radenović et al.)", "seqpool.gem:GeMPooling"),
-    _operator("attentive_stats", LEARNED, "attentive statistics: attention-weighted mean ⊕ std (Okabe et al.; "
-              "ECAPA); width 2 * dim", "seqpool.attentive_stats:AttentiveStatisticsPooling", width=double_width),
-    _operator("latent_attention", LEARNED, "k learned queries attend to the real tokens (Set Transformer PMA, "
-              "NV-Embed); width dim, or k * dim with mode='concat'", "seqpool.latent_attention:LatentAttentionPooling",
-              "seqpool.latent_attention:latent_attention_token_weights", width=latent_attention_width),
-    _operator("scalar_mix", LEARNED, "softmax-weighted mix of every hidden layer (ELMo), then the mean",
-              "seqpool.scalar_mix:scalar_mix_pooler", width=scalar_mix_width),
+             "seqpool.pooling.attention:AttentionPooling",
+             weights="seqpool.pooling.attention:attention_token_weights",
+             width="seqpool.pooling.attention:AttentionPooling.output_width", in_default_comparison=True),
+    _builtin("se_mean", LEARNED, "squeeze-and-excitation channel gates, then the mean",
+             "seqpool.pooling.squeeze_excitation:SqueezeExcitationMean",
+             weights="seqpool.pooling.squeeze_excitation:se_mean_token_weights",
+             width="seqpool.pooling.squeeze_excitation:SqueezeExcitationMean.output_width",
+             in_default_comparison=True),
+    _builtin("mean_std", PARAMETER_FREE, "statistics pooling: mean ⊕ standard deviation of the real tokens; "
+             "width 2 * dim", f"{_MOMENTS}:masked_mean_std", width=f"{_MOMENTS}:mean_std_width"),
+    _builtin("power_mean", PARAMETER_FREE, "signed power mean with p = 3 (Rücklé et al.); any p >= 1 as "
+             "pP: p2, p2.5, p7 (p1 = mean)", f"{_MOMENTS}:masked_power_mean"),
+    _builtin("gem", LEARNED, "GeM: signed power mean with a learned p (Radenović et al.)",
+             "seqpool.pooling.gem:GeMPooling", width="seqpool.pooling.gem:GeMPooling.output_width"),
+    _builtin("attentive_stats", LEARNED, "attentive statistics: attention-weighted mean ⊕ std (Okabe et al.; "
+             "ECAPA); width 2 * dim", "seqpool.pooling.attentive_stats:AttentiveStatisticsPooling",
+             width="seqpool.pooling.attentive_stats:AttentiveStatisticsPooling.output_width"),
+    _builtin("latent_attention", LEARNED, "k learned queries attend to the real tokens (Set Transformer PMA, "
+             "NV-Embed); width dim, or k * dim with mode='concat'",
+             "seqpool.pooling.latent_attention:LatentAttentionPooling",
+             weights="seqpool.pooling.latent_attention:latent_attention_token_weights",
+             width="seqpool.pooling.latent_attention:LatentAttentionPooling.output_width"),
+    _builtin("scalar_mix", LEARNED, "softmax-weighted mix of every hidden layer (ELMo), then the mean",
+             "seqpool.pooling.scalar_mix:scalar_mix_pooler",
+             width="seqpool.pooling.scalar_mix:ScalarMixPooling.output_width", needs_all_layers=True),
 )}
 
 
@@ -210,7 +247,7 @@ def _plugin_entry_points() -> dict[str, Any]:
 
 def _known() -> dict[str, StrategySpec]:
     """Every strategy available without importing a plugin, in listing order."""
-    return {**_BUILTINS, **_OPERATORS, **_USER}
+    return {**_BUILTINS, **_USER}
 
 
 def find_strategy(name: str) -> StrategySpec | None:
@@ -279,8 +316,16 @@ def _by_kind(specs: Any) -> list[StrategySpec]:
 
 
 def builtin_names(kind: Kind | None = None) -> tuple[str, ...]:
-    """The strategies seqpool ships, in their documented order (what the constants hold)."""
-    return tuple(s.name for s in _by_kind(_BUILTINS.values()) if kind is None or s.kind == kind)
+    """The classic strategies seqpool ships (``in_default_comparison``), in their documented order:
+    what the ``STRATEGIES`` / ``LEARNED_STRATEGIES`` constants and the default comparison hold."""
+    return tuple(s.name for s in _by_kind(_BUILTINS.values())
+                 if s.in_default_comparison and (kind is None or s.kind == kind))
+
+
+def default_comparison() -> tuple[str, ...]:
+    """The strategies ``evaluate`` compares when none are named: the built-in records that declare
+    ``in_default_comparison``, parameter-free first."""
+    return builtin_names()
 
 
 def list_strategies(*, warn: bool = True) -> list[StrategySpec]:
@@ -348,8 +393,7 @@ def register_strategy(name: str, fn: Callable[..., Any], *, description: str = "
     if not isinstance(description, str):
         raise SeqpoolError(f"description must be a string, got {type(description).__name__}")
     if not replace and name in _known():
-        where = "a built-in strategy" if name in {**_BUILTINS, **_OPERATORS} and name not in _USER \
-            else "already registered"
+        where = "a built-in strategy" if name in _BUILTINS and name not in _USER else "already registered"
         raise SeqpoolError(f"strategy {name!r} is {where}; pass replace=True to replace it, or choose another name")
     spec = StrategySpec(name, PARAMETER_FREE, description or _first_doc_line(fn), function=fn,
                         width=_width_function(output_dim), origin="user")

@@ -9,8 +9,8 @@ import torch
 from seqpool.errors import SeqpoolError
 from seqpool.explain import pooling_weights
 from seqpool.expressions import Term, parse_strategy
-from seqpool.layers import Pooler
-from seqpool.moments import masked_mean_std, masked_power_mean
+from seqpool.pooling.pooler import Pooler
+from seqpool.pooling.moments import masked_mean_std, masked_power_mean
 from seqpool.pooling import STRATEGIES, first_token, masked_max, masked_mean, pool, pool_many
 from seqpool.registry import get_strategy, register_strategy, strategy_names, unregister_strategy
 

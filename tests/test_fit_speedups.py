@@ -18,10 +18,11 @@ import torch
 from seqpool import classifier
 from seqpool.classifier import PooledClassifier, _standardized_copy, length_bucketed_batches
 from seqpool.evaluation.logistic import fit_logistic_problems, set_statistics
-from seqpool.layers import Pooler, SqueezeExcitationMean
 from seqpool.errors import SeqpoolError
 from seqpool.pooling import masked_mean
-from seqpool.scalar_mix import ScalarMixPooling
+from seqpool.pooling.pooler import Pooler
+from seqpool.pooling.scalar_mix import ScalarMixPooling
+from seqpool.pooling.squeeze_excitation import SqueezeExcitationMean
 from seqpool.states import TokenStates
 
 

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from test_pooling import garbage, ragged_batches
 from torch import Tensor, nn
 
-from seqpool.attentive_stats import AttentiveStatisticsPooling
 from seqpool.errors import SeqpoolError
-from seqpool.gem import GeMPooling
-from seqpool.latent_attention import LatentAttentionPooling, latent_attention_token_weights
-from seqpool.moments import masked_power_mean
-from seqpool.scalar_mix import ScalarMix, ScalarMixPooling
+from seqpool.pooling.attentive_stats import AttentiveStatisticsPooling
+from seqpool.pooling.gem import GeMPooling
+from seqpool.pooling.latent_attention import LatentAttentionPooling, latent_attention_token_weights
+from seqpool.pooling.moments import masked_power_mean
+from seqpool.pooling.scalar_mix import ScalarMix, ScalarMixPooling
 
 PROPERTY = settings(max_examples=12, deadline=None)
 

@@ -1,4 +1,4 @@
-"""Power means and statistics pooling (seqpool.moments): properties and loop references.
+"""Power means and statistics pooling (seqpool.pooling.moments): properties and loop references.
 
 The random padding layouts come from test_pooling's hypothesis strategies; the references
 here are written as plain Python loops over each row's real tokens, in float64.
@@ -17,7 +17,7 @@ from test_pooling import garbage, holey_batches, ragged_batches
 from torch import Tensor
 
 from seqpool.errors import SeqpoolError
-from seqpool.moments import masked_mean_std, masked_power_mean, masked_softmax, safe_sqrt, weighted_mean_std
+from seqpool.pooling.moments import masked_mean_std, masked_power_mean, masked_softmax, safe_sqrt, weighted_mean_std
 from seqpool.pooling import masked_max, masked_mean
 
 PROPERTY = settings(max_examples=25, deadline=None)

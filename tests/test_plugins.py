@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from seqpool import registry
 from seqpool.cli import main
 from seqpool.errors import SeqpoolError
-from seqpool.layers import Pooler
+from seqpool.pooling.pooler import Pooler
 from seqpool.pooling import masked_mean, pool
 
 HIDDEN = torch.randn(3, 6, 8, generator=torch.Generator().manual_seed(0))

@@ -15,7 +15,7 @@ import seqpool
 from seqpool import registry
 from seqpool.errors import SeqpoolError
 from seqpool.explain import pooling_weights
-from seqpool.layers import LEARNED_STRATEGIES, POOLER_STRATEGIES, Pooler
+from seqpool.pooling.pooler import LEARNED_STRATEGIES, POOLER_STRATEGIES, Pooler
 from seqpool.pooling import STRATEGIES, check_strategy, masked_mean, pool, pool_many
 from seqpool.registry import get_strategy, register_strategy, strategy_names, unregister_strategy
 

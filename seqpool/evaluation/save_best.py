@@ -27,10 +27,11 @@ import numpy as np
 
 from seqpool.evaluation.settings import EvaluationSettings, derive_seed, parameter_error
 from seqpool.io.ownership import FOLDER_MARKER, make_working_folder, owned_by_seqpool, remove_working_folder
+from seqpool.registry import get_strategy
 
-#: Everything a saved winner's folder holds; a folder with anything else is not replaced.
 #: What a save-best folder holds: serialization's config.json + model.safetensors (named here, so
-#: checking options never imports torch through serialization) and the run marker.
+#: checking options never imports torch through serialization) and the run marker; a folder
+#: with anything else is not replaced.
 SAVED_FILES = frozenset({"config.json", "model.safetensors", FOLDER_MARKER})
 _MARKED_AS = "evaluate --save-best"
 
@@ -84,13 +85,15 @@ class WinnerInput:
 def winner_input(strategy: str, plan: Any, encoder_layers: Sequence[int]) -> WinnerInput:
     """How ``strategy`` of a :class:`~seqpool.layer_plan.LayerPlan` is saved, or a SeqpoolError
     naming save_best when one classifier over one encoder layer (or average) cannot hold it:
-    a concatenation of terms on different layers, or ``scalar_mix`` (every layer side by side)."""
+    a concatenation of terms on different layers, or a strategy that needs every layer side by side
+    (``scalar_mix``)."""
     terms = plan.terms[strategy]
     names, blocks = [name for name, _ in terms], {index for _, index in terms}
-    if "scalar_mix" in names or len(blocks) != 1:
+    every_layer = any(get_strategy(name).needs_all_layers for name in names)
+    if every_layer or len(blocks) != 1:
         raise parameter_error(f"save_best cannot save the strategy {strategy!r}: a saved classifier pools the "
                               f"states of one encoder layer (or one average of layers), and this one pools "
-                              f"{'every layer' if 'scalar_mix' in names else 'several'}; leave it out of "
+                              f"{'every layer' if every_layer else 'several'}; leave it out of "
                               f"strategies or drop save_best", "save_best", "strategies")
     (index,) = blocks
     if plan.blocks is None:

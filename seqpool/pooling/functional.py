@@ -16,13 +16,12 @@ Conventions (see ``shared/design.md``):
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from seqpool.errors import SeqpoolError
-from seqpool.registry import PARAMETER_FREE, builtin_names, get_strategy, strategy_names
 
 PoolFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -115,6 +114,18 @@ def masked_weighted_mean(hidden_states: Tensor, attention_mask: Tensor | None = 
     return (total / weights.sum(dim=1).clamp(min=1.0)).to(hidden_states.dtype)
 
 
+def masked_weighted_mean_keeping_positions(hidden_states: Tensor, attention_mask: Tensor | None,
+                                           kept: Tensor) -> Tensor:
+    """:func:`masked_weighted_mean` over the ``kept`` tokens only, each weighing its position among
+    *all* real tokens of ``attention_mask``: what sentence-transformers computes when a prompt is
+    left out of the pool (``include_prompt=False``), so the first kept token does not restart at 1."""
+    full = normalize_mask(hidden_states, attention_mask)
+    kept = full & normalize_mask(hidden_states, kept)
+    weights = (full.cumsum(dim=1) * kept).to(torch.float32).unsqueeze(-1)
+    total = (upcast(hidden_states).masked_fill(~kept.unsqueeze(-1), 0.0) * weights).sum(dim=1)
+    return (total / weights.sum(dim=1).clamp(min=1.0)).to(hidden_states.dtype)
+
+
 def masked_max(hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """Channel-wise max over real tokens; padding never wins, empty rows give zeros.
 
@@ -166,7 +177,7 @@ def last_token(hidden_states: Tensor, attention_mask: Tensor | None = None) -> T
 # -- exact token weights (what ``explain`` decomposes a pooled vector into) ----------------------
 # Each gives (B, T) weights w with pooled[:, k] == sum_t w[:, t] * states[:, t, k] (or (B, T, D)
 # weights, one per channel); padded positions get 0. ``module`` is unused here: the learned
-# strategies' weight functions in layers.py take their module.
+# strategies' weight functions (next to their modules in this package) take their module.
 
 
 def _real_and_count(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -217,45 +228,3 @@ def max_token_weights(hidden_states: Tensor, attention_mask: Tensor | None = Non
     winners = hidden_states.float().masked_fill(~mask.unsqueeze(-1), float("-inf")).argmax(dim=1)  # (B, D)
     weights = torch.zeros(batch, tokens, dim, device=hidden_states.device).scatter_(1, winners.unsqueeze(1), 1.0)
     return weights * mask.any(dim=1).float()[:, None, None]
-
-
-# -- the strategies by name: views of seqpool.registry ------------------------------------------
-
-#: The built-in parameter-free strategies accepted by :func:`pool` (registered and plugin
-#: strategies come on top: ``seqpool.registry.strategy_names("parameter-free")``).
-STRATEGIES: tuple[str, ...] = builtin_names(PARAMETER_FREE)
-
-
-def __getattr__(name: str) -> object:
-    # POOLING_FUNCTIONS stays importable for old code: a name -> function snapshot of the registry.
-    if name == "POOLING_FUNCTIONS":
-        return {n: get_strategy(n).fn for n in strategy_names(PARAMETER_FREE, plugins=False)}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def check_strategy(strategy: str, valid: Sequence[str] | None = None) -> str:
-    """Return ``strategy`` if it is a parameter-free strategy (or in ``valid``, when given), else
-    raise a SeqpoolError listing the valid names."""
-    if valid is None:
-        get_strategy(strategy, PARAMETER_FREE)
-    elif strategy not in valid:
-        raise SeqpoolError(f"unknown pooling strategy {strategy!r}; choose one of: {', '.join(valid)}")
-    return strategy
-
-
-def pool(hidden_states: Tensor, attention_mask: Tensor | None = None, strategy: str = "mean") -> Tensor:
-    """Pool (B, T, D) token states into (B, D') with a parameter-free strategy.
-
-    >>> h = torch.randn(2, 5, 8); m = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]])
-    >>> pool(h, m, "last").shape
-    torch.Size([2, 8])
-    """
-    return get_strategy(strategy, PARAMETER_FREE).fn(hidden_states, attention_mask)
-
-
-def pool_many(
-    hidden_states: Tensor, attention_mask: Tensor | None, strategies: Sequence[str]
-) -> dict[str, Tensor]:
-    """Several strategies from the same states (one encoder pass feeds them all)."""
-    functions = {strategy: get_strategy(strategy, PARAMETER_FREE).fn for strategy in strategies}
-    return {strategy: function(hidden_states, attention_mask) for strategy, function in functions.items()}

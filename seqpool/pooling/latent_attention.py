@@ -14,22 +14,20 @@ pooled vector splits *exactly* into per-token contributions for ``explain``.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
-from seqpool.moments import masked_softmax
-from seqpool.pooling import fill_padding, normalize_mask, upcast
-from seqpool.serialization import load_configured, save_module
+from seqpool.pooling.base import PoolerBase
+from seqpool.pooling.functional import fill_padding, upcast
+from seqpool.pooling.moments import masked_softmax
 
 MODES = ("mean", "concat")
 
 
-class LatentAttentionPooling(nn.Module):
+class LatentAttentionPooling(PoolerBase):
     """``num_queries`` learned queries attend over real tokens: (B, T, D) -> (B, D) or (B, k*D).
 
     Scores are scaled dot products ``q . (W_k x_t + b_k) / sqrt(key_dim)``; values are the
@@ -38,7 +36,9 @@ class LatentAttentionPooling(nn.Module):
     real token give zeros.
     """
 
-    #: ``forward(..., return_weights=True)`` also returns the attention weights.
+    config_args = ("dim", "num_queries", "mode", "key_dim", "dropout")
+    config_attributes = {"dropout": "dropout_rate"}
+    repr_args = ("dim", "num_queries", "mode", "key_dim")
     returns_weights = True
 
     def __init__(self, dim: int, num_queries: int = 4, mode: str = "mean", key_dim: int | None = None,
@@ -60,17 +60,12 @@ class LatentAttentionPooling(nn.Module):
         self.queries = nn.Parameter(torch.randn(num_queries, self.key_dim) / math.sqrt(self.key_dim))
         self.dropout = nn.Dropout(dropout)
 
-    @property
-    def output_dim(self) -> int:
-        return self.dim if self.mode == "mean" else self.num_queries * self.dim
+    @staticmethod
+    def output_width(dim: int, num_queries: int = 4, mode: str = "mean", **_: Any) -> int:
+        """The queries are averaged (``dim``) or concatenated (``num_queries * dim``)."""
+        return dim if mode == "mean" else num_queries * dim
 
     def _states(self, hidden_states: Tensor, mask: Tensor) -> Tensor:
-        width = hidden_states.shape[-1]
-        if width != self.dim:
-            raise SeqpoolError(
-                f"hidden_states have width {width} but this LatentAttentionPooling was built for dim={self.dim}; "
-                f"use states from the encoder it was trained on, or build a new one with dim={width}"
-            )
         dtype = torch.promote_types(upcast(hidden_states).dtype, self.queries.dtype)
         return fill_padding(hidden_states.to(dtype), mask)
 
@@ -82,38 +77,20 @@ class LatentAttentionPooling(nn.Module):
 
     def attention_weights(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """(B, k, T) weights of each query; each sums to 1 over real tokens (0 if none)."""
-        mask = normalize_mask(hidden_states, attention_mask)
+        mask = self.checked_mask(hidden_states, attention_mask)
         return self._weights(self._states(hidden_states, mask), mask).transpose(1, 2)
 
     def forward(
         self, hidden_states: Tensor, attention_mask: Tensor | None = None, return_weights: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Pool to (B, output_dim); with ``return_weights`` also return the (B, k, T) weights."""
-        mask = normalize_mask(hidden_states, attention_mask)
+        mask = self.checked_mask(hidden_states, attention_mask)
         states = self._states(hidden_states, mask)
         weights = self._weights(states, mask).transpose(1, 2)  # (B, k, T)
         per_query = torch.einsum("bkt,btd->bkd", self.dropout(weights), states)
         pooled = per_query.mean(dim=1) if self.mode == "mean" else per_query.flatten(1)
         pooled = pooled.to(hidden_states.dtype)
         return (pooled, weights) if return_weights else pooled
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {"seqpool_type": "LatentAttentionPooling", "seqpool_version": __version__, "dim": self.dim,
-                "num_queries": self.num_queries, "mode": self.mode, "key_dim": self.key_dim,
-                "dropout": self.dropout_rate}
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
-        save_module(self, self.config, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "LatentAttentionPooling":
-        """Rebuild a module saved by :meth:`save_pretrained`, in eval mode."""
-        return load_configured(cls, directory)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_queries={self.num_queries}, mode={self.mode!r}, key_dim={self.key_dim}"
 
 
 def latent_attention_token_weights(hidden_states: Tensor, attention_mask: Tensor | None,

@@ -12,16 +12,16 @@ parameter-free strategy, which is the learned ``scalar_mix`` strategy.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
-from seqpool.pooling import STRATEGIES, check_strategy, normalize_mask, pool, upcast
-from seqpool.serialization import load_configured, save_module
+from seqpool.pooling import STRATEGIES, check_strategy, pool
+from seqpool.pooling.base import PoolerBase
+from seqpool.pooling.functional import masked_mean, normalize_mask, upcast
+from seqpool.registry import get_strategy
 
 
 def stack_layers(layers: Tensor | Sequence[Tensor], num_layers: int) -> Tensor:
@@ -52,12 +52,16 @@ def stack_layers(layers: Tensor | Sequence[Tensor], num_layers: int) -> Tensor:
     return layers
 
 
-class ScalarMix(nn.Module):
+class ScalarMix(PoolerBase):
     """``gamma * sum_l softmax(w)_l * layers[l]``: (L, B, T, D) or a list of L (B, T, D) -> (B, T, D).
 
     With an ``attention_mask`` padded positions are zeroed in every layer before mixing (a
     select, so NaN there cannot reach the weights' gradient) and come out as zero.
     """
+
+    config_args = ("num_layers", "gamma", "learn_gamma")
+    config_attributes = {"gamma": "gamma_init"}  # ``self.gamma`` is the learned scale itself
+    repr_args = ("num_layers", "learn_gamma")
 
     def __init__(self, num_layers: int, gamma: float = 1.0, learn_gamma: bool = True):
         super().__init__()
@@ -90,24 +94,13 @@ class ScalarMix(nn.Module):
         stacked = stack_layers(layers, self.num_layers)
         return self.mixed(stacked, attention_mask).to(stacked.dtype)
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return {"seqpool_type": "ScalarMix", "seqpool_version": __version__, "num_layers": self.num_layers,
-                "gamma": self.gamma_init, "learn_gamma": self.learn_gamma}
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        save_module(self, self.config, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "ScalarMix":
-        return load_configured(cls, directory)
-
-    def extra_repr(self) -> str:
-        return f"num_layers={self.num_layers}, learn_gamma={self.learn_gamma}"
-
-
-class ScalarMixPooling(nn.Module):
+class ScalarMixPooling(PoolerBase):
     """A :class:`ScalarMix` of all layers, then a parameter-free pooling: (L, B, T, D) -> (B, D)."""
+
+    config_args = ("num_layers", "strategy", "gamma", "learn_gamma")
+    config_attributes = {"gamma": "mix.gamma_init", "learn_gamma": "mix.learn_gamma"}
+    repr_args = ("num_layers", "strategy")
 
     def __init__(self, num_layers: int, strategy: str = "mean", gamma: float = 1.0, learn_gamma: bool = True):
         super().__init__()
@@ -118,6 +111,11 @@ class ScalarMixPooling(nn.Module):
     def num_layers(self) -> int:
         return self.mix.num_layers
 
+    @staticmethod
+    def output_width(dim: int, num_layers: int = 1, **_: Any) -> int:
+        """The states hold every layer side by side (``dim = num_layers * D`` wide); the pool is ``D`` wide."""
+        return dim // num_layers
+
     def forward(self, layers: Tensor | Sequence[Tensor], attention_mask: Tensor | None = None) -> Tensor:
         stacked = stack_layers(layers, self.num_layers)
         mask = normalize_mask(stacked[0], attention_mask)
@@ -126,9 +124,10 @@ class ScalarMixPooling(nn.Module):
 
     @property
     def pools_from_mean(self) -> bool:
-        """With ``mean`` the mix commutes with the pooling (both are linear): mixing each
-        layer's mean gives the mean of the mix, so a trainer may pool each text once."""
-        return self.strategy == "mean"
+        """When the pooling is the masked mean, the mix commutes with it (both are linear): mixing
+        each layer's mean gives the mean of the mix, so a trainer may pool each text once. Asked
+        of the strategy's function, not its name, so a replaced ``mean`` is not taken for it."""
+        return get_strategy(self.strategy).fn is masked_mean
 
     def from_mean(self, mean: Tensor) -> Tensor:
         """(B, D) pooled vectors from the (B, L * D) masked means of the layers side by side."""
@@ -137,21 +136,6 @@ class ScalarMixPooling(nn.Module):
         layers = mean.reshape(mean.shape[0], self.num_layers, -1)
         weights = (self.mix.layer_weights() * self.mix.gamma).to(layers.dtype)
         return torch.einsum("l,bld->bd", weights, layers)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {"seqpool_type": "ScalarMixPooling", "seqpool_version": __version__, "num_layers": self.num_layers,
-                "strategy": self.strategy, "gamma": self.mix.gamma_init, "learn_gamma": self.mix.learn_gamma}
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        save_module(self, self.config, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "ScalarMixPooling":
-        return load_configured(cls, directory)
-
-    def extra_repr(self) -> str:
-        return f"num_layers={self.num_layers}, strategy={self.strategy!r}"
 
 
 def scalar_mix_pooler(dim: int, num_layers: int | None = None, strategy: str = "mean", gamma: float = 1.0,

@@ -1,6 +1,6 @@
 """Attentive statistics pooling (Okabe et al., 2018; ECAPA-TDNN's variant in speechbrain).
 
-Statistics pooling (:func:`seqpool.moments.masked_mean_std`) weighs every token equally.
+Statistics pooling (:func:`seqpool.pooling.moments.masked_mean_std`) weighs every token equally.
 Attentive statistics pooling learns a softmax weight per token -- per channel in ECAPA --
 and returns the attention-weighted mean ⊕ the attention-weighted standard deviation, so a
 classifier sees both what the important tokens say and how much they disagree.
@@ -14,20 +14,18 @@ standard deviation of a single token is exactly 0 (speechbrain clamps the varian
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
-from seqpool.moments import masked_mean_std, masked_softmax, weighted_mean_std
-from seqpool.pooling import fill_padding, normalize_mask, upcast
-from seqpool.serialization import load_configured, save_module
+from seqpool.pooling.base import PoolerBase
+from seqpool.pooling.functional import fill_padding, upcast
+from seqpool.pooling.moments import masked_mean_std, masked_softmax, weighted_mean_std
 
 
-class AttentiveStatisticsPooling(nn.Module):
+class AttentiveStatisticsPooling(PoolerBase):
     """Masked attentive statistics pooling: (B, T, D) -> (B, 2D) = weighted mean ⊕ weighted std.
 
     ``channelwise=True`` (ECAPA) learns a separate softmax over tokens for every channel;
@@ -36,7 +34,7 @@ class AttentiveStatisticsPooling(nn.Module):
     unweighted mean and std, so a token's weight can depend on the whole text.
     """
 
-    #: ``forward(..., return_weights=True)`` also returns the attention weights.
+    config_args = ("dim", "attention_dim", "channelwise", "global_context")
     returns_weights = True
 
     def __init__(self, dim: int, attention_dim: int = 128, channelwise: bool = True, global_context: bool = True):
@@ -52,24 +50,19 @@ class AttentiveStatisticsPooling(nn.Module):
         self.score = nn.Sequential(nn.Linear(scorer_input, attention_dim), nn.Tanh(),
                                    nn.Linear(attention_dim, dim if channelwise else 1))
 
-    @property
-    def output_dim(self) -> int:
-        return 2 * self.dim
+    @staticmethod
+    def output_width(dim: int, **_: Any) -> int:
+        """Weighted mean ⊕ weighted standard deviation: ``2 * dim``."""
+        return 2 * dim
 
     def _states(self, hidden_states: Tensor, mask: Tensor) -> Tensor:
         """The states with padding zeroed, in the dtype the math runs in (float32 at least)."""
-        width = hidden_states.shape[-1]
-        if width != self.dim:
-            raise SeqpoolError(
-                f"hidden_states have width {width} but this AttentiveStatisticsPooling was built for "
-                f"dim={self.dim}; use states from the encoder it was trained on, or build a new one with dim={width}"
-            )
         dtype = torch.promote_types(upcast(hidden_states).dtype, self.score[0].weight.dtype)
         return fill_padding(hidden_states.to(dtype), mask)
 
     def attention_weights(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """(B, C, T) weights, C = dim (channelwise) or 1; each sums to 1 over real tokens (0 if none)."""
-        mask = normalize_mask(hidden_states, attention_mask)
+        mask = self.checked_mask(hidden_states, attention_mask)
         return self._weights(self._states(hidden_states, mask), mask).transpose(1, 2)
 
     def _weights(self, states: Tensor, mask: Tensor) -> Tensor:
@@ -85,28 +78,9 @@ class AttentiveStatisticsPooling(nn.Module):
         self, hidden_states: Tensor, attention_mask: Tensor | None = None, return_weights: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Pool to (B, 2*dim); with ``return_weights`` also return the (B, C, T) weights."""
-        mask = normalize_mask(hidden_states, attention_mask)
+        mask = self.checked_mask(hidden_states, attention_mask)
         states = self._states(hidden_states, mask)
         weights = self._weights(states, mask)
         mean, std = weighted_mean_std(states, mask, weights)
         pooled = torch.cat([mean, std], dim=-1).to(hidden_states.dtype)
         return (pooled, weights.transpose(1, 2)) if return_weights else pooled
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {"seqpool_type": "AttentiveStatisticsPooling", "seqpool_version": __version__, "dim": self.dim,
-                "attention_dim": self.attention_dim, "channelwise": self.channelwise,
-                "global_context": self.global_context}
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
-        save_module(self, self.config, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "AttentiveStatisticsPooling":
-        """Rebuild a module saved by :meth:`save_pretrained`, in eval mode."""
-        return load_configured(cls, directory)
-
-    def extra_repr(self) -> str:
-        return (f"dim={self.dim}, attention_dim={self.attention_dim}, channelwise={self.channelwise}, "
-                f"global_context={self.global_context}")

@@ -1,6 +1,6 @@
 """Masked moment pooling: power means and mean ⊕ standard deviation, pure functions.
 
-Same conventions as :mod:`seqpool.pooling`: ``hidden_states`` (B, T, D), ``attention_mask``
+Same conventions as :mod:`seqpool.pooling.functional`: ``hidden_states`` (B, T, D), ``attention_mask``
 (B, T; 1 = real token), padding side read from the mask, float32 (or float64) accumulation,
 output in the input dtype, a row without real tokens pools to zeros with zero gradient, and
 padded values are never read arithmetically (NaN/inf there cannot leak).
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from seqpool.errors import SeqpoolError
-from seqpool.pooling import fill_padding, masked_mean, normalize_mask, upcast
+from seqpool.pooling.functional import fill_padding, masked_mean, normalize_mask, upcast
 
 
 def _scale(values: Tensor) -> Tensor:
@@ -72,7 +72,7 @@ def power_mean_of(states: Tensor, mask: Tensor, p: Tensor | float) -> Tensor:
     """The signed power mean of already upcast ``states`` (B, T, D) over ``mask`` (B, T) -> (B, D).
 
     ``p`` may be a float or a tensor broadcastable to (D,) (learnable, as in GeM); callers
-    check ``p >= 1``. Shared by :func:`masked_power_mean` and :class:`seqpool.gem.GeMPooling`.
+    check ``p >= 1``. Shared by :func:`masked_power_mean` and :class:`seqpool.pooling.gem.GeMPooling`.
     """
     if states.shape[1] == 0:
         return states.sum(dim=1)
@@ -114,7 +114,7 @@ def masked_mean_std(hidden_states: Tensor, attention_mask: Tensor | None = None)
     The deviation uses the two-pass formula ``mean((x - mean)^2)`` (no cancellation), divides by
     the number of tokens (a single token has std 0, never NaN: the sample formula would divide
     by zero), and scales each channel by its largest deviation before squaring so half-precision
-    states cannot overflow. The mean half equals :func:`seqpool.pooling.masked_mean` exactly.
+    states cannot overflow. The mean half equals :func:`seqpool.pooling.functional.masked_mean` exactly.
     """
     mask = normalize_mask(hidden_states, attention_mask)
     states = upcast(hidden_states)
@@ -127,6 +127,11 @@ def masked_mean_std(hidden_states: Tensor, attention_mask: Tensor | None = None)
     variance = ((deviation / scale) ** 2).sum(dim=1) / count
     std = safe_sqrt(variance) * scale.squeeze(1)
     return torch.cat([mean, std], dim=-1).to(hidden_states.dtype)
+
+
+def mean_std_width(dim: int, **_: object) -> int:
+    """Width of :func:`masked_mean_std` for ``dim``-wide states (the ``mean_std`` record points here)."""
+    return 2 * dim
 
 
 # ---------------------------------------------------------------- weighted moments (attention)
