@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ from seqpool.long_texts import (
 from seqpool.vector_options import LongTextOptions, window_sizes
 
 Batch = tuple[np.ndarray, Tensor, Tensor]
+#: ``{strategy: float32 (rows, width)}``, or a chunk table's int64 columns
+Vectors = dict[str, np.ndarray]
 #: ``pool(hidden (B, T, W), mask (B, T), exclude) -> {strategy: (B, D')}``; ``exclude`` leading
 #: tokens of every row stay out of the pool (the prompt, with include_prompt=False).
 Pooler = Callable[[Tensor, Tensor, int], dict[str, Tensor]]
@@ -44,14 +46,22 @@ Pooler = Callable[[Tensor, Tensor, int], dict[str, Tensor]]
 
 @dataclass(frozen=True)
 class EncodeStats:
-    """What one ``Encoder.encode`` call did: texts, texts cut at ``max_length``, model inputs run,
-    and which texts (their indices) were cut: an engine that spreads one call's rows over several
-    outputs counts each output's own."""
+    """What one ``Encoder.encode`` call did (``return_stats=True``): texts, texts cut at ``max_length``,
+    model inputs run, and which texts (their indices) were cut: an engine that spreads one call's
+    rows over several outputs counts each output's own."""
 
     texts: int
     truncated: int
     inputs: int
     truncated_rows: tuple[int, ...] = ()
+
+
+class EncodeResult(NamedTuple):
+    """What :func:`encode_texts` gives: the vectors, the chunk table (chunk output only) and the stats."""
+
+    vectors: Vectors
+    chunks: Vectors | None
+    stats: EncodeStats
 
 
 @dataclass
@@ -241,12 +251,12 @@ def strategy_pooler(layers: Any) -> Pooler:
 def encode_texts(encoder: Any, texts: Sequence[str], strategies: Sequence[str] | str | None, batch_size: int | None,
                  normalize: bool | None, progress: Any, prompt: str | None, prompt_name: str | None,
                  include_prompt: bool | None, options: LongTextOptions,
-                 truncate_dim: int | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+                 truncate_dim: int | None) -> EncodeResult:
     """The body of ``Encoder.encode`` / ``encode_chunks``: plan the inputs, run them through the
     encoder (every layer block of the strategies from one pass), assemble rows, apply the model's
     head where it fits (:meth:`Encoder.uses_head`), truncate (Matryoshka) and normalise -- the
-    order sentence-transformers applies them in. Sets ``encoder.last_stats``; a strategy other
-    than the model's trained pooling gives one :class:`~seqpool.errors.PoolingWarning`."""
+    order sentence-transformers applies them in -- and count what was done (:class:`EncodeStats`).
+    A strategy other than the model's trained pooling gives one :class:`~seqpool.errors.PoolingWarning`."""
     from seqpool.pooling import check_strategy
     from seqpool.progress import progress_bar
     from seqpool.prompts import resolve_prompt
@@ -284,5 +294,5 @@ def encode_texts(encoder: Any, texts: Sequence[str], strategies: Sequence[str] |
                     rows_vectors = torch.nn.functional.normalize(rows_vectors, dim=-1)
                 out[strategy][rows] = rows_vectors.numpy()
             bar.update(done)
-    encoder.last_stats = EncodeStats(len(texts), plan.truncated, len(plan.inputs), tuple(plan.truncated_rows))
-    return out, plan.chunk_table() if options.chunk_output else None
+    stats = EncodeStats(len(texts), plan.truncated, len(plan.inputs), tuple(plan.truncated_rows))
+    return EncodeResult(out, plan.chunk_table() if options.chunk_output else None, stats)

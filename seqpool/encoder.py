@@ -8,7 +8,6 @@ batches under a token budget; results are scattered back to input order.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ from seqpool.batching import (  # noqa: F401  (re-exported: seqpool.encoder.pack
     check_texts,
     pack_batches,
 )
+from seqpool.batching import check_flag
 from seqpool.batching import positive as _positive
-from seqpool.encode_plan import EncodeStats, TextPieces, encode_texts
+from seqpool.encode_plan import EncodeStats, TextPieces, Vectors, encode_texts
 from seqpool.errors import SeqpoolError
 from seqpool.layer_plan import LayerKey, LayerPlan, average_layers, plan_layers
 from seqpool.local import SEGMENT_REDUCTIONS, segment_pool, word_segment_ids
@@ -35,9 +35,8 @@ from seqpool.progress import progress_bar
 from seqpool.prompts import prompt_length
 from seqpool.registry import st_pooling_flags, st_pooling_modes
 from seqpool.st_config import sentence_transformers_defaults, strategy_from_st_pooling_config  # noqa: F401
-from seqpool.model_head import ModelHead
-from seqpool.model_loading import load_tokenizer_and_model, lowercase_in_tokenizer, max_length_limit, special_token_ids
-from seqpool.model_reader import ModelSpec, default_model_path, read_model  # noqa: F401 (default_model_path public here)
+from seqpool.model_loading import load_parts, max_length_limit, special_token_ids, wrap_parts
+from seqpool.model_reader import ModelSpec, default_model_path  # noqa: F401 (default_model_path public here)
 from seqpool.states import Batch, TokenStates
 from seqpool.threads import available_cpus, limited_threads, ordered_map  # noqa: F401 (ordered_map public here)
 from seqpool.vector_options import LongTextOptions
@@ -55,10 +54,17 @@ _FINGERPRINT_VALUES = 1 << 20
 class Encoder:
     """A Hugging Face model + tokenizer that yields token states and pooled embeddings.
 
-    ``model=None`` loads the packaged all-MiniLM-L6-v2 (offline); any HF model id or local
-    directory works for users with network. ``layer`` is an index into the model's hidden
+    ``model``: a Hub id or local folder (``None``: the packaged all-MiniLM-L6-v2, offline), read
+    with its whole sentence-transformers module stack; or a model object already built (a
+    ``PreTrainedModel``) with its ``tokenizer=`` and, optionally, the ``spec=`` of the folder it came
+    from (:func:`seqpool.model_reader.read_model`). ``layer`` is an index into the model's hidden
     states (``-1`` = last, ``0`` = embeddings) or a sequence of indices to average
     (e.g. ``(-4, -3, -2, -1)`` for the last four layers).
+
+    The model's defaults come from its module stack and can be passed instead:
+    ``default_strategy`` (its Pooling, else ``mean``), ``default_normalize`` (its Normalize
+    module), ``prompts`` / ``default_prompt_name`` (config_sentence_transformers.json) and
+    ``include_prompt`` (its Pooling config, else ``True``). They are settled here, once.
 
     Texts are always padded on the right: positions and causal attention of the real
     tokens are then exactly those of the unpadded text, for encoders and decoders alike
@@ -71,31 +77,58 @@ class Encoder:
     one. torch's thread count is 1 while batches run and restored after
     (:func:`seqpool.threads.limited_threads`). On a GPU one batch runs at a time.
 
-    ``device`` is checked (:func:`resolve_device`) before anything is loaded.
+    ``device`` is checked (:func:`resolve_device`) before anything is loaded. ``dtype``: ``fp32``,
+    ``bf16`` or ``int8`` (CPU, a model loaded by name); ``None`` runs a loaded model in its stored
+    dtype and a model object in float32.
     """
 
-    def __init__(self, model: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                 dtype: Any = None, max_length: int | None = None, layer: int | Sequence[int] = -1,
-                 trust_remote_code: bool = False, workers: int | None = None):
-        device = resolve_device(device)  # first: a bad device must not cost a model load
-        workers = None if workers is None else _positive(workers, 1, "workers")
-        quantized = isinstance(dtype, str) and dtype.lower() == "int8"
-        if quantized:
-            from seqpool.int8 import require_extra
-
-            require_extra()
-            if device.type != "cpu":
-                raise SeqpoolError(f"dtype int8 runs on the CPU (OpenVINO); use device='cpu' or dtype bf16 on {device}")
-        torch_dtype = torch.float32 if quantized else resolve_dtype(dtype)
+    def __init__(self, model: str | os.PathLike | torch.nn.Module | None = None,
+                 device: str | torch.device | None = None, dtype: Any = None, max_length: int | None = None,
+                 layer: int | Sequence[int] = -1, trust_remote_code: bool = False, workers: int | None = None, *,
+                 tokenizer: Any = None, spec: ModelSpec | None = None, default_strategy: str | None = None,
+                 default_normalize: bool | None = None, prompts: Mapping[str, str] | None = None,
+                 default_prompt_name: str | None = None, include_prompt: bool | None = None):
+        self.device = resolve_device(device)  # first: a bad device must not cost a model load
+        self.workers = None if workers is None else _positive(workers, 1, "workers")
         if max_length is not None and max_length < 1:
             raise SeqpoolError(f"max_length must be at least 1, got {max_length}")
-        spec = read_model(model)  # the whole module stack, refused in one line before any weights load
-        head = ModelHead.from_spec(spec.head, spec.path)
-        tokenizer, hf_model = load_tokenizer_and_model(spec, torch_dtype, trust_remote_code)
-        self._setup(hf_model, tokenizer, spec.name if spec.source in ("cache", "hub") else str(spec.path), device,
-                    torch_dtype or hf_model.dtype, max_length or spec.max_length, layer, spec.strategy,
-                    spec.normalize, workers, spec=spec, head=head)
-        self.quantized = quantized
+        if isinstance(model, torch.nn.Module):
+            parts = wrap_parts(model, tokenizer, dtype, spec)
+        elif tokenizer is not None or spec is not None:
+            raise SeqpoolError("tokenizer and spec go with a model object; a model name or folder brings its own")
+        else:
+            parts = load_parts(model, dtype, self.device, trust_remote_code)
+        spec = parts.spec
+        self.name_or_path = parts.name
+        self.dtype = parts.dtype
+        #: dtype int8: the quantized model (:class:`seqpool.int8.Int8Runtime`), built by :meth:`calibrate`
+        self.quantized = parts.quantized
+        self.int8_runtime: Any = None
+        self.model = parts.model.to(device=self.device, dtype=self.dtype).eval()
+        self.tokenizer = parts.tokenizer
+        self.hidden_size = int(self.model.config.hidden_size)
+        self.layers = self._check_layers(layer)
+        self.max_length = max_length_limit(self.model.config, self.tokenizer,
+                                           max_length or (spec.max_length if spec else None))
+        self.default_strategy = check_strategy(default_strategy or (spec.strategy if spec else "mean"))
+        self.default_normalize = _setting(default_normalize, spec.normalize if spec else False, "default_normalize")
+        #: the model's module stack as read from its folder (None: built from objects, no folder)
+        self.spec = spec
+        #: the model's modules after pooling (Dense, LayerNorm), applied where a strategy's width fits
+        self.head = parts.head
+        if self.head is not None and self.head.in_features % self.hidden_size:
+            raise SeqpoolError(f"{self.name_or_path}: the head after pooling takes {self.head.in_features} values, "
+                               f"which no pooling of {self.hidden_size}-wide token states gives")
+        # sentence-transformers prompt settings: the arguments, else the model's own
+        self.prompts: dict[str, str] = _prompts(prompts, spec.prompts if spec else {})
+        self.default_prompt_name = _default_prompt_name(default_prompt_name, self.prompts,
+                                                        spec.default_prompt_name if spec else None)
+        self.include_prompt = _setting(include_prompt, spec.include_prompt if spec else True, "include_prompt")
+        self._warned: set[str] = set()
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:  # decoders such as GPT-2: any id works, the mask hides it
+            pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        self.pad_token_id = int(pad_id)
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, **kwargs: Any) -> "Encoder":
@@ -103,61 +136,16 @@ class Encoder:
         return cls(model, **kwargs)
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, layer: int | Sequence[int] = -1,
+    def from_model(cls, model: torch.nn.Module, tokenizer: Any, layer: int | Sequence[int] = -1,
                    max_length: int | None = None, dtype: Any = None, device: str | torch.device | None = None,
-                   default_strategy: str = "mean", default_normalize: bool = False,
-                   workers: int | None = None, spec: ModelSpec | None = None) -> "Encoder":
-        """Wrap an already built model and tokenizer (tests, custom models, the pipeline); ``spec``:
-        the model's module stack (:func:`seqpool.model_reader.read_folder`), whose pooling, head,
-        normalisation and prompts then replace ``default_strategy`` / ``default_normalize``."""
-        encoder = cls.__new__(cls)
-        name = getattr(model, "name_or_path", "") or type(model).__name__
-        head = ModelHead.from_spec(spec.head, spec.path) if spec is not None else None
-        if spec is not None:
-            default_strategy, default_normalize = spec.strategy, spec.normalize
-            max_length = max_length or spec.max_length
-            if spec.do_lower_case:  # on a copy: the caller's tokenizer is not changed
-                tokenizer = copy.deepcopy(tokenizer)
-                lowercase_in_tokenizer(tokenizer)
-        encoder._setup(model, tokenizer, name, device, resolve_dtype(dtype), max_length, layer,
-                       default_strategy, default_normalize, workers, spec=spec, head=head)
-        return encoder
-
-    def _setup(self, model: Any, tokenizer: Any, name: str, device: Any, dtype: torch.dtype | None,
-               max_length: int | None, layer: int | Sequence[int], default_strategy: str,
-               default_normalize: bool, workers: int | None = None, spec: ModelSpec | None = None,
-               head: ModelHead | None = None) -> None:
-        self.name_or_path = name
-        self.workers = None if workers is None else _positive(workers, 1, "workers")
-        self.device = resolve_device(device)
-        self.dtype = dtype or torch.float32
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        self.tokenizer = tokenizer
-        self.hidden_size = int(model.config.hidden_size)
-        self.layers = self._check_layers(layer)
-        self.max_length = self._check_max_length(max_length)
-        self.default_strategy = check_strategy(default_strategy)
-        self.default_normalize = default_normalize
-        #: the model's module stack as read from its folder (None: built from objects, no folder)
-        self.spec = spec
-        #: the model's modules after pooling (Dense, LayerNorm), applied where a strategy's width fits
-        self.head = head
-        if head is not None and head.in_features % self.hidden_size:
-            raise SeqpoolError(f"{name}: the head after pooling takes {head.in_features} values, which no pooling "
-                               f"of {self.hidden_size}-wide token states gives")
-        # sentence-transformers prompt settings, read with the model's module stack
-        self.prompts: dict[str, str] = dict(spec.prompts) if spec else {}
-        self.default_prompt_name: str | None = spec.default_prompt_name if spec else None
-        self.include_prompt = spec.include_prompt if spec else True
-        self._warned: set[str] = set()
-        #: dtype int8: the quantized model (:class:`seqpool.int8.Int8Runtime`), built by :meth:`calibrate`
-        self.quantized = False
-        self.int8_runtime: Any = None
-        self.last_stats = EncodeStats(0, 0, 0)  # of the last encode: texts, truncated at max_length, inputs
-        pad_id = tokenizer.pad_token_id
-        if pad_id is None:  # decoders such as GPT-2: any id works, the mask hides it
-            pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        self.pad_token_id = int(pad_id)
+                   default_strategy: str | None = None, default_normalize: bool | None = None,
+                   workers: int | None = None, spec: ModelSpec | None = None, **kwargs: Any) -> "Encoder":
+        """``Encoder(model, tokenizer=tokenizer, ...)``: wrap an already built model and tokenizer (tests,
+        custom models, the pipeline); ``spec``: the module stack of the folder they came from, whose
+        pooling, head, normalisation and prompts are then the defaults."""
+        return cls(model, device=device, dtype=dtype, max_length=max_length, layer=layer, workers=workers,
+                   tokenizer=tokenizer, spec=spec, default_strategy=default_strategy,
+                   default_normalize=default_normalize, **kwargs)
 
     def _check_layers(self, layer: int | Sequence[int]) -> tuple[int, ...]:
         layers = (layer,) if isinstance(layer, int) else tuple(layer)
@@ -168,9 +156,6 @@ class Encoder:
                 f"(0 = embeddings, -1 = last layer)"
             )
         return layers
-
-    def _check_max_length(self, max_length: int | None) -> int:
-        return max_length_limit(self.model.config, self.tokenizer, max_length)
 
     def fingerprint(self) -> dict[str, Any]:
         """What determines the token states besides the texts: model, weights, tokenizer, layer.
@@ -501,7 +486,7 @@ class Encoder:
                batch_size: int | None = None, normalize: bool | None = None, progress: Any = False, *,
                prompt: str | None = None, prompt_name: str | None = None, include_prompt: bool | None = None,
                long_texts: str = "truncate", window: int | None = None, stride: int | None = None,
-               truncate_dim: int | None = None) -> dict[str, np.ndarray]:
+               truncate_dim: int | None = None, return_stats: bool = False) -> Vectors | tuple[Vectors, EncodeStats]:
         """One float32 (N, width) array per strategy, in input order, all from one encoder pass
         (``mean@-2``, ``mean@1~-1`` and ``cls+mean`` included: every layer comes from that pass).
 
@@ -510,27 +495,59 @@ class Encoder:
         ``prompt`` (text) or ``prompt_name`` (a key of the model's ``prompts``; default: its
         ``default_prompt_name``) is prepended to every text; ``include_prompt=False`` keeps its
         tokens out of the pool (default: the model's Pooling config), see :mod:`seqpool.prompts`.
-        ``long_texts``: ``truncate`` (cut at ``max_length``; ``last_stats.truncated`` counts
-        them), ``chunk`` or ``late`` with ``window`` / ``stride`` tokens, see
-        :mod:`seqpool.long_texts`. ``truncate_dim`` keeps the first dimensions (Matryoshka),
-        renormalised when normalising.
+        ``long_texts``: ``truncate`` (cut at ``max_length``), ``chunk`` or ``late`` with ``window`` /
+        ``stride`` tokens, see :mod:`seqpool.long_texts`. ``truncate_dim`` keeps the first
+        dimensions (Matryoshka), renormalised when normalising. ``return_stats=True`` returns
+        ``(vectors, EncodeStats)``: texts, texts cut at ``max_length`` (which ones), model inputs run.
         """
-        return encode_texts(self, texts, strategies, batch_size, normalize, progress, prompt, prompt_name,
-                            include_prompt, LongTextOptions(long_texts, window, stride), truncate_dim)[0]
+        return_stats = check_flag(return_stats, "return_stats")
+        vectors, _, stats = encode_texts(self, texts, strategies, batch_size, normalize, progress, prompt,
+                                         prompt_name, include_prompt, LongTextOptions(long_texts, window, stride),
+                                         truncate_dim)
+        return (vectors, stats) if return_stats else vectors
 
     def encode_chunks(self, texts: Sequence[str], strategies: Sequence[str] | str | None = None,
                       batch_size: int | None = None, normalize: bool | None = None, progress: Any = False, *,
                       prompt: str | None = None, prompt_name: str | None = None, include_prompt: bool | None = None,
                       long_texts: str = "late", window: int | None = None, stride: int | None = None,
-                      truncate_dim: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """One row per chunk: ``(vectors per strategy, {"doc", "chunk", "char_start", "char_end"})``.
+                      truncate_dim: int | None = None,
+                      return_stats: bool = False) -> tuple[Vectors, Vectors] | tuple[Vectors, Vectors, EncodeStats]:
+        """One row per chunk: ``(vectors per strategy, {"doc", "chunk", "char_start", "char_end"})``,
+        and the :class:`EncodeStats` third with ``return_stats=True``.
 
         ``late`` pools chunks of ``window`` text tokens from full-context token states;
         ``chunk`` encodes each window on its own. Options as :meth:`encode`.
         """
-        return encode_texts(self, texts, strategies, batch_size, normalize, progress, prompt, prompt_name,
-                            include_prompt, LongTextOptions(long_texts, window, stride, chunk_output=True),
-                            truncate_dim)
+        return_stats = check_flag(return_stats, "return_stats")
+        vectors, chunks, stats = encode_texts(self, texts, strategies, batch_size, normalize, progress, prompt,
+                                              prompt_name, include_prompt,
+                                              LongTextOptions(long_texts, window, stride, chunk_output=True),
+                                              truncate_dim)
+        return (vectors, chunks, stats) if return_stats else (vectors, chunks)
+
+
+def _setting(value: bool | None, model_default: bool, name: str) -> bool:
+    """A flag passed to the Encoder (only True or False), else the model's own."""
+    return model_default if value is None else check_flag(value, name)
+
+
+def _prompts(prompts: Mapping[str, str] | None, model_prompts: Mapping[str, str]) -> dict[str, str]:
+    """The prompts passed (name -> text), else the model's own."""
+    if prompts is None:
+        return dict(model_prompts)
+    if not isinstance(prompts, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise SeqpoolError("prompts must map prompt names to prompt texts, e.g. {'query': 'query: '}")
+    return dict(prompts)
+
+
+def _default_prompt_name(name: str | None, prompts: Mapping[str, str], model_default: str | None) -> str | None:
+    """The default prompt passed (one of ``prompts``), else the model's own."""
+    if name is None:
+        return model_default
+    if name not in prompts:
+        known = ", ".join(sorted(prompts)) or "none: pass prompts= too"
+        raise SeqpoolError(f"default_prompt_name {name!r} is not among the prompts ({known})")
+    return name
 
 
 def default_workers() -> int:

@@ -11,22 +11,85 @@ The Encoder's loading half, kept apart so ``encoder.py`` stays about running the
   the ones seqpool decides (``trust_remote_code``, dtype, device: see ``model_reader._OWN_KEYS``);
 * ``do_lower_case`` lowercases in the tokenizer's normaliser, as sentence-transformers does, so
   character offsets still point into the original text.
+
+:func:`load_parts` (a model name or folder) and :func:`wrap_parts` (a model and tokenizer already
+built) give the same :class:`EncoderParts`, which ``Encoder.__init__`` takes from there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from seqpool.devices import resolve_dtype
 from seqpool.errors import SeqpoolError
-from seqpool.model_reader import ModelSpec, safetensors_header
+from seqpool.model_head import ModelHead
+from seqpool.model_reader import ModelSpec, read_model, safetensors_header
 
 #: Stored dtypes that run as they are; anything else runs as float32.
 _RUNNABLE = (torch.float32, torch.bfloat16)
 _HEADER_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+@dataclass(frozen=True)
+class EncoderParts:
+    """What an Encoder is built from, whichever way its model was given."""
+
+    #: the Encoder's ``name_or_path``: the Hub id, the folder, or the model object's own name
+    name: str
+    model: Any
+    tokenizer: Any
+    #: what the model runs in (float32 for int8, which quantizes after calibration)
+    dtype: torch.dtype
+    #: the model's module stack (``None``: a model object given without one)
+    spec: ModelSpec | None = None
+    #: the model's modules after pooling (Dense, LayerNorm), built from ``spec``
+    head: ModelHead | None = None
+    quantized: bool = False
+
+
+def load_parts(model: str | os.PathLike | None, dtype: Any, device: torch.device,
+               trust_remote_code: bool = False) -> EncoderParts:
+    """The parts for a model name, folder or ``None`` (the packaged model), in ``dtype`` (``None``:
+    the stored dtype). Every setting is checked, and the module stack read and refused where seqpool
+    cannot reproduce it, before any weights load."""
+    quantized = isinstance(dtype, str) and dtype.lower() == "int8"
+    if quantized:
+        from seqpool.int8 import require_extra
+
+        require_extra()
+        if device.type != "cpu":
+            raise SeqpoolError(f"dtype int8 runs on the CPU (OpenVINO); use device='cpu' or dtype bf16 on {device}")
+    torch_dtype = torch.float32 if quantized else resolve_dtype(dtype)
+    spec = read_model(model)
+    head = ModelHead.from_spec(spec.head, spec.path)
+    tokenizer, hf_model = load_tokenizer_and_model(spec, torch_dtype, trust_remote_code)
+    name = spec.name if spec.source in ("cache", "hub") else str(spec.path)
+    return EncoderParts(name, hf_model, tokenizer, torch_dtype or hf_model.dtype, spec, head, quantized)
+
+
+def wrap_parts(model: torch.nn.Module, tokenizer: Any, dtype: Any, spec: ModelSpec | None = None) -> EncoderParts:
+    """The parts for a model and tokenizer already built, run in ``dtype`` (``None``: float32).
+    ``spec``'s ``do_lower_case`` lowercases in a copy of the tokenizer: the caller's is not changed."""
+    if tokenizer is None:
+        raise SeqpoolError("tokenizer is needed with a model object: Encoder(model, tokenizer=tokenizer), "
+                           "e.g. AutoTokenizer.from_pretrained of the same checkpoint")
+    if spec is not None and not isinstance(spec, ModelSpec):
+        raise SeqpoolError(f"spec must be a seqpool.model_reader.ModelSpec (read_model(folder)), "
+                           f"got {type(spec).__name__}")
+    torch_dtype = resolve_dtype(dtype) or torch.float32
+    head = ModelHead.from_spec(spec.head, spec.path) if spec is not None else None
+    if spec is not None and spec.do_lower_case:
+        tokenizer = copy.deepcopy(tokenizer)
+        lowercase_in_tokenizer(tokenizer)
+    name = getattr(model, "name_or_path", "") or type(model).__name__
+    return EncoderParts(str(name), model, tokenizer, torch_dtype, spec, head)
 
 
 def load_tokenizer_and_model(spec: ModelSpec, dtype: torch.dtype | None,

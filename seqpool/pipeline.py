@@ -9,7 +9,8 @@ Importing this module registers the ``"seqpool"`` task (:func:`register_pipeline
 seconds). Passing ``pipeline_class=PoolingPipeline`` to ``pipeline("feature-extraction", ...)``
 works without registration.
 
-Tokenization, layer choice and pooling are delegated to :class:`seqpool.Encoder`, so the
+Tokenization, layer choice, prompts and the model's head are those of the :class:`seqpool.Encoder`
+built from the pipeline's model and tokenizer (``Encoder(model, tokenizer=..., spec=...)``), so the
 vectors are those of ``Encoder.encode`` for the same model and strategy. Batches are always
 right-padded (decoders without a pad token pad with EOS); pooling reads the attention mask.
 """
@@ -30,7 +31,7 @@ from seqpool.model_reader import ModelSpec, read_model
 from seqpool.batching import check_flag
 from seqpool.errors import SeqpoolError
 from seqpool.encode_plan import EncodePlan
-from seqpool.layers import Pooler
+from seqpool.pooling.pooler import Pooler
 from seqpool.prompts import exclude_prompt, pool_excluding_prompt, resolve_prompt
 from seqpool.registry import PARAMETER_FREE, find_strategy, strategy_names
 from seqpool.serialization import read_config
@@ -135,8 +136,8 @@ class PoolingPipeline(Pipeline):
             raise SeqpoolError("the seqpool pipeline needs a tokenizer; pass tokenizer= or a model folder with one")
         model = self.model.get_encoder() if getattr(self.model.config, "is_encoder_decoder", False) else self.model
         model_dtype = model.dtype if model.dtype in (torch.float32, torch.bfloat16) else None
-        self.encoder = Encoder.from_model(model, self.tokenizer, layer=layer, max_length=max_length,
-                                          dtype=model_dtype, device=self.device, spec=_model_spec(self.model))
+        self.encoder = Encoder(model, tokenizer=self.tokenizer, layer=layer, max_length=max_length,
+                               dtype=model_dtype, device=self.device, spec=_model_spec(self.model))
         self.tokenizer = padding_ready_tokenizer(self.tokenizer, self.encoder.pad_token_id)
 
     def _sanitize_parameters(self, pooling: Any = None, normalize: bool | None = None, prompt: str | None = None,

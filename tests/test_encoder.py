@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqpool.encoder import Encoder, ordered_map, pack_batches
-from seqpool.errors import SeqpoolError
+from seqpool.errors import PoolingWarning, SeqpoolError
 from seqpool.pooling import STRATEGIES
 
 TEXTS = ["the cat sat on the mat", "hello", "", "a very good film , not boring at all", "hello",
@@ -47,6 +47,80 @@ def test_sentence_bert_config_sets_max_length(make_st_model_dir):
     assert encoder.max_length == 5
     assert max(len(ids) for ids in encoder.tokenize(TEXTS)) == 5
     assert Encoder(directory, max_length=7).max_length == 7
+
+
+# -- built from a model and tokenizer: the same constructor, settings passed in -----------------------
+
+
+def test_a_model_object_with_its_folders_spec_gives_the_loaded_encoders_vectors(make_st_model_dir):
+    loaded = Encoder(make_st_model_dir("cls", normalize=True))
+    built = Encoder(loaded.model, tokenizer=loaded.tokenizer, spec=loaded.spec)
+    wrapped = Encoder.from_model(loaded.model, loaded.tokenizer, spec=loaded.spec)
+    for encoder in (built, wrapped):
+        assert (encoder.default_strategy, encoder.default_normalize, encoder.max_length) == ("cls", True,
+                                                                                             loaded.max_length)
+        assert (encoder.prompts, encoder.default_prompt_name, encoder.include_prompt) == ({}, None, True)
+        np.testing.assert_array_equal(encoder.encode(TEXTS)["cls"], loaded.encode(TEXTS)["cls"])
+
+
+def test_settings_passed_to_the_constructor_replace_the_models_own(make_st_model_dir):
+    loaded = Encoder(make_st_model_dir("cls", normalize=True))
+    built = Encoder(loaded.model, tokenizer=loaded.tokenizer, spec=loaded.spec, default_strategy="max",
+                    default_normalize=False)
+    assert (built.default_strategy, built.default_normalize) == ("max", False)
+    with pytest.warns(PoolingWarning, match="trained with cls pooling; max departs"):  # still not the model's own
+        ours = built.encode(TEXTS)["max"]
+    with pytest.warns(PoolingWarning):
+        np.testing.assert_array_equal(ours, loaded.encode(TEXTS, "max", normalize=False)["max"])
+
+
+def test_prompts_are_passed_in_and_used_by_encode(tiny_bert_encoder):
+    prompted = Encoder(tiny_bert_encoder.model, tokenizer=tiny_bert_encoder.tokenizer,
+                       prompts={"query": "the film: ", "none": ""}, default_prompt_name="query", include_prompt=False)
+    assert (prompted.prompts, prompted.default_prompt_name, prompted.include_prompt) == (
+        {"query": "the film: ", "none": ""}, "query", False)
+    expected = tiny_bert_encoder.encode(TEXTS, prompt="the film: ", include_prompt=False)["mean"]
+    np.testing.assert_array_equal(prompted.encode(TEXTS)["mean"], expected)
+    np.testing.assert_array_equal(prompted.encode(TEXTS, prompt_name="none")["mean"],
+                                  tiny_bert_encoder.encode(TEXTS)["mean"])
+    assert not np.allclose(expected, tiny_bert_encoder.encode(TEXTS)["mean"], atol=1e-3)
+
+
+def test_no_module_sets_an_encoders_settings_from_outside():
+    import re
+    from pathlib import Path
+
+    import seqpool
+
+    root = Path(seqpool.__file__).parent
+    settings_ = "prompts|default_prompt_name|include_prompt|default_strategy|default_normalize|spec|head|last_stats"
+    offenders = [f"{path.relative_to(root)}:{number}" for path in sorted(root.rglob("*.py"))
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if re.search(rf"\bencoder\.({settings_})\s*=[^=]", line)]
+    assert offenders == []  # passed to Encoder(...) instead
+
+
+# -- statistics come back with the vectors -------------------------------------------------------------
+
+
+def test_return_stats_gives_the_vectors_and_what_the_call_did(tiny_bert_dir):
+    encoder = Encoder(tiny_bert_dir, max_length=6)
+    texts = ["a b", "the cat sat on the mat and more", "x"]
+    vectors, stats = encoder.encode(texts, ["mean", "max"], return_stats=True)
+    plain = encoder.encode(texts, ["mean", "max"])
+    assert list(vectors) == list(plain) == ["mean", "max"]
+    for strategy in plain:
+        np.testing.assert_array_equal(vectors[strategy], plain[strategy])
+    assert (stats.texts, stats.truncated, stats.inputs, stats.truncated_rows) == (3, 1, 3, (1,))
+    _, short_stats = encoder.encode(texts[:1], return_stats=True)
+    assert (short_stats.texts, short_stats.truncated) == (1, 0)
+    rows_vectors, table, chunk_stats = encoder.encode_chunks(texts, "mean", window=2, return_stats=True)
+    plain_vectors, plain_table = encoder.encode_chunks(texts, "mean", window=2)
+    np.testing.assert_array_equal(rows_vectors["mean"], plain_vectors["mean"])
+    np.testing.assert_array_equal(table["doc"], plain_table["doc"])
+    assert chunk_stats.texts == 3 and chunk_stats.truncated == 0 and chunk_stats.inputs >= 3
+    with pytest.raises(SeqpoolError, match="return_stats"):
+        encoder.encode(texts, return_stats="yes")
 
 
 # -- batching -------------------------------------------------------------------------------------

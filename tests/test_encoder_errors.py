@@ -15,7 +15,7 @@ import seqpool.encoder as encoder_module
 from seqpool.devices import resolve_device
 from seqpool.encoder import Encoder, check_texts, default_workers
 from seqpool.errors import SeqpoolError
-from seqpool.layers import Pooler
+from seqpool.pooling.pooler import Pooler
 from seqpool.local import avg_pool_tokens, segment_pool
 from seqpool.pooling import STRATEGIES, pool, pool_many
 
@@ -115,6 +115,32 @@ def test_other_options_are_checked_before_loading(monkeypatch, tiny_bert_dir):
 def test_from_model_checks_the_device_too(no_gpu, tiny_bert_encoder):
     with pytest.raises(SeqpoolError, match="needs a CUDA GPU"):
         Encoder.from_model(tiny_bert_encoder.model, tiny_bert_encoder.tokenizer, device="cuda")
+
+
+def test_a_model_object_needs_its_tokenizer_and_a_name_brings_its_own(tiny_bert_dir, tiny_bert_encoder):
+    with pytest.raises(SeqpoolError, match="tokenizer is needed with a model object"):
+        Encoder(tiny_bert_encoder.model)
+    for kwargs in ({"tokenizer": tiny_bert_encoder.tokenizer}, {"spec": tiny_bert_encoder.spec}):
+        with pytest.raises(SeqpoolError, match="tokenizer and spec go with a model object"):
+            Encoder(tiny_bert_dir, **kwargs)
+    with pytest.raises(SeqpoolError, match="spec must be a seqpool.model_reader.ModelSpec"):
+        Encoder(tiny_bert_encoder.model, tokenizer=tiny_bert_encoder.tokenizer, spec={"pooling": "cls"})
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"prompts": {"query": 1}}, "prompts must map prompt names to prompt texts"),
+    ({"prompts": ["query: "]}, "prompts must map prompt names to prompt texts"),
+    ({"default_prompt_name": "query"}, r"default_prompt_name 'query' is not among the prompts \(none"),
+    ({"prompts": {"q": "q: "}, "default_prompt_name": "query"}, r"not among the prompts \(q\)"),
+    ({"include_prompt": "no"}, "`include_prompt` must be True, False or None"),
+    ({"default_normalize": "yes"}, "`default_normalize` must be True, False or None"),
+    ({"default_strategy": "nope"}, "nope"),
+])
+def test_settings_passed_to_the_constructor_are_checked(tiny_bert_encoder, tiny_bert_dir, kwargs, message):
+    with pytest.raises(SeqpoolError, match=message):
+        Encoder(tiny_bert_encoder.model, tokenizer=tiny_bert_encoder.tokenizer, **kwargs)
+    with pytest.raises(SeqpoolError, match=message):
+        Encoder(tiny_bert_dir, **kwargs)
 
 
 def test_encoder_on_cpu_string_works(tiny_bert_dir):

@@ -157,12 +157,12 @@ def test_planned_inputs_are_exactly_the_tokenizers_truncation(fixture, request, 
 
 
 def test_truncated_texts_are_counted(tiny_bert_encoder):
-    tiny_bert_encoder.encode(MIXED)
-    assert (tiny_bert_encoder.last_stats.texts, tiny_bert_encoder.last_stats.truncated) == (5, 2)
-    assert tiny_bert_encoder.last_stats.truncated_rows == (1, 3)  # which ones: LONG and "the dog " * 40
-    tiny_bert_encoder.encode(MIXED, long_texts="chunk")
-    assert tiny_bert_encoder.last_stats.truncated == 0 and tiny_bert_encoder.last_stats.inputs > 5
-    assert tiny_bert_encoder.last_stats.truncated_rows == ()
+    _, stats = tiny_bert_encoder.encode(MIXED, return_stats=True)
+    assert (stats.texts, stats.truncated) == (5, 2)
+    assert stats.truncated_rows == (1, 3)  # which ones: LONG and "the dog " * 40
+    _, stats = tiny_bert_encoder.encode(MIXED, long_texts="chunk", return_stats=True)
+    assert stats.truncated == 0 and stats.inputs > 5
+    assert stats.truncated_rows == ()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -11,7 +11,7 @@ import seqpool.pipeline  # noqa: F401  (registers the "seqpool" task)
 from seqpool.classifier import PooledClassifier
 from seqpool.encoder import Encoder
 from seqpool.errors import SeqpoolError
-from seqpool.layers import Pooler
+from seqpool.pooling.pooler import Pooler
 from seqpool.pipeline import TASK, PoolingPipeline, register_pipeline
 from seqpool.pooling import STRATEGIES
 
