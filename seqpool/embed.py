@@ -1,9 +1,13 @@
-"""Embed a corpus: reader -> :class:`~seqpool.encoder.Encoder` -> writer, streamed and resumable.
+"""Embed a corpus: reader -> :class:`~seqpool.engine.Embedder` -> writer, streamed and resumable.
 
 :func:`embed_file` is what ``seqpool embed`` calls: it checks every argument and every
 output path first (before the model loads or the corpus is read), takes a lock on the
-output, builds the Encoder and runs :func:`embed_corpus`, which does the chunked,
-checkpointed loop. io only reads and writes; the Encoder only encodes; this module joins them.
+output, builds the Encoder and runs the chunked, checkpointed loop :func:`embed_corpus` runs.
+Each chunk goes through the same :class:`~seqpool.engine.Embedder` a Ray actor calls, and the
+run's settings, compact vectors and metadata are the engine core's (:mod:`seqpool.engine`);
+this module adds what only the local loop does: chunks, checkpoints and resume, the output
+lock, ``skip_empty`` and the int8 model's calibration. io only reads and writes; the Encoder
+only encodes; this module joins them.
 
 Files follow :mod:`seqpool.io.ownership`: a run writes the outputs named and its own working
 files (the lock, ``OUTPUT.partial/``, the metadata beside an npy / jsonl output), each checked
@@ -19,11 +23,21 @@ import tempfile
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from seqpool.batching import check_flag
+from seqpool.checks import positive_int
+from seqpool.engine import (
+    Embedder,
+    compaction_metadata,
+    fit_on_calibration,
+    gather_options,
+    run_compaction,
+    stored_rows,
+    truncated_rows,
+)
 from seqpool.errors import SeqpoolError
 from seqpool.io import (
     DEFAULT_CHUNK_SIZE,
@@ -45,6 +59,60 @@ from seqpool.progress import progress_bar
 from seqpool.vector_options import VectorOptions
 
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "int8": "int8"}
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Every option of :func:`embed_file` but the vectors' own
+    (:class:`~seqpool.vector_options.VectorOptions`): what it reads, which model encodes it and
+    how, how the run goes. Construction checks all that needs neither the model nor the input,
+    torch-free, so a bad option fails in milliseconds.
+    """
+
+    model: str | os.PathLike | None = None
+    input_format: str | None = None
+    text_field: str | None = None
+    output_format: str | None = None
+    #: None: the model's own pooling (its modules.json), else mean
+    strategies: Sequence[str] | None = None
+    layer: int | Sequence[int] = -1
+    batch_size: int | None = None
+    max_length: int | None = None
+    normalize: bool | None = None
+    dtype: str = "fp32"
+    device: str | None = None
+    #: caps torch's threads for the call only
+    threads: int | None = None
+    #: a zero row for each empty (or whitespace-only) text instead of encoding it
+    skip_empty: bool = False
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        from seqpool.threads import check_thread_count
+
+        strategies = [self.strategies] if isinstance(self.strategies, str) else self.strategies
+        object.__setattr__(self, "strategies", _registered(strategies) if strategies else None)
+        parse_dtype(self.dtype)
+        for name in ("chunk_size", "batch_size", "max_length"):
+            positive_int(getattr(self, name), name, optional=name != "chunk_size")
+        for name in ("skip_empty", "resume"):  # 'no' is truthy: resume='no' must not resume
+            object.__setattr__(self, name, bool(check_flag(getattr(self, name), name)))
+        object.__setattr__(self, "normalize", check_flag(self.normalize, "normalize"))
+        check_thread_count(self.threads, "`threads`")
+
+    @property
+    def torch_dtype(self) -> str:
+        return parse_dtype(self.dtype)
+
+
+def _registered(strategies: Sequence[str]) -> tuple[str, ...]:
+    """The strategy names, each once, checked by the registry (torch-free: option errors stay fast)."""
+    from seqpool.registry import PARAMETER_FREE, get_strategy
+
+    for name in strategies:
+        get_strategy(name, PARAMETER_FREE)
+    return tuple(dict.fromkeys(strategies))
 
 
 @dataclass(frozen=True)
@@ -73,6 +141,24 @@ class EmbedInterrupted(KeyboardInterrupt):
         self.resumable = resumable
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One local run, its output checked and locked: what the loop needs."""
+
+    embedder: Embedder
+    source: TextSource
+    output: Path
+    output_format: str
+    #: the run's whole vector options: the Embedder applies the encoding ones, the loop
+    #: ``precision`` and ``calibration``
+    options: VectorOptions
+    chunk_size: int
+    skip_empty: bool
+    resume: bool
+    progress: bool | None
+    run_id: str
+
+
 def embed_corpus(encoder: Any, source: TextSource, output: str | os.PathLike | None = None, *,
                  output_format: str | None = None, strategies: Sequence[str] | None = None,
                  normalize: bool | None = None, batch_size: int | None = None,
@@ -90,86 +176,69 @@ def embed_corpus(encoder: Any, source: TextSource, output: str | os.PathLike | N
     from seqpool.pooling import check_strategy
 
     strategies = tuple(dict.fromkeys(check_strategy(s) for s in (strategies or (encoder.default_strategy,))))
-    skip_empty, resume = _switches(skip_empty=skip_empty, resume=resume)
-    normalize = check_flag(normalize, "normalize")
-    normalize = encoder.default_normalize if normalize is None else normalize
-    _check_sizes(chunk_size=chunk_size, batch_size=batch_size)
+    checked = EmbedSettings(normalize=normalize, batch_size=batch_size, chunk_size=chunk_size,
+                            skip_empty=skip_empty, resume=resume)
+    normalize = encoder.default_normalize if checked.normalize is None else checked.normalize
     fmt = detect_output_format(output or "", output_format)
     options = options or VectorOptions()
-    _check_options(options, fmt, skip_empty)
+    _check_options(options, fmt, checked.skip_empty)
     options.check_model(encoder, strategies)
     output = Path(output) if output is not None else default_output_path(source.path, fmt)
     check_outputs(output, fmt, strategies, source, options)
-    _check_calibration(options, output, resume)
+    _check_calibration(options, output, checked.resume)
     run_id = new_run_id()
     with output_lock(output, run_id):
-        return _embed_locked(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
-                             skip_empty, resume, progress, options, run_id)
+        embedder = Embedder.from_encoder(encoder, strategies, normalize, batch_size, options=options)
+        return _embed_locked(_Run(embedder, source, output, fmt, options, chunk_size, checked.skip_empty,
+                                  checked.resume, progress, run_id))
 
 
-def _embed_locked(encoder: Any, source: TextSource, output: Path, fmt: str, strategies: tuple[str, ...],
-                  normalize: bool, batch_size: int | None, chunk_size: int, skip_empty: bool, resume: bool,
-                  progress: bool | None, options: VectorOptions, run_id: str) -> EmbedResult:
+def _embed_locked(run: _Run) -> EmbedResult:
     """The loop of :func:`embed_corpus`, with the output already locked and checked."""
-    total = None if source.is_stream else source.count()
-    if resolve_output(output)[1] == "stream":  # rows are spooled in a temporary folder, never in /dev
-        if resume:
-            raise SeqpoolError(f"cannot resume into {output}: it is a device or FIFO, which keeps no rows")
+    total = None if run.source.is_stream else run.source.count()
+    if resolve_output(run.output)[1] == "stream":  # rows are spooled in a temporary folder, never in /dev
+        if run.resume:
+            raise SeqpoolError(f"cannot resume into {run.output}: it is a device or FIFO, which keeps no rows")
         with tempfile.TemporaryDirectory(prefix="seqpool-embed-") as scratch:
-            return _embed_spooled(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
-                                  skip_empty, False, progress, total, Path(scratch) / "partial", options, run_id)
-    return _embed_spooled(encoder, source, output, fmt, strategies, normalize, batch_size, chunk_size,
-                          skip_empty, resume, progress, total, None, options, run_id)
+            return _embed_spooled(run, total, Path(scratch) / "partial")
+    return _embed_spooled(run, total, None)
 
 
-def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, strategies: tuple[str, ...],
-                   normalize: bool, batch_size: int | None, chunk_size: int, skip_empty: bool, resume: bool,
-                   progress: bool | None, total: int | None, folder: Path | None, options: VectorOptions,
-                   run_id: str) -> EmbedResult:
+def _embed_spooled(run: _Run, total: int | None, folder: Path | None) -> EmbedResult:
     from seqpool.io.writers import CHUNK_COLUMNS
-    from seqpool.quantize import Compaction, output_dtype, output_width
+    from seqpool.quantize import output_dtype, output_width
 
-    settings = {"model": encoder.name_or_path, "layers": list(encoder.layers), "max_length": encoder.max_length,
-                "dtype": encoder.precision, "normalize": normalize, "skip_empty": skip_empty,
-                "batch_size": batch_size, "chunk_size": chunk_size, "input_format": source.format,
-                "text_field": source.text_field}
-    encoder.layer_plan(strategies)  # layers checked against the model before anything is written
-    widths = {s: options.truncate_dim or encoder.output_dim(s) for s in strategies}  # the model's head included
-    pipelines = {s: encoder.pipeline(s, normalize) for s in strategies}
-    settings["pipeline"] = pipelines
+    embedder, options, source = run.embedder, run.options, run.source
+    record = embedder.run_settings(options.precision, options.calibration)
+    settings = record.checkpoint(skip_empty=run.skip_empty, chunk_size=run.chunk_size, input_format=source.format,
+                                 text_field=source.text_field)
     columns = None
     if options != VectorOptions():
-        settings["vectors"] = {k: v for k, v in vars(options).items() if v is not None}
-        columns = {s: ((output_width(widths[s], options.precision),), str(output_dtype(options.precision)))
-                   for s in strategies}
+        columns = {s: ((output_width(record.widths[s], options.precision),), str(output_dtype(options.precision)))
+                   for s in record.strategies}
         columns.update({name: ((), "int64") for name in CHUNK_COLUMNS} if options.chunk_output else {})
-    spool = EmbeddingSpool(output, fmt, strategies, widths, settings, resume=resume, folder=folder, columns=columns,
-                           run_id=run_id)
+    spool = EmbeddingSpool(run.output, run.output_format, record.strategies, record.widths, settings,
+                           resume=run.resume, folder=folder, columns=columns, run_id=run.run_id)
     started_at = spool.texts_done
-    compaction = Compaction.from_metadata(spool.state) if "compaction" in spool.state else Compaction(options.precision)
+    compaction = run_compaction(spool.state, options.precision)  # fitted once, kept in the checkpoints
     truncated = int(spool.state.get("truncated", 0))
     try:
-        if options.calibration is not None and not compaction.ranges:  # fitted once, kept in the checkpoints
-            calibration = list(calibration_source(options.calibration).texts())
-            for strategy, vectors in _encode_chunk(encoder, calibration, strategies, normalize, batch_size,
-                                                   False, _NoBar(), options)[0].items():
-                compaction.fit(strategy, vectors)
+        fit_on_calibration(compaction, options.calibration, embedder.embed)
         texts = source.texts()
         head: list[str] = []  # the corpus's first chunk, as it streams past: an int8 model's calibration sample
-        digest = TextDigest().update(_keep_first(islice(texts, spool.texts_done), head, chunk_size))
+        digest = TextDigest().update(_keep_first(islice(texts, spool.texts_done), head, run.chunk_size))
         if digest.hexdigest() != spool.input_digest:
-            raise SeqpoolError(f"cannot resume {output}: the first {spool.texts_done} rows of {source.name} "
+            raise SeqpoolError(f"cannot resume {run.output}: the first {spool.texts_done} rows of {source.name} "
                                f"differ from the interrupted run's; delete {spool.folder} to start over")
         int8: dict[str, Any] = {}
-        if encoder.quantized:
-            more = list(islice(texts, max(0, chunk_size - len(head))))
+        if embedder.encoder.quantized:
+            more = list(islice(texts, max(0, run.chunk_size - len(head))))
             texts = chain(more, texts)
-            int8 = _calibrate_int8(encoder, options, head + more, spool.state.get("int8"), output)
-        with progress_bar(total, progress, initial=spool.texts_done) as bar:
-            for chunk in chunked(texts, chunk_size):
-                vectors, table, cut = _encode_chunk(encoder, chunk, strategies, normalize, batch_size, skip_empty,
-                                                    bar, options)
-                rows = {s: compaction.encode(s, v) for s, v in vectors.items()}
+            int8 = _calibrate_int8(embedder.encoder, options, head + more, spool.state.get("int8"), run.output)
+        with progress_bar(total, run.progress, initial=spool.texts_done) as bar:
+            for chunk in chunked(texts, run.chunk_size):
+                vectors, table, cut = _encode_chunk(embedder, chunk, run.skip_empty, bar)
+                rows = stored_rows(compaction, vectors)
                 if table is not None:
                     rows.update(table, doc=table["doc"] + spool.texts_done)
                 truncated += cut
@@ -182,21 +251,13 @@ def _embed_spooled(encoder: Any, source: TextSource, output: Path, fmt: str, str
         else:
             spool.close()
         raise
-    metadata = {"model": encoder.name_or_path, "strategies": ",".join(strategies), "normalize": str(normalize),
-                "layers": ",".join(map(str, encoder.layers)), "max_length": str(encoder.max_length),
-                "dtype": encoder.precision, "texts": str(spool.texts_done),
-                "truncated": str(truncated), "pipeline": "; ".join(f"{s}: {p}" for s, p in pipelines.items()),
-                "dims": json.dumps(widths)}
-    if options != VectorOptions():
-        metadata.update({k: str(v) for k, v in vars(options).items() if v is not None and k != "calibration"})
-    if not compaction.is_identity:
-        metadata.update(compaction.to_metadata())
+    metadata = {**record.metadata(texts=spool.texts_done, truncated=truncated), **compaction_metadata(compaction)}
     if int8:
         metadata["int8_calibration"] = json.dumps(int8, sort_keys=True)
     paths = spool.finish(metadata)
-    return EmbedResult(paths, spool.rows_done, widths[strategies[0]], strategies, started_at,
-                       texts=spool.texts_done, truncated=truncated, pipelines=tuple(pipelines.values()),
-                       widths=tuple(widths.values()))
+    return EmbedResult(paths, spool.rows_done, record.widths[record.strategies[0]], record.strategies, started_at,
+                       texts=spool.texts_done, truncated=truncated, pipelines=tuple(record.pipelines.values()),
+                       widths=tuple(record.widths.values()))
 
 
 def _keep_first(texts: Iterator[str], head: list[str], count: int) -> Iterator[str]:
@@ -222,13 +283,6 @@ def _calibrate_int8(encoder: Any, options: VectorOptions, head: list[str], recor
                            f"(another `calibration` file, or it changed); delete {partial_folder(output)} to "
                            f"start over")
     return record
-
-
-class _NoBar:
-    """A progress bar that shows nothing (the calibration texts are not the corpus)."""
-
-    def update(self, count: int) -> None:
-        pass
 
 
 def _check_options(options: VectorOptions, output_format: str, skip_empty: bool) -> None:
@@ -290,17 +344,6 @@ def _check_calibration(options: VectorOptions, output: Path, resume: bool) -> No
         calibration_source(options.calibration)
 
 
-def _switches(**flags: Any) -> tuple[bool, ...]:
-    """On/off options as bools, each checked to be one (``resume='no'`` must not resume)."""
-    return tuple(bool(check_flag(value, name)) for name, value in flags.items())
-
-
-def _check_sizes(**sizes: int | None) -> None:
-    for name, value in sizes.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise SeqpoolError(f"`{name}` must be a whole number of at least 1, got {value!r}")
-
-
 def parse_dtype(dtype: str) -> str:
     """``fp32``/``float32``, ``bf16``/``bfloat16`` as the torch dtype name, or ``int8`` (OpenVINO)."""
     if not isinstance(dtype, str) or dtype.lower() not in DTYPES:
@@ -309,71 +352,56 @@ def parse_dtype(dtype: str) -> str:
 
 
 def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
-               model: str | os.PathLike | None = None, input_format: str | None = None,
-               output_format: str | None = None, text_field: str | None = None,
-               strategies: Sequence[str] | None = None, layer: int | Sequence[int] = -1,
-               batch_size: int | None = None, max_length: int | None = None, normalize: bool | None = None,
-               dtype: str = "fp32", device: str | None = None, threads: int | None = None,
-               skip_empty: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE, resume: bool = False,
+               settings: EmbedSettings | None = None, options: VectorOptions | None = None,
                progress: bool | None = None, note: Callable[[str], None] | None = None,
-               prompt: str | None = None, prompt_name: str | None = None, include_prompt: bool | None = None,
-               long_texts: str = "truncate", window: int | None = None, stride: int | None = None,
-               chunk_output: bool = False, truncate_dim: int | None = None, precision: str = "float32",
-               calibration: str | os.PathLike | None = None) -> EmbedResult:
+               **keywords: Any) -> EmbedResult:
     """Embed the corpus at ``input_path`` (``-`` for stdin) into ``output``: the whole ``seqpool embed``.
 
+    ``settings`` (:class:`EmbedSettings`: model, formats, strategies, sizes, dtype, device,
+    threads, ...) and ``options`` (:class:`~seqpool.vector_options.VectorOptions`: prompts, long
+    texts, compact vectors; ``calibration``: a file of texts, any input format, to fit int8/uint8
+    ranges on) may also be given as keywords naming their fields, e.g.
+    ``embed_file("c.txt", "c.parquet", model=..., precision="int8")``.
+
     Every argument, the input and every output path are checked before the model loads or
-    the corpus is read. ``threads`` caps torch's threads for this call only. ``note``
-    receives advice worth showing (e.g. bf16 on a CPU without native bf16). Prompts, long
-    texts and compact vectors: :class:`seqpool.vector_options.VectorOptions` (``calibration``:
-    a file of texts, any input format, to fit int8/uint8 ranges on).
+    the corpus is read. ``progress=None`` shows a bar on stderr only when it is a terminal.
+    ``note`` receives advice worth showing (e.g. bf16 on a CPU without native bf16).
     """
-    from seqpool.registry import PARAMETER_FREE, get_strategy
-    from seqpool.threads import check_thread_count, limited_threads
+    from seqpool.threads import limited_threads
 
-    def check_strategy(name: str) -> str:  # the registry's check is torch-free: option errors stay fast
-        get_strategy(name, PARAMETER_FREE)
-        return name
-
-    chosen = tuple(dict.fromkeys(check_strategy(s) for s in strategies)) if strategies else None
-    torch_dtype = parse_dtype(dtype)
-    _check_sizes(chunk_size=chunk_size, batch_size=batch_size, max_length=max_length)
-    skip_empty, resume, chunk_output = _switches(skip_empty=skip_empty, resume=resume, chunk_output=chunk_output)
-    normalize = check_flag(normalize, "normalize")
-    check_thread_count(threads, "`threads`")
-    options = VectorOptions(prompt, prompt_name, include_prompt, long_texts, window, stride, chunk_output,
-                            truncate_dim, precision, None if calibration is None else str(calibration))
-    source = TextSource.open(input_path, input_format, text_field)
-    fmt = detect_output_format(output or "", output_format)
-    _check_options(options, fmt, skip_empty)
+    settings, options = gather_options("embed_file", keywords, (EmbedSettings, settings), (VectorOptions, options))
+    source = TextSource.open(input_path, settings.input_format, settings.text_field)
+    fmt = detect_output_format(output or "", settings.output_format)
+    _check_options(options, fmt, settings.skip_empty)
     target = Path(output) if output is not None else default_output_path(str(input_path), fmt)
-    # The model's default strategy is unknown until it loads; check the one-file case now
-    # and every per-strategy file again in embed_corpus, still before the corpus is read.
-    check_outputs(target, fmt, chosen or ("mean",), source, options)
-    _check_calibration(options, target, resume)
-    if torch_dtype == "int8":
-        _check_int8_outputs(target, fmt, chosen or ("mean",), source, options)
+    # Every output path, checked once, before the model loads. Without `strategies` the model's
+    # default is unknown until then, but it is one strategy, and the output of one strategy is
+    # `target` itself whatever its name: checking with any one name checks the real one.
+    names = settings.strategies or ("mean",)
+    check_outputs(target, fmt, names, source, options)
+    _check_calibration(options, target, settings.resume)
+    if settings.torch_dtype == "int8":
+        _check_int8_outputs(target, fmt, names, source, options)
     from seqpool.encoder import Encoder, native_bf16_cpu
 
     run_id = new_run_id()
-    with output_lock(target, run_id), limited_threads(threads):
+    with output_lock(target, run_id), limited_threads(settings.threads):
         # after the lock: a running writer is "in use", not "interrupted"
-        EmbeddingSpool.check_unfinished(partial_folder(target), target, resume)
-        encoder = Encoder(model, device=device, dtype=torch_dtype, max_length=max_length, layer=layer,
-                          workers=threads)
-        if torch_dtype == "bfloat16" and encoder.device.type == "cpu" and native_bf16_cpu() is False and note:
+        EmbeddingSpool.check_unfinished(partial_folder(target), target, settings.resume)
+        encoder = Encoder(settings.model, device=settings.device, dtype=settings.torch_dtype,
+                          max_length=settings.max_length, layer=settings.layer, workers=settings.threads)
+        if settings.torch_dtype == "bfloat16" and encoder.device.type == "cpu" and native_bf16_cpu() is False \
+                and note:
             note("this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs slower than fp32 here; "
                  "use dtype=fp32 for speed")
-        defaulted = not chosen and encoder.spec is not None and encoder.spec.pooling is None
-        chosen = tuple(dict.fromkeys(check_strategy(s) for s in (chosen or (encoder.default_strategy,))))
-        check_outputs(target, fmt, chosen, source, options)
-        if torch_dtype == "int8":
-            _check_int8_outputs(target, fmt, chosen, source, options)
-        options.check_model(encoder, chosen)
+        defaulted = not settings.strategies and encoder.spec is not None and encoder.spec.pooling is None
+        strategies = settings.strategies or _registered((encoder.default_strategy,))
+        options.check_model(encoder, strategies)
+        normalize = encoder.default_normalize if settings.normalize is None else settings.normalize
+        embedder = Embedder.from_encoder(encoder, strategies, normalize, settings.batch_size, options=options)
         try:
-            result = _embed_locked(encoder, source, target, fmt, chosen,
-                                   encoder.default_normalize if normalize is None else normalize,
-                                   batch_size, chunk_size, skip_empty, resume, progress, options, run_id)
+            result = _embed_locked(_Run(embedder, source, target, fmt, options, settings.chunk_size,
+                                        settings.skip_empty, settings.resume, progress, run_id))
             if defaulted and note:  # with the summary, after the run: a refusal stays one line
                 note(f"{encoder.name_or_path} has no sentence-transformers modules.json, so it pooled with mean and "
                      f"did not normalise, as sentence-transformers would; name `strategies` to choose")
@@ -382,28 +410,21 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
             raise EmbedInterrupted(partial_folder(target).is_dir()) from error
 
 
-def _encode_chunk(encoder: Any, texts: list[str], strategies: tuple[str, ...], normalize: bool,
-                  batch_size: int | None, skip_empty: bool, bar: Any,
-                  options: VectorOptions) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, int]:
+def _encode_chunk(embedder: Embedder, texts: list[str], skip_empty: bool,
+                  bar: Any) -> tuple[Mapping[str, np.ndarray], dict[str, np.ndarray] | None, int]:
     """Rows of one chunk, in row order: ``(vectors, chunk columns or None, texts truncated)``.
 
     With ``skip_empty``, empty texts get zero rows unencoded.
     """
-    kwargs = options.encode_kwargs()
-    if options.chunk_output:
-        vectors, table = encoder.encode_chunks(texts, strategies, batch_size=batch_size, normalize=normalize,
-                                               progress=bar, **kwargs)
-        return vectors, table, encoder.last_stats.truncated
     keep = [i for i, text in enumerate(texts) if text.strip()] if skip_empty else None
     if keep is None or len(keep) == len(texts):
-        vectors = encoder.encode(texts, strategies, batch_size=batch_size, normalize=normalize, progress=bar, **kwargs)
-        return vectors, None, encoder.last_stats.truncated
-    encoded = encoder.encode([texts[i] for i in keep], strategies, batch_size=batch_size,
-                             normalize=normalize, progress=bar, **kwargs)
+        embedded = embedder.embed(texts, progress=bar)
+        return embedded, embedded.chunks, len(truncated_rows(embedded))
+    embedded = embedder.embed([texts[i] for i in keep], progress=bar)
     bar.update(len(texts) - len(keep))
     out = {}
-    for strategy, vectors in encoded.items():
+    for strategy, vectors in embedded.items():
         full = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
         full[keep] = vectors
         out[strategy] = full
-    return out, None, encoder.last_stats.truncated
+    return out, None, len(truncated_rows(embedded))

@@ -7,9 +7,10 @@ need the loaded Encoder (prompt names, window vs. max_length, truncate_dim vs. w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
+from seqpool.checks import positive_int
 from seqpool.errors import SeqpoolError
 
 #: ``truncate``: cut at the model's limit (counted); ``chunk``: overlapping windows merged
@@ -34,9 +35,7 @@ class LongTextOptions:
         if self.mode not in LONG_TEXT_MODES:
             raise SeqpoolError(f"unknown `long_texts` {self.mode!r}; choose one of: {', '.join(LONG_TEXT_MODES)}")
         for name in ("window", "stride"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise SeqpoolError(f"`{name}` must be a positive number of tokens, got {value!r}")
+            positive_int(getattr(self, name), name, what="a positive number of tokens", optional=True)
         if self.mode == "late" and self.window and self.stride and self.stride > self.window:
             raise SeqpoolError(f"`stride` {self.stride} exceeds the {self.window}-token chunks (it would skip tokens); "
                                f"pass at most {self.window}")
@@ -75,7 +74,10 @@ class VectorOptions:
     Prompt (:mod:`seqpool.prompts`), long texts (``long_texts`` / ``window`` / ``stride``,
     ``chunk_output``: one row per chunk), Matryoshka ``truncate_dim`` and ``precision``
     (:mod:`seqpool.quantize`; int8/uint8 ranges fitted on the first chunk, or once on the
-    texts of ``calibration``). Construction checks everything that needs no model.
+    texts of ``calibration``, a path). Construction checks everything that needs no model.
+
+    Both engines and the :class:`~seqpool.engine.Embedder` take these options as one object
+    (``embed_file`` and ``embed_files`` also take its fields as keywords, for short calls).
     """
 
     prompt: str | None = None
@@ -90,8 +92,13 @@ class VectorOptions:
     calibration: str | None = None
 
     def __post_init__(self) -> None:
+        from seqpool.batching import check_flag
         from seqpool.quantize import SCALAR_PRECISIONS, check_precision, check_truncate_dim
 
+        # 'no' is truthy: an on/off option must be a bool (None: off)
+        object.__setattr__(self, "chunk_output", bool(check_flag(self.chunk_output, "chunk_output")))
+        if self.calibration is not None:
+            object.__setattr__(self, "calibration", str(self.calibration))
         if self.prompt is not None and self.prompt_name is not None:
             raise SeqpoolError("pass `prompt` (the text) or `prompt_name` (a name from the model's prompts), not both")
         LongTextOptions(self.long_texts, self.window, self.stride, self.chunk_output)
@@ -99,6 +106,16 @@ class VectorOptions:
         check_truncate_dim(self.truncate_dim)
         if self.calibration is not None and self.precision not in SCALAR_PRECISIONS:
             raise SeqpoolError(f"`calibration` fits int8/uint8 ranges; it does not apply to `precision` {self.precision!r}")
+
+    def encoding(self) -> VectorOptions:
+        """These options less ``precision`` and ``calibration``: what happens to texts in the encoder.
+        Storing the vectors compact is the engine's step, after the encoder (:mod:`seqpool.engine`)."""
+        return replace(self, precision="float32", calibration=None)
+
+    def changed(self) -> dict[str, Any]:
+        """The fields set to something other than their default, by name, in field order."""
+        return {field.name: getattr(self, field.name) for field in fields(self)
+                if getattr(self, field.name) != field.default}
 
     def encode_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``Encoder.encode`` / ``encode_chunks``."""

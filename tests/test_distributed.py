@@ -164,6 +164,25 @@ def test_embedder_on_cuda_without_cuda_is_one_clear_error(tiny_bert_dir):
     assert Embedder(model=str(tiny_bert_dir)).resolved_device() == "cpu"  # no GPU from Ray: CPU
 
 
+def test_embed_files_takes_its_options_as_records_or_keywords_checked_before_ray(tmp_path, corpus, tiny_bert_dir):
+    from seqpool.distributed import RayOptions
+
+    for bad, message in (({"workers": 0}, "`workers` must be a whole number of actors, at least 1, got 0"),
+                         ({"max_attempts": True}, "`max_attempts` must be a whole number of at least 1, got True"),
+                         ({"rows_per_call": 1.5}, "`rows_per_call` must be a whole number"),
+                         ({"shard_rows": 0}, "`shard_rows` must be a whole number of at least 1, got 0"),
+                         ({"resume": "no"}, "`resume` must be True, False or None"),
+                         ({"long_texts": "late", "chunk_output": True}, "one row per chunk"),
+                         ({"ray_options": RayOptions(workers=1), "ray_timeout": -1}, "`ray_timeout` must be")):
+        with pytest.raises(SeqpoolError, match=message):
+            embed_files(corpus, tmp_path / "out", **bad)
+    with pytest.raises(SeqpoolError, match="to the Embedder passed as `embedder`, not beside it"):
+        embed_files(corpus, tmp_path / "out", embedder=Embedder(model=str(tiny_bert_dir)), prompt="q: ")
+    with pytest.raises(TypeError, match=r"embed_files\(\) got an unexpected keyword argument 'device'"):
+        embed_files(corpus, tmp_path / "out", device="cpu")
+    assert RayOptions(workers=2, ray_timeout=5).ray_timeout == 5.0 and not (tmp_path / "out").exists()
+
+
 def test_missing_ray_extra_is_one_line_naming_it(monkeypatch, tmp_path, corpus):
     from seqpool.distributed import embed_dataset, import_ray
 
@@ -468,8 +487,8 @@ def test_cli_engine_ray_counts_truncated_texts_per_shard_and_after_resume(ray_cl
     words = "the cat sat on the mat and a very good film about a dog".split()
     lines = [" ".join(words * (1 + 2 * i)) for i in range(9)] + ["short text", ""]
     corpus = write_lines(tmp_path / "long.txt", lines)
-    tiny_bert_encoder.encode(lines)
-    cut = tiny_bert_encoder.last_stats.truncated
+    _, stats = tiny_bert_encoder.encode(lines, return_stats=True)
+    cut = stats.truncated
     assert 0 < cut < len(lines) - 2
     out = tmp_path / "out"
     result = cli(corpus, "--engine", "ray", "--model", tiny_bert_dir, "--chunk-size", 3, "--workers", 1, "-o", out)

@@ -7,47 +7,41 @@ parameters (``text_field=...``), which are shown here as the matching flags.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from seqpool.cli import as_flags as cli_as_flags
+from seqpool.cli import command_flags
+from seqpool.cli.options import parse_layers
 from seqpool.errors import SeqpoolError
 from seqpool.io.readers import DEFAULT_CHUNK_SIZE, INPUT_FORMATS
 from seqpool.io.writers import OUTPUT_FORMATS
 
-#: Python parameter -> the flag that sets it, for messages raised by the library.
-FLAGS = {"output": "-o/--output", "output_format": "--format", "input_format": "--input-format",
-         "text_field": "--text-field", "label_field": "--label-field", "chunk_size": "--chunk-size",
-         "batch_size": "--batch-size", "max_length": "--max-length", "dtype": "--dtype", "threads": "--threads",
-         "layer": "--layer", "device": "--device", "resume": "--resume", "prompt": "--prompt",
-         "prompt_name": "--prompt-name", "long_texts": "--long-texts",
-         "window": "--window", "stride": "--stride", "chunk_output": "--chunk-output",
-         "truncate_dim": "--truncate-dim", "precision": "--precision", "calibration": "--calibration",
-         "skip_empty": "--skip-empty", "workers": "--workers", "ray_address": "--ray-address",
-         "ray_timeout": "--ray-timeout",
-         "shard_rows": "--chunk-size"}
+if TYPE_CHECKING:
+    from seqpool.vector_options import VectorOptions
+
+#: Library spellings no option of ``embed`` is named after (every other name is an option's own):
+#: the Ray engine's ``shard_rows`` is ``--chunk-size``.
+ALIASES = {"shard_rows": "chunk_size"}
+
+
+#: The flags that set a :class:`~seqpool.vector_options.VectorOptions` field of the same name
+#: (``--exclude-prompt`` sets ``include_prompt``), and those only the Ray engine takes.
+VECTOR_FLAGS = ("prompt", "prompt_name", "long_texts", "window", "stride", "chunk_output", "truncate_dim",
+                "precision", "calibration")
+RAY_FLAGS = ("ray_address", "workers", "ray_timeout")
 
 
 def as_flags(error: SeqpoolError) -> SeqpoolError:
     """``error`` with the parameters it names shown as ``seqpool embed``'s flags."""
-    return cli_as_flags(error, FLAGS)
+    return cli_as_flags(error, command_flags(embed, ALIASES))
 
 
 def parse_strategies(values: tuple[str, ...]) -> tuple[str, ...] | None:
     """``--strategy mean --strategy max`` or ``--strategy mean,max``; None = the model's default."""
     names = [name.strip() for value in values for name in value.split(",") if name.strip()]
     return tuple(dict.fromkeys(names)) or None
-
-
-def parse_layers(value: str) -> int | tuple[int, ...]:
-    """``-1`` (last layer), ``6``, or ``-4,-3,-2,-1`` (the average of those layers)."""
-    try:
-        layers = tuple(int(part) for part in value.split(","))
-    except ValueError:
-        raise SeqpoolError(f"--layer takes an integer or comma-separated integers (e.g. -1 or -4,-3,-2,-1), "
-                           f"got {value!r}") from None
-    return layers[0] if len(layers) == 1 else layers
 
 
 @click.command()
@@ -114,13 +108,7 @@ def parse_layers(value: str) -> int | tuple[int, ...]:
 @click.option("--workers", type=int, help="Ray actors, one model each [default: one per CPU, or per GPU with "
                                           "--device cuda]; each takes --threads CPUs [default: 1].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def embed(input_paths: tuple[str, ...], output: str | None, output_format: str | None, input_format: str | None,
-          text_field: str | None, model: str | None, strategies: tuple[str, ...], layer: str, batch_size: int | None,
-          max_length: int | None, normalize: bool | None, dtype: str, device: str | None, threads: int | None,
-          skip_empty: bool, chunk_size: int, prompt: str | None, prompt_name: str | None,
-          exclude_prompt: bool | None, long_texts: str, window: int | None, stride: int | None, chunk_output: bool,
-          truncate_dim: int | None, precision: str, calibration: str | None, resume: bool, engine: str,
-          ray_address: str | None, workers: int | None, quiet: bool, ray_timeout: float | None = None) -> None:
+def embed(input_paths: tuple[str, ...], engine: str, quiet: bool, **flags: Any) -> None:
     """Embed every text of INPUT (a file, or - for stdin) into one vector per row.
 
     \b
@@ -148,39 +136,28 @@ def embed(input_paths: tuple[str, ...], output: str | None, output_format: str |
     order, decoded.
     """
     if engine == "ray":
-        local_only = {"--format": output_format, "--skip-empty": skip_empty, "--chunk-output": chunk_output}
-        _embed_with_ray(input_paths, output, [flag for flag, value in local_only.items() if value],
-                        input_format=input_format, text_field=text_field, model=model, strategies=strategies,
-                        layer=layer, batch_size=batch_size, max_length=max_length, normalize=normalize, dtype=dtype,
-                        device=device, threads=threads, chunk_size=chunk_size, resume=resume,
-                        ray_address=ray_address, ray_timeout=ray_timeout, workers=workers, quiet=quiet, prompt=prompt,
-                        prompt_name=prompt_name, include_prompt=False if exclude_prompt else None,
-                        long_texts=long_texts, window=window, stride=stride, truncate_dim=truncate_dim,
-                        precision=precision, calibration=calibration)
+        _embed_with_ray(input_paths, quiet, flags)
         return
     if len(input_paths) != 1:
         raise SeqpoolError(f"{len(input_paths)} INPUTs given; the local engine embeds one file (run it once per "
                            f"file, or use --engine ray for several files, globs or folders)")
+    ray_address, workers, ray_timeout = (flags.pop(name) for name in RAY_FLAGS)
     if ray_address is not None or workers is not None:
         raise SeqpoolError("--ray-address and --workers need --engine ray")
     if ray_timeout is not None:
         raise SeqpoolError("--ray-timeout needs --engine ray (it bounds joining the cluster at --ray-address)")
-    input_path = input_paths[0]
-    from seqpool.embed import EmbedInterrupted, embed_file
+    from seqpool.embed import EmbedInterrupted, EmbedSettings, embed_file
 
     def note(message: str) -> None:
         if not quiet:
             click.echo(f"note: {as_flags(SeqpoolError(message))}", err=True)
 
     try:
-        result = embed_file(input_path, output, model=model, input_format=input_format, output_format=output_format,
-                            text_field=text_field, strategies=parse_strategies(strategies), layer=parse_layers(layer),
-                            batch_size=batch_size, max_length=max_length, normalize=normalize, dtype=dtype,
-                            device=device, threads=threads, skip_empty=skip_empty, chunk_size=chunk_size,
-                            resume=resume, progress=False if quiet else None, note=note, prompt=prompt,
-                            prompt_name=prompt_name, include_prompt=False if exclude_prompt else None,
-                            long_texts=long_texts, window=window, stride=stride, chunk_output=chunk_output,
-                            truncate_dim=truncate_dim, precision=precision, calibration=calibration)
+        output = flags.pop("output")
+        flags.update(strategies=parse_strategies(flags["strategies"]), layer=parse_layers(flags["layer"]))
+        options = _vector_options(flags)
+        result = embed_file(input_paths[0], output, settings=EmbedSettings(**flags), options=options,
+                            progress=False if quiet else None, note=note)
     except SeqpoolError as error:
         raise as_flags(error) from None
     except EmbedInterrupted as interrupted:
@@ -202,38 +179,48 @@ def _report_truncated(truncated: int, texts: int) -> None:
                    f"--long-texts chunk or late keeps all of them", err=True)
 
 
-def _embed_with_ray(input_paths: tuple[str, ...], output: str | None, refused: list[str], *,
-                    input_format: str | None, text_field: str | None, model: str | None,
-                    strategies: tuple[str, ...], layer: str, batch_size: int | None, max_length: int | None,
-                    normalize: bool | None, dtype: str, device: str | None, threads: int | None, chunk_size: int,
-                    resume: bool, ray_address: str | None, ray_timeout: float | None, workers: int | None,
-                    quiet: bool, **vector_options: Any) -> None:
+def _vector_options(flags: dict[str, Any]) -> VectorOptions:
+    """The :class:`~seqpool.vector_options.VectorOptions` the flags set, taken out of ``flags``."""
+    from seqpool.vector_options import VectorOptions
+
+    return VectorOptions(**{name: flags.pop(name) for name in VECTOR_FLAGS},
+                         include_prompt=False if flags.pop("exclude_prompt") else None)
+
+
+def _embed_with_ray(input_paths: tuple[str, ...], quiet: bool, flags: dict[str, Any]) -> None:
     """``--engine ray``: :func:`seqpool.distributed.embed_files`, with the flags mapped onto it
     (``--threads``: CPUs per actor; ``--device cuda``: a GPU per actor; ``--chunk-size``: rows per shard;
     prompt, long-text and compact-vector flags as for the local engine; ``--ray-timeout``: how long
     the cluster at ``--ray-address`` has to answer)."""
     from seqpool.embed import parse_dtype
+    from seqpool.threads import check_thread_count
 
+    local_only = {"--format": flags.pop("output_format"), "--skip-empty": flags.pop("skip_empty"),
+                  "--chunk-output": flags["chunk_output"]}
+    refused = [flag for flag, value in local_only.items() if value]
     if refused:
         raise SeqpoolError(f"{', '.join(refused)} cannot be used with --engine ray (it writes one row per input "
                            f"row into a folder of parquet shards); use the local engine for it")
+    output, device, threads = flags.pop("output"), flags.pop("device"), flags.pop("threads")
     if output is None:
         raise SeqpoolError("--engine ray writes a folder of parquet shards: name it with -o/--output")
     if device not in (None, "cpu", "cuda"):
         raise SeqpoolError(f"--device {device} with --engine ray: use cpu or cuda (each actor gets a GPU of its own)")
-    if threads is not None and threads < 1:
-        raise SeqpoolError(f"--threads must be at least 1, got {threads}")
-    from seqpool.distributed import embed_files
+    from seqpool.distributed import RayOptions, embed_files
     from seqpool.distributed.dataset import DEFAULT_RAY_TIMEOUT_S
 
     try:
-        result = embed_files(list(input_paths), output, model=model, strategies=parse_strategies(strategies),
-                             normalize=normalize, layer=parse_layers(layer), dtype=parse_dtype(dtype),
-                             max_length=max_length, batch_size=batch_size, input_format=input_format,
-                             text_field=text_field, ray_address=ray_address, workers=workers,
-                             ray_timeout=DEFAULT_RAY_TIMEOUT_S if ray_timeout is None else ray_timeout,
-                             num_cpus=threads or 1, num_gpus=1 if device == "cuda" else 0, shard_rows=chunk_size,
-                             resume=resume, progress=False if quiet else None, **vector_options)
+        check_thread_count(threads, "`threads`")
+        flags.update(strategies=parse_strategies(flags["strategies"]), layer=parse_layers(flags["layer"]),
+                     dtype=parse_dtype(flags["dtype"]))
+        options = _vector_options(flags)
+        ray_address, workers, ray_timeout = (flags.pop(name) for name in RAY_FLAGS)
+        cluster = RayOptions(ray_address, DEFAULT_RAY_TIMEOUT_S if ray_timeout is None else ray_timeout, workers,
+                             num_cpus=threads or 1, num_gpus=1 if device == "cuda" else 0)
+        result = embed_files(list(input_paths), output, ray_options=cluster, options=options,
+                             input_format=flags.pop("input_format"), text_field=flags.pop("text_field"),
+                             shard_rows=flags.pop("chunk_size"), resume=flags.pop("resume"),
+                             progress=False if quiet else None, **flags)
     except SeqpoolError as error:
         raise as_flags(error) from None
     except KeyboardInterrupt:

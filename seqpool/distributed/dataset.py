@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import socket
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Iterator
 
-from seqpool.distributed.embedder import Embedder
+from seqpool.checks import number, positive_int
+from seqpool.engine.embedder import Embedder
 from seqpool.errors import SeqpoolError
 
 RAY_EXTRA = 'the Ray engine needs Ray, which is not installed; install it with: pip install "seqpool[ray]"'
@@ -26,6 +27,31 @@ DEFAULT_RAY_BATCH_SIZE = 1024
 #: Seconds a cluster named by address has to answer: Ray 2.60's own join retries 20 times,
 #: ~40 s each, when nothing answers (about 13 minutes before it gives up).
 DEFAULT_RAY_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How a run uses Ray: which cluster (``ray_address``; None: a local Ray sized to this
+    machine) and how long it has to answer (``ray_timeout`` seconds); ``workers`` actors (None:
+    one per CPU, or per GPU with ``num_gpus``), each reserving ``num_cpus`` CPUs and
+    ``num_gpus`` GPUs; ``rows_per_call`` rows sent to an actor at a time (None: sized to the
+    run); ``max_attempts`` tries per call or shard before the run ends naming it.
+    Construction checks what needs no cluster; the cluster's resources are checked on it.
+    """
+
+    ray_address: str | None = None
+    ray_timeout: float = DEFAULT_RAY_TIMEOUT_S
+    workers: int | None = None
+    num_cpus: float = 1
+    num_gpus: float = 0
+    rows_per_call: int | None = None
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_attempts", positive_int(self.max_attempts, "max_attempts"))
+        object.__setattr__(self, "workers", None if self.workers is None else check_workers(self.workers))
+        object.__setattr__(self, "rows_per_call", positive_int(self.rows_per_call, "rows_per_call", optional=True))
+        object.__setattr__(self, "ray_timeout", check_timeout(self.ray_timeout))
 
 
 def import_ray() -> Any:
@@ -62,8 +88,7 @@ def map_embedder(ds: Any, worker_class: type, *, workers: int | None, batch_size
     """``ds.map_batches(worker_class, compute=ActorPoolStrategy(...))`` with checked resources.
 
     ``max_task_retries``: how often a call whose actor died is sent again (Ray Data's default: forever)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SeqpoolError(f"batch_size must be a whole number of rows, at least 1, got {batch_size!r}")
+    positive_int(batch_size, "batch_size", what="a whole number of rows, at least 1")
     num_cpus, num_gpus = check_resources(ray, num_cpus, num_gpus)
     size = default_workers(ray, num_cpus, num_gpus) if workers is None else check_workers(workers)
     with warnings.catch_warnings():
@@ -78,17 +103,14 @@ def map_embedder(ds: Any, worker_class: type, *, workers: int | None, batch_size
 
 
 def check_workers(workers: Any) -> int:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise SeqpoolError(f"`workers` must be a whole number of actors, at least 1, got {workers!r}")
-    return workers
+    return positive_int(workers, "workers", what="a whole number of actors, at least 1")
 
 
 def check_resources(ray: Any, num_cpus: Any, num_gpus: Any) -> tuple[float, float]:
     """Per-actor CPUs and GPUs as numbers the cluster can grant; a GPU request on a
     cluster without GPUs fails now, in one line, instead of waiting forever for one."""
     for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise SeqpoolError(f"{name} per actor must be a number >= 0, got {value!r}")
+        number(value, name, at_least=0, what="a number >= 0 per actor")
     if num_cpus == 0 and num_gpus == 0:
         raise SeqpoolError("each actor needs num_cpus > 0 or num_gpus > 0")
     available = ray.cluster_resources()
@@ -110,10 +132,7 @@ def default_workers(ray: Any, num_cpus: float, num_gpus: float) -> int:
 
 def check_timeout(timeout: Any) -> float:
     """``ray_timeout`` as a number of seconds > 0, or one SeqpoolError naming it."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
-            or timeout <= 0:
-        raise SeqpoolError(f"`ray_timeout` must be a number of seconds > 0, got {timeout!r}")
-    return float(timeout)
+    return number(timeout, "ray_timeout", above=0, what="a number of seconds > 0")
 
 
 @contextlib.contextmanager
@@ -214,8 +233,7 @@ def _started_ray(ray: Any, address: str | None, num_cpus: int | None) -> Iterato
         if address is None:
             # Ray runs its workers at nice 15 so that its daemons stay responsive; on an instance
             # started for this one job the actors *are* the work, and at nice 15 they lose their
-            # cores to every other process (2 actors on 2 cores: ~8 % slower). A cluster joined at
-            # an address keeps its own setting.
+            # cores to every other process. A cluster joined at an address keeps its own setting.
             ray.init(num_cpus=num_cpus or available_cpus(), _system_config={"worker_niceness": 0}, **options)
         else:
             ray.init(address=address, **options)

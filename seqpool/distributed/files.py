@@ -20,36 +20,48 @@ is fixed by the plan, never by Ray's blocks or scheduling, so:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from seqpool.batching import check_flag
+from seqpool.checks import positive_int
 from seqpool.distributed.dataset import (
-    DEFAULT_RAY_TIMEOUT_S,
+    RayOptions,
     check_resources,
-    check_timeout,
-    check_workers,
     default_workers,
     import_ray,
     map_embedder,
     ray_session,
 )
-from seqpool.distributed.embedder import Embedder
 from seqpool.distributed.folder import ManifestRecorder, check_output_folder, check_same_run
 from seqpool.distributed.inputs import Input, expand_inputs, scan
+from seqpool.engine import (
+    Embedder,
+    RunSettings,
+    fit_on_calibration,
+    fit_ranges,
+    gather_options,
+    manifest_record,
+    run_compaction,
+    stored_rows,
+    truncated_rows,
+)
 from seqpool.errors import SeqpoolError
 from seqpool.io.shards import DEFAULT_SHARD_ROWS, MANIFEST_VERSION, Shard, kept_shards, plan_shards, shard_of
+from seqpool.vector_options import VectorOptions
 
 #: Bounds of the automatic rows per actor call (see :func:`call_rows`).
 MIN_CALL_ROWS, MAX_CALL_ROWS, CALLS_PER_ACTOR = 64, 8192, 4
+#: The :class:`Embedder` settings :func:`embed_files` takes as keywords when no ``embedder`` is given.
+EMBEDDER_KEYWORDS = ("model", "strategies", "normalize", "layer", "dtype", "max_length", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -67,108 +79,96 @@ class FilesResult:
 
 
 def embed_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
-                model: str | None = None, strategies: Sequence[str] | str | None = None,
-                normalize: bool | None = None, layer: int | Sequence[int] = -1, dtype: str | None = None,
-                max_length: int | None = None, batch_size: int | None = None, input_format: str | None = None,
-                text_field: str | None = None, ray_address: str | None = None, workers: int | None = None,
-                num_cpus: float = 1, num_gpus: float = 0, shard_rows: int = DEFAULT_SHARD_ROWS,
-                rows_per_call: int | None = None, resume: bool = False, progress: bool | None = None,
-                max_attempts: int = 3, embedder: Embedder | None = None, prompt: str | None = None,
-                prompt_name: str | None = None, include_prompt: bool | None = None, long_texts: str = "truncate",
-                window: int | None = None, stride: int | None = None, truncate_dim: int | None = None,
-                precision: str = "float32", calibration: str | os.PathLike | None = None,
-                ray_timeout: float = DEFAULT_RAY_TIMEOUT_S) -> FilesResult:
+                embedder: Embedder | None = None, ray_options: RayOptions | None = None,
+                options: VectorOptions | None = None, input_format: str | None = None, text_field: str | None = None,
+                shard_rows: int = DEFAULT_SHARD_ROWS, resume: bool = False, progress: bool | None = None,
+                **keywords: Any) -> FilesResult:
     """Embed every row of ``inputs`` on a Ray cluster into parquet shards under ``output_dir``.
 
     ``inputs``: files, globs (``data/*.jsonl``, ``**`` too) or folders (every file inside,
     recursively, except names starting with ``.`` or ``_``), on a path every Ray node can
-    read (a local disk for a local run, a shared mount on a cluster). Without
-    ``ray_address`` a local Ray instance sized to this machine runs the job and is shut down
-    after; ``"auto"`` or ``"ray://host:port"`` joins a cluster; a caller that already ran
-    ``ray.init`` is used as is. ``workers`` actors (default: one per CPU, or per GPU with
-    ``num_gpus``) each hold one model. The model settings are :class:`Embedder`'s; pass
-    ``embedder`` instead to use a configured (or subclassed) one.
+    read (a local disk for a local run, a shared mount on a cluster). ``shard_rows`` rows of
+    one input go to each shard. ``ray_options`` and ``options`` may also come as keywords naming
+    their fields (``workers=2``, ``precision="int8"``), as may the Embedder's settings.
 
-    ``rows_per_call`` rows go to an actor at a time (the Encoder sorts them by length and
-    batches them further by ``batch_size`` and its token budget): what a restarted actor
-    redoes. By default about a quarter of each actor's share, between 64 and 8192 rows
-    (:func:`call_rows`).
+    ``embedder``: the :class:`Embedder` every actor holds (a configured or subclassed one);
+    without it, one is built from the keywords naming its settings (``model``, ``strategies``,
+    ``normalize``, ``layer``, ``dtype``, ``max_length``, ``batch_size``) and ``options``' prompts,
+    long texts and ``truncate_dim`` (one vector per text: row-per-chunk output does not fit the
+    one-row-per-input-row shards).
 
-    Prompts, long texts and ``truncate_dim`` are :class:`Embedder`'s (one vector per text:
-    row-per-chunk output does not fit the one-row-per-input-row shards). ``precision``
-    (:mod:`seqpool.quantize`) is applied by the driver as it writes each shard; int8/uint8
-    ranges are fitted once, before any actor starts, on ``calibration``'s texts or else on the
-    first shard's vectors (embedded on the driver, and written as that shard), and kept in the
-    manifest, so every shard and every resumed run uses the same buckets.
+    ``ray_options`` (:class:`~seqpool.distributed.dataset.RayOptions`): without ``ray_address``
+    a local Ray instance sized to this machine runs the job and is shut down after; ``"auto"``
+    or ``"ray://host:port"`` joins a cluster, which has ``ray_timeout`` seconds to answer before
+    the run ends in one line naming the address (Ray itself retries for many minutes); a caller
+    that already ran ``ray.init`` is used as is.
+    ``workers`` actors (default: one per CPU, or per GPU with ``num_gpus``) each hold one model.
+    ``rows_per_call`` rows go to an actor at a time (the Encoder sorts them by length and batches
+    them further by ``batch_size`` and its token budget): what a restarted actor redoes. By
+    default about a quarter of each actor's share, between 64 and 8192 rows (:func:`call_rows`).
 
-    ``ray_timeout``: seconds to wait for the cluster at ``ray_address`` to answer before the
-    run ends in one line naming the address (Ray itself retries for many minutes).
+    ``options``' ``precision`` (:mod:`seqpool.quantize`) is applied by the driver as it writes
+    each shard; int8/uint8 ranges are fitted once, before any actor starts, on
+    ``calibration``'s texts or else on the first shard's vectors (embedded on the driver, and
+    written as that shard), and kept in the manifest, so every shard and every resumed run uses
+    the same buckets.
 
     ``load_embeddings(output_dir)`` reads the result back in input order (decoded), every shard
     verified against the manifest. ``resume=True`` continues an interrupted run with the same
     inputs and settings (anything else is an error): shard files that pass the same checks are
     kept, the others (named in ``FilesResult.redone``) are embedded again with the missing ones.
     """
-    from seqpool.vector_options import VectorOptions
-
-    calibration = None if calibration is None else os.path.abspath(str(calibration))
-    VectorOptions(precision=precision, calibration=calibration)  # torch-free checks, before any input is read
-    shard_rows = _whole(shard_rows, "shard_rows")
-    max_attempts = _whole(max_attempts, "max_attempts")
-    workers = None if workers is None else check_workers(workers)
-    rows_per_call = None if rows_per_call is None else _whole(rows_per_call, "rows_per_call")
-    ray_timeout = check_timeout(ray_timeout)
+    model_settings = {name: keywords.pop(name) for name in EMBEDDER_KEYWORDS if name in keywords}
+    cluster, options = gather_options("embed_files", keywords, (RayOptions, ray_options), (VectorOptions, options))
+    if options.calibration is not None:  # in the manifest: a resume from another folder names the same file
+        options = replace(options, calibration=os.path.abspath(options.calibration))
+    if embedder is not None and (model_settings or options.encoding() != VectorOptions()):
+        raise SeqpoolError("give the model and encoding options to the Embedder passed as `embedder`, not beside it")
+    if options.chunk_output:
+        raise SeqpoolError("`chunk_output` gives one row per chunk, which the shards of one row per input row "
+                           "cannot hold; use the local engine for it")
+    shard_rows = positive_int(shard_rows, "shard_rows")
+    resume = bool(check_flag(resume, "resume"))
     import_ray()  # a missing extra is one line, before any input is read
     folder = Path(output_dir)
     previous = check_output_folder(folder, resume)
     paths = expand_inputs(inputs, folder)
-    if calibration is not None:
-        from seqpool.io import TextSource
+    if options.calibration is not None:
+        from seqpool.io.readers import calibration_source
 
-        TextSource.open(calibration)  # exists and is readable, before the model loads
+        calibration_source(options.calibration)  # exists and is readable, before the model loads
     sources = [scan(path, input_format, text_field, shard_rows) for path in paths]
     if embedder is None:
-        embedder = Embedder(model=model, strategies=strategies, normalize=normalize, layer=layer, dtype=dtype,
-                            max_length=max_length, batch_size=batch_size, prompt=prompt, prompt_name=prompt_name,
-                            include_prompt=include_prompt, long_texts=long_texts, window=window, stride=stride,
-                            truncate_dim=truncate_dim)
-    with _ray_while_describing(embedder, ray_address, ray_timeout, quiet=progress is False) as (ray, described):
-        return _run(ray, described, embedder, folder, previous, sources, compaction_args=(precision, calibration),
-                    batch_size=batch_size, shard_rows=shard_rows, workers=workers, rows_per_call=rows_per_call,
-                    num_cpus=num_cpus, num_gpus=num_gpus, progress=progress, max_attempts=max_attempts)
+        embedder = Embedder(**model_settings, options=options)
+    with _ray_while_resolving(embedder, options, cluster, quiet=progress is False) as (ray, record):
+        return _run(ray, record, embedder, folder, previous, sources, shard_rows=shard_rows, cluster=cluster,
+                    progress=progress)
 
 
 @contextlib.contextmanager
-def _ray_while_describing(embedder: Embedder, address: str | None, timeout: float,
-                          quiet: bool) -> Iterator[tuple[Any, dict]]:
-    """Ray, and the embedder's resolved settings, with the two started side by side.
+def _ray_while_resolving(embedder: Embedder, options: VectorOptions, cluster: RayOptions,
+                         quiet: bool) -> Iterator[tuple[Any, RunSettings]]:
+    """Ray, and the run's settings resolved by the embedder, with the two started side by side.
 
-    ``describe`` loads torch and the model on the driver to check them; starting Ray is mostly
-    waiting for its daemons. Together they take the longer of the two instead of the sum
-    (2-3 s of a run's fixed cost on 2 cores). A bad model still ends the run with its own error.
+    Resolving loads torch and the model on the driver and runs it once, to check them; starting
+    Ray is mostly waiting for its daemons. Together they take the longer of the two instead of
+    the sum. A bad model still ends the run with its own error.
     """
+    def resolve() -> RunSettings:
+        embedder.check_runs()
+        return embedder.run_settings(options.precision, options.calibration)
+
     with ThreadPoolExecutor(1, thread_name_prefix="seqpool-describe") as pool:
-        described = pool.submit(embedder.describe)
-        with ray_session(address, quiet=quiet, timeout=timeout) as ray:
-            yield ray, described.result()
+        resolved = pool.submit(resolve)
+        with ray_session(cluster.ray_address, quiet=quiet, timeout=cluster.ray_timeout) as ray:
+            yield ray, resolved.result()
 
 
-def _run(ray: Any, described: dict[str, Any], embedder: Embedder, folder: Path, previous: dict[str, Any] | None,
-         sources: list[Input], *, compaction_args: tuple[str, str | None], batch_size: int | None,
-         shard_rows: int, workers: int | None, rows_per_call: int | None, num_cpus: float, num_gpus: float,
-         progress: bool | None, max_attempts: int) -> FilesResult:
+def _run(ray: Any, record: RunSettings, embedder: Embedder, folder: Path, previous: dict[str, Any] | None,
+         sources: list[Input], *, shard_rows: int, cluster: RayOptions, progress: bool | None) -> FilesResult:
     """:func:`embed_files` once the inputs are scanned and Ray runs: plan, write, record."""
-    from seqpool.quantize import Compaction
-
-    precision, calibration = compaction_args
-    settings = {**described, "batch_size": batch_size, "shard_rows": shard_rows}
-    compact = {"precision": precision} if precision != "float32" else {}
-    compact.update({"calibration": calibration} if calibration is not None else {})
-    if compact:  # a resume with another precision or calibration is refused like any changed setting
-        settings["vectors"] = {**settings.get("vectors", {}), **compact}
-    dims = settings["dims"]
     manifest = {"version": MANIFEST_VERSION, "complete": False, "inputs": [source.record() for source in sources],
-                "settings": settings, "shards": []}
+                "settings": record.manifest(shard_rows), "shards": []}
     plan = plan_shards([source.rows for source in sources], shard_rows)
     done: dict[Shard, tuple[str, int]] = {}  # verified finished shard -> its sha256, its texts cut at max_length
     damaged: dict[Shard, str] = {}  # shard files that failed verification -> why: embedded again
@@ -177,23 +177,20 @@ def _run(ray: Any, described: dict[str, Any], embedder: Embedder, folder: Path, 
         done, damaged = kept_shards(folder, plan, previous, [source.path for source in sources])
         for stale in folder.glob(".part-*.tmp"):  # a temporary file of a write the kill interrupted
             stale.unlink(missing_ok=True)
-    compaction = Compaction.from_metadata(previous) if previous is not None and "compaction" in previous \
-        else Compaction(precision)
-    first = _fit_ranges(compaction, embedder, sources, plan, done, shard_rows, calibration)
-    if not compaction.is_identity:
-        manifest.update(_compaction_record(compaction))
+    compaction = run_compaction(previous, record.options.precision)
+    first = _fit_ranges(compaction, embedder, sources, plan, done, shard_rows, record.options.calibration)
+    manifest.update(manifest_record(compaction))
     created = not folder.exists()
     folder.mkdir(exist_ok=True)
     recorder = ManifestRecorder(folder, manifest, done)
     try:
         if first is not None:  # the shard the ranges were fitted on: embedded already
             shard, vectors, truncated = first
-            recorder.write(shard, sources[shard.source].path, _encoded(compaction, vectors), truncated)
+            recorder.write(shard, sources[shard.source].path, stored_rows(compaction, vectors), truncated)
         missing = [shard for shard in plan if shard not in recorder.done]
         if missing:
-            _embed_missing(ray, missing, sources, embedder, recorder, compaction, shard_rows=shard_rows, dims=dims,
-                           workers=workers, rows_per_call=rows_per_call, num_cpus=num_cpus, num_gpus=num_gpus,
-                           progress=progress, max_attempts=max_attempts)
+            _embed_missing(ray, missing, sources, embedder, recorder, compaction, shard_rows=shard_rows,
+                           dims=record.widths, cluster=cluster, progress=progress)
     except BaseException:
         if created and not recorder.done:
             shutil.rmtree(folder, ignore_errors=True)  # nothing was embedded: leave nothing behind
@@ -202,8 +199,8 @@ def _run(ray: Any, described: dict[str, Any], embedder: Embedder, folder: Path, 
         raise
     recorder.finish()
     paths = [source.path for source in sources]
-    return FilesResult(folder, sum(source.rows for source in sources), dims[settings["strategies"][0]],
-                       tuple(settings["strategies"]), len(plan), len(done), recorder.truncated,
+    return FilesResult(folder, sum(source.rows for source in sources), record.widths[record.strategies[0]],
+                       record.strategies, len(plan), len(done), recorder.truncated,
                        tuple(f"{shard.describe(paths)} {why}" for shard, why in damaged.items()))
 
 
@@ -215,12 +212,10 @@ def _fit_ranges(compaction: Any, embedder: Embedder, sources: list[Input], plan:
     (with how many of its texts were truncated)."""
     if not compaction.needs_ranges or compaction.ranges or not plan:
         return None
+    if fit_on_calibration(compaction, calibration, embedder.embed):
+        return None
     from seqpool.io import TextSource, text_digest
 
-    if calibration is not None:
-        for name, vectors in embedder.embed(list(TextSource.open(calibration).texts())).items():
-            compaction.fit(name, vectors)
-        return None
     shard = plan[0]
     source = sources[shard.source]
     texts = next(iter(TextSource.open(source.path, source.format, source.text_field).chunks(shard_rows)))
@@ -228,23 +223,8 @@ def _fit_ranges(compaction: Any, embedder: Embedder, sources: list[Input], plan:
         raise SeqpoolError(f"{source.path} changed while it was being embedded (rows 0-{len(texts) - 1} differ "
                            f"from the first read); rerun")
     vectors = embedder.embed(texts)
-    for name, array in vectors.items():
-        compaction.fit(name, array)
-    return None if shard in done else (shard, vectors, embedder.encoder.last_stats.truncated)
-
-
-def _compaction_record(compaction: Any) -> dict[str, Any]:
-    """``{"compaction": {...}}`` for the manifest (what ``Compaction.from_metadata`` reads back)."""
-    from seqpool.quantize import METADATA_KEY
-
-    return {METADATA_KEY: json.loads(compaction.to_metadata()[METADATA_KEY])}
-
-
-def _encoded(compaction: Any, vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A shard's stored columns: the float vectors, or their codes with the run's fixed ranges."""
-    if compaction.is_identity:
-        return vectors
-    return {name: compaction.encode(name, array) for name, array in vectors.items()}
+    fit_ranges(compaction, vectors)
+    return None if shard in done else (shard, vectors, len(truncated_rows(vectors)))
 
 
 # -- the Ray run -----------------------------------------------------------------------------------
@@ -252,8 +232,7 @@ def _encoded(compaction: Any, vectors: dict[str, np.ndarray]) -> dict[str, np.nd
 
 def _embed_missing(ray: Any, missing: list[Shard], sources: list[Input], embedder: Embedder,
                    recorder: ManifestRecorder, compaction: Any, *, shard_rows: int, dims: dict[str, int],
-                   workers: int | None, rows_per_call: int | None, num_cpus: float, num_gpus: float,
-                   progress: bool | None, max_attempts: int) -> None:
+                   cluster: RayOptions, progress: bool | None) -> None:
     """Run rounds over the missing shards until none is left; a shard whose rows failed is
     tried again next round, up to ``max_attempts`` times (a user error, at once)."""
     from seqpool.progress import progress_bar
@@ -265,21 +244,20 @@ def _embed_missing(ray: Any, missing: list[Shard], sources: list[Input], embedde
         while missing:
             failed: dict[Shard, str] = {}
             try:
-                stream = _stream(ray, missing, sources, embedder, shard_rows=shard_rows, dims=dims, workers=workers,
-                                 rows_per_call=rows_per_call, num_cpus=num_cpus, num_gpus=num_gpus,
-                                 max_attempts=max_attempts)
+                stream = _stream(ray, missing, sources, embedder, shard_rows=shard_rows, dims=dims, cluster=cluster)
                 for shard, vectors, error, truncated in stream:
                     if error:
                         failed[shard] = error
                         continue
-                    recorder.write(shard, paths[shard.source], _encoded(compaction, vectors), truncated)
+                    recorder.write(shard, paths[shard.source], stored_rows(compaction, vectors), truncated)
                     bar.update(shard.rows)
             except Exception as error:  # Ray's own failure (a read task, dead actors, the cluster): one line
                 unfinished = [shard for shard in missing if shard not in recorder.done]
-                raise _as_user_error(error, max_attempts, len(recorder.done), _where(unfinished, paths)) from None
+                raise _as_user_error(error, cluster.max_attempts, len(recorder.done),
+                                     _where(unfinished, paths)) from None
             for shard, error in failed.items():
                 failures[shard] += 1
-                if error.startswith("SeqpoolError: ") or failures[shard] >= max_attempts:
+                if error.startswith("SeqpoolError: ") or failures[shard] >= cluster.max_attempts:
                     times = "" if failures[shard] == 1 else f" {failures[shard]} times"
                     raise SeqpoolError(f"{shard.describe(paths)} failed{times}: {error}; the {len(recorder.done)} "
                                        f"shards done are kept: fix the cause and rerun with --resume")
@@ -290,8 +268,7 @@ def _embed_missing(ray: Any, missing: list[Shard], sources: list[Input], embedde
 
 
 def _stream(ray: Any, missing: list[Shard], sources: list[Input], embedder: Embedder, *, shard_rows: int,
-            dims: dict[str, int], workers: int | None, rows_per_call: int | None, num_cpus: float,
-            num_gpus: float, max_attempts: int) -> Iterator[tuple[Shard, dict[str, np.ndarray], str, int]]:
+            dims: dict[str, int], cluster: RayOptions) -> Iterator[tuple[Shard, dict[str, np.ndarray], str, int]]:
     """``(shard, vectors, error, truncated)`` for each shard whose rows all came back (``error``
     empty unless a batch holding some of its rows failed; ``truncated``: its texts cut at
     max_length), as the actors return them.
@@ -305,14 +282,14 @@ def _stream(ray: Any, missing: list[Shard], sources: list[Input], embedder: Embe
             shard.first_row // shard_rows]
     read_plan = {index: (sources[index].path, sources[index].format, sources[index].text_field, starts)
                  for index, starts in wanted.items()}
-    num_cpus, num_gpus = check_resources(ray, num_cpus, num_gpus)
-    actors = workers or default_workers(ray, num_cpus, num_gpus)
-    batch_size = rows_per_call or call_rows(sum(shard.rows for shard in missing), actors)
+    num_cpus, num_gpus = check_resources(ray, cluster.num_cpus, cluster.num_gpus)
+    actors = cluster.workers or default_workers(ray, num_cpus, num_gpus)
+    batch_size = cluster.rows_per_call or call_rows(sum(shard.rows for shard in missing), actors)
     ds = _call_sized_blocks(ray, read_plan, sources, shard_rows, embedder.text_column, batch_size)
     row_counts = [source.rows for source in sources]
     ds = map_embedder(ds, _ShardWorker, workers=actors, batch_size=batch_size, num_cpus=num_cpus,
                       num_gpus=num_gpus, ray=ray, constructor_args=(embedder, dims),
-                      max_task_retries=max_attempts - 1)
+                      max_task_retries=cluster.max_attempts - 1)
     assembler = _Assembler(set(missing), shard_rows, row_counts)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield from assembler.add(batch)
@@ -322,11 +299,9 @@ def call_rows(rows: int, actors: int) -> int:
     """Rows per actor call for ``rows`` rows on ``actors`` actors.
 
     The Encoder sorts a call's texts by length before batching them, so a bigger call wastes
-    less on padding (MiniLM on 20 000 SentEval lines through the Encoder's own packing: 2.6 %
-    padded tokens in 1250-row calls, 1.5 % in 2500, 0.7 % in 5000; one actor embeds 4-8 % faster
-    in 2500-4096-row calls than in 1024-row ones). A
-    smaller call balances the last ones between actors and costs less to redo after a crash:
-    about ``CALLS_PER_ACTOR`` calls per actor, within ``[MIN_CALL_ROWS, MAX_CALL_ROWS]``.
+    less on padding, and each call costs the actor a fixed overhead. A smaller call balances the
+    last ones between actors and costs less to redo after a crash: about ``CALLS_PER_ACTOR``
+    calls per actor, within ``[MIN_CALL_ROWS, MAX_CALL_ROWS]``.
     """
     share = math.ceil(rows / (CALLS_PER_ACTOR * max(1, actors)))
     return min(MAX_CALL_ROWS, max(MIN_CALL_ROWS, share))
@@ -403,15 +378,15 @@ class _ShardWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(batch["row"])
         truncated = np.zeros(rows, dtype=bool)
+        out = {name: column for name, column in batch.items() if name != self.embedder.text_column}
         try:
-            out = self.embedder(batch)
-            truncated[list(self.embedder.encoder.last_stats.truncated_rows)] = True
+            vectors = self.embedder.embed_column(batch)
+            truncated[list(truncated_rows(vectors))] = True
             error = ""
         except Exception as exc:
-            out = dict(batch)
-            out.update({name: np.full((rows, dim), np.nan, dtype=np.float32) for name, dim in self.dims.items()})
+            vectors = {name: np.full((rows, dim), np.nan, dtype=np.float32) for name, dim in self.dims.items()}
             error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-        del out[self.embedder.text_column]
+        out.update(vectors)
         out["error"] = np.full(rows, error, dtype=object)
         out["truncated"] = truncated
         return out
@@ -501,9 +476,3 @@ def _actor_lost(error: BaseException) -> bool:
     text = str(error)
     return bool(kinds & {"ActorDiedError", "ActorUnavailableError"}) or "ActorDiedError" in text \
         or "ActorUnavailableError" in text or ("The actor" in text and ("unavailable" in text or "died" in text))
-
-
-def _whole(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SeqpoolError(f"`{name}` must be a whole number, at least 1, got {value!r}")
-    return value
