@@ -117,3 +117,76 @@ def test_seqpool_debug_shows_the_traceback(classifier_without_model):
     debug = explain("--classifier", str(classifier_without_model), "--label", "bogus", "cat",
                     env={"SEQPOOL_DEBUG": "1"})
     assert isinstance(debug.exception, SeqpoolError)  # re-raised for the traceback, not turned into a line
+
+
+# -- flags come from each command's own options; aliases only where the library spells it otherwise --
+
+import dataclasses  # noqa: E402
+import inspect  # noqa: E402
+
+import click  # noqa: E402
+
+from seqpool.cli import as_flags, command_flags  # noqa: E402
+
+
+def _library_parameters(*entry_points) -> set[str]:
+    """Every parameter name the library functions (or dataclass fields) a command calls take."""
+    names: set[str] = set()
+    for entry in entry_points:
+        if dataclasses.is_dataclass(entry):
+            names |= {field.name for field in dataclasses.fields(entry)}
+        else:
+            names |= set(inspect.signature(entry).parameters)
+    return names
+
+
+def _aliased_commands():
+    """(command, its aliases, the library entry points whose parameters its messages name)."""
+    from seqpool.cli import embed, evaluate
+    from seqpool.distributed import embed_files
+    from seqpool.embed import embed_file
+    from seqpool.evaluation import EvaluationSettings
+    from seqpool.evaluation import evaluate as run_evaluation
+
+    return [(embed.embed, embed.ALIASES, (embed_file, embed_files)),
+            (evaluate.evaluate, evaluate.ALIASES, (EvaluationSettings, run_evaluation))]
+
+
+def test_every_alias_names_a_real_library_parameter_and_a_real_option():
+    for command, aliases, entry_points in _aliased_commands():
+        parameters = _library_parameters(*entry_points)
+        options = {param.name for param in command.params if isinstance(param, click.Option)}
+        for spelling, option in aliases.items():
+            assert spelling.partition("=")[0] in parameters, f"{command.name}: {spelling!r} is no library parameter"
+            assert spelling not in options, f"{command.name}: {spelling!r} is an option's own name, not an alias"
+            assert option in options, f"{command.name}: alias {spelling!r} -> {option!r}, no such option"
+
+
+def test_flags_are_the_commands_own_options():
+    from seqpool.cli import embed, evaluate, explain
+
+    embed_flags = command_flags(embed.embed, embed.ALIASES)
+    assert embed_flags["output"] == "-o/--output" and embed_flags["output_format"] == "--format"
+    assert embed_flags["shard_rows"] == embed_flags["chunk_size"] == "--chunk-size"
+    assert "label_field" not in embed_flags  # embed has no --label-field: no entry can claim it does
+    evaluate_flags = command_flags(evaluate.evaluate, evaluate.ALIASES)
+    assert evaluate_flags["json_path"] == "--json" and evaluate_flags["tune=False"] == "--no-tune"
+    assert command_flags(explain.explain)["input_path"] == "--input"
+    for command in (embed.embed, evaluate.evaluate, explain.explain):  # every option, nothing else
+        options = [param for param in command.params if isinstance(param, click.Option)]
+        assert set(command_flags(command)) == {param.name for param in options}
+
+
+def test_a_new_option_is_mapped_and_an_alias_to_no_option_is_refused():
+    @click.command()
+    @click.option("--text-column", "text_field")
+    @click.option("-n", "--rows")
+    @click.argument("path")
+    def probe(text_field, rows, path):
+        """A command with two options and an argument."""
+
+    assert command_flags(probe) == {"text_field": "--text-column", "rows": "-n/--rows"}
+    error = as_flags(SeqpoolError("set text_field='x' or `rows`"), command_flags(probe, {"limit": "rows"}))
+    assert str(error) == "set --text-column 'x' or -n/--rows"
+    with pytest.raises(KeyError, match="label_field"):
+        command_flags(probe, {"label_field": "label"})

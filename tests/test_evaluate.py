@@ -343,7 +343,7 @@ def test_cli_end_to_end_writes_table_json_and_plot(toy_file, tiny_bert_dir, tmp_
 
 
 def test_default_strategies_are_all_parameter_free_plus_learned():
-    from seqpool.layers import LEARNED_STRATEGIES
+    from seqpool.pooling.pooler import LEARNED_STRATEGIES
     from seqpool.pooling import STRATEGIES
 
     assert DEFAULT_STRATEGIES == STRATEGIES + LEARNED_STRATEGIES

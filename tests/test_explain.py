@@ -25,7 +25,7 @@ from seqpool.explain import (
     write_html,
     write_png,
 )
-from seqpool.layers import POOLER_STRATEGIES
+from seqpool.pooling.pooler import POOLER_STRATEGIES
 
 DIM = 8
 POOLER_KWARGS = {"attention": {"heads": 2, "hidden_dim": 4}, "se_mean": {"reduction": 2}}

@@ -261,7 +261,7 @@ def test_each_command_maps_through_the_one_mechanism():
 # -- Python entry points: user errors are SeqpoolError ------------------------------------------
 
 def _pooler_bad_strategy() -> None:
-    from seqpool.layers import Pooler
+    from seqpool.pooling.pooler import Pooler
 
     Pooler("bogus", 8)
 

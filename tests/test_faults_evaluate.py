@@ -257,12 +257,12 @@ def test_by_length_with_as_many_bins_as_texts_reports_without_a_traceback(tiny_b
 
 
 def _learned_saves(tmp_path: Path):
-    from seqpool.attentive_stats import AttentiveStatisticsPooling
     from seqpool.classifier import PooledClassifier
-    from seqpool.gem import GeMPooling
-    from seqpool.latent_attention import LatentAttentionPooling
-    from seqpool.layers import Pooler
-    from seqpool.scalar_mix import ScalarMix
+    from seqpool.pooling.attentive_stats import AttentiveStatisticsPooling
+    from seqpool.pooling.gem import GeMPooling
+    from seqpool.pooling.latent_attention import LatentAttentionPooling
+    from seqpool.pooling.pooler import Pooler
+    from seqpool.pooling.scalar_mix import ScalarMix
 
     return {
         "classifier": (PooledClassifier("mean", 8, 2), PooledClassifier, "dim"),

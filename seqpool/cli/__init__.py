@@ -21,17 +21,36 @@ from seqpool._version import __version__
 from seqpool.errors import SeqpoolError
 
 
+def command_flags(command: click.Command, aliases: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Python parameter -> the flag that sets it, read from ``command``'s own options, so a new
+    option is mapped the day it is added and a removed one cannot linger.
+
+    Each option's click name (``text_field``, ``json_path``) is the library parameter it sets,
+    said as all its option strings (``-o/--output``, ``--json``). ``aliases`` adds the few library
+    spellings that differ from every click name (``tune=False`` -> ``no_tune``, i.e. ``--no-tune``);
+    an alias naming no option of ``command`` is a bug, and raises.
+    """
+    flags = {param.name: "/".join(param.opts) for param in command.params
+             if isinstance(param, click.Option) and param.name}
+    for spelling, name in (aliases or {}).items():
+        if name not in flags:
+            raise KeyError(f"alias {spelling!r} names {name!r}, which is no option of {command.name!r}")
+        flags[spelling] = flags[name]
+    return flags
+
+
 def as_flags(error: SeqpoolError, flags: Mapping[str, str]) -> SeqpoolError:
     """``error`` with the Python parameters it names said as the command's flags (``flags``:
-    parameter, or a spelling such as ``tune=False``, -> flag), the one mapping every command uses.
+    parameter, or a spelling such as ``tune=False``, -> flag; see :func:`command_flags`), the one
+    mapping every command uses.
 
     Mapped: `` `name` ``; ``name=...`` / ``name=True`` (the flag alone); ``name=value`` (the flag,
     a space, the value); a bare ``name`` where it cannot be an English word (it has an ``_``) or
-    where the error lists it in its ``parameters`` attribute (see
+    where the error lists it in :attr:`SeqpoolError.parameters` (see
     :func:`seqpool.evaluation.settings.parameter_error`). Names inside quotes or other
     identifiers are left alone.
     """
-    listed = set(getattr(error, "parameters", ()))
+    listed = set(error.parameters)
     names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
     if not names:
         return error
@@ -48,9 +67,7 @@ def as_flags(error: SeqpoolError, flags: Mapping[str, str]) -> SeqpoolError:
             return flags[name]
         return match.group(0)
 
-    mapped = SeqpoolError(pattern.sub(flag, str(error)))
-    mapped.parameters = tuple(listed)  # type: ignore[attr-defined]
-    return mapped
+    return SeqpoolError(pattern.sub(flag, str(error)), parameters=error.parameters)
 
 
 # command name -> (module, attribute, one-line help shown by ``seqpool --help``); the help

@@ -13,25 +13,17 @@ from __future__ import annotations
 import click
 
 from seqpool.cli import as_flags as cli_as_flags
-from seqpool.cli.embed import parse_layers
+from seqpool.cli import command_flags
+from seqpool.cli.options import parse_layers
 from seqpool.errors import SeqpoolError
 
-#: The flag that sets each library parameter (or parameter spelling) a message may name.
-FLAGS = {
-    "folds": "--folds", "repeats": "--repeats", "seed": "--seed", "inner_folds": "--inner-folds",
-    "tune=False": "--no-tune", "c_grid": "--c-grid", "max_epochs": "--max-epochs",
-    "learning_curve": "--learning-curve",
-    "curve_experiments": "--curve-experiments", "text_field": "--text-field", "label_field": "--label-field",
-    "input_format": "--input-format", "split": "--split", "test_split": "--test-split", "strategies": "--strategies",
-    "max_length": "--max-length", "batch_size": "--batch-size", "threads": "--threads", "cache_dir": "--cache-dir",
-    "json_path": "--json", "plot_path": "--plot", "by_length": "--by-length", "save_best": "--save-best",
-    "overwrite=True": "--overwrite", "layer": "--layer", "device": "--device", "dtype": "--dtype", "model": "--model",
-}
+#: Library spellings no option of ``evaluate`` is named after (every other name is an option's own).
+ALIASES = {"tune=False": "no_tune"}
 
 
 def as_flags(error: SeqpoolError) -> SeqpoolError:
     """``error`` with the parameters it names shown as ``seqpool evaluate``'s flags."""
-    return cli_as_flags(error, FLAGS)
+    return cli_as_flags(error, command_flags(evaluate, ALIASES))
 
 
 def parse_c_grid(value: str | None) -> tuple[float, ...] | None:
@@ -60,7 +52,8 @@ def parse_c_grid(value: str | None) -> tuple[float, ...] | None:
 @click.option("--split", help="Split of a Hub dataset given as --train [default: train].")
 @click.option("--test-split", default="test", show_default=True, help="Split of a Hub dataset given as --test.")
 @click.option("--strategies", metavar="NAME[,NAME...]",
-              help="Strategies to compare [default: every parameter-free one plus attention and se_mean].")
+              help="Strategies to compare [default: the classic comparison, parameter-free and learned "
+                   "(seqpool.evaluation.DEFAULT_STRATEGIES); name others, e.g. from seqpool strategies, to add them].")
 @click.option("--folds", type=int, default=10, show_default=True, help="k of the stratified k-fold CV.")
 @click.option("--repeats", type=int, default=1, show_default=True,
               help="CV repeats with new splits and seeds; with --test, seeds of the learned strategies.")

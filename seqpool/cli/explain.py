@@ -15,16 +15,14 @@ from typing import Any, Sequence
 import click
 
 from seqpool.cli import as_flags as cli_as_flags
+from seqpool.cli import command_flags
 from seqpool.errors import SeqpoolError
-
-#: Python parameter -> the flag that sets it, for messages raised by the library.
-FLAGS = {"input_path": "--input", "input_format": "--input-format", "text_field": "--text-field",
-         "html_path": "--html", "png_path": "--png", "model": "--model", "label": "--label"}
 
 
 def as_flags(error: SeqpoolError) -> SeqpoolError:
-    """``error`` with the parameters it names shown as ``seqpool explain``'s flags."""
-    return cli_as_flags(error, FLAGS)
+    """``error`` with the parameters it names shown as ``seqpool explain``'s flags (every library
+    parameter it can name is an option's own name: ``input_path`` is ``--input``)."""
+    return cli_as_flags(error, command_flags(explain))
 
 
 def resolve_label(label: str, labels: Sequence[Any]) -> Any:

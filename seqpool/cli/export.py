@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from seqpool.cli import as_flags, command_flags
 from seqpool.errors import SeqpoolError
 
 
@@ -30,12 +31,11 @@ def export(output: Path, fmt: str, model: str | None, strategy: str | None, norm
     """Export the model with its pooling, head and normalisation inside the graph: inputs
     input_ids + attention_mask (+ token_type_ids), either padding side; output sentence_embedding
     (or logits with --classifier)."""
-    from seqpool.cli import as_flags
     from seqpool.export import ExportRequest, export_model
 
     request = ExportRequest(output, fmt, model, strategy, normalize, classifier, dtype, calibration)
     try:
         folder = export_model(request)
     except SeqpoolError as error:
-        raise as_flags(error, {"calibration": "--calibration", "strategy": "--strategy"}) from None
+        raise as_flags(error, command_flags(export)) from None
     click.echo(f"exported {folder} ({fmt}, {dtype})", err=True)

@@ -4,8 +4,8 @@ A cache is an optimisation, never a reason to fail, and never trusted unchecked:
 records the sha256 of its states (:func:`states_digest`), so a file that does not match its
 digest, or holds non-finite states, or no digest at all, is re-encoded and replaced with one
 warning (not scored at chance). A cache folder that cannot be written (read-only, a path under
-a regular file, a full disk) gives one warning and the run continues without it — before the
-encoder runs, not after.
+a regular file, a full disk) gives one warning, before the encoder runs, not after; the run
+goes on, reading what the folder holds and storing nothing.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """The two classifiers every strategy is scored with, fitted on the training part only.
 
-Parameter-free strategies: standardised pooled vectors -> scikit-learn ``LogisticRegression``,
-its L2 strength chosen by an inner stratified CV (SentEval's protocol). Learned strategies:
+Parameter-free strategies: standardised pooled vectors -> an L2-regularised logistic regression,
+its strength C chosen by an inner stratified CV (SentEval's protocol). The objective is
+scikit-learn's ``StandardScaler`` + ``LogisticRegression``, but every fit of a strategy (each
+task's inner folds x C, and its refits) is solved at once by the batched L-BFGS of
+:mod:`.logistic` (:func:`fit_predict_logistic_many`); :func:`choose_c` keeps the one-fit-at-a-time
+scikit-learn version as the reference the tests compare it with. Learned strategies:
 :class:`~seqpool.classifier.PooledClassifier` on frozen token states.
 """
 
@@ -160,7 +164,7 @@ def fit_predict_learned(strategy: str, train_states: TokenStates, y_train: np.nd
                         options: dict[str, Any], pooler_kwargs: dict[str, Any] | None = None) -> np.ndarray:
     """Train a :class:`PooledClassifier` on the training states only; predict the test rows.
 
-    ``pooler_kwargs`` go to the pooler (``num_layers`` for ``scalar_mix``).
+    ``pooler_kwargs`` go to the pooler (e.g. ``num_layers`` for a strategy that mixes layers).
     """
     from seqpool.classifier import PooledClassifier
 

@@ -15,7 +15,7 @@ from seqpool.errors import SeqpoolError
 from seqpool.evaluation.data import LabelledTexts
 from seqpool.evaluation.protocol import Corpus, Jobs, fit_all
 from seqpool.evaluation.result import clip_interval
-from seqpool.evaluation.settings import derive_seed, parameter_error
+from seqpool.evaluation.settings import EvaluationSettings, derive_seed, parameter_error
 from seqpool.evaluation.workers import FitWorkers
 
 Log = Callable[[str], None]
@@ -63,12 +63,12 @@ def plan_curve(train: LabelledTexts, test: LabelledTexts | None, sizes: Sequence
 
 
 def run_learning_curve(strategies: Sequence[str], workers: FitWorkers, train: Corpus, pool_rows: np.ndarray,
-                       test: Corpus, test_rows: np.ndarray, log: Log) -> dict[str, Any]:
+                       test: Corpus, test_rows: np.ndarray, settings: EvaluationSettings, log: Log) -> dict[str, Any]:
     """Accuracy +- CI per strategy and per examples-per-class, over balanced subsamples.
 
     The CI resamples experiments and test examples (both are random), like seeds x examples.
     """
-    s = workers.fitter.settings
+    s = settings
     jobs: Jobs = {}
     for per_class in s.learning_curve:
         samples = [learning_curve_samples(train.labels, pool_rows, per_class,

@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-#: L-BFGS settings: stop when the largest gradient entry of the summed objective is below
-#: ``GRADIENT_TOLERANCE`` (scikit-learn's own default tol is 1e-4 per problem).
+#: L-BFGS settings: a problem stops when the largest entry of its gradient (preconditioned weights
+#: and bias) is below ``GRADIENT_TOLERANCE`` (scikit-learn's own default tol is 1e-4 per problem).
 GRADIENT_TOLERANCE = 1e-5
 MAX_ITERATIONS = 300
 

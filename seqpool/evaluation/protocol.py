@@ -1,137 +1,37 @@
 """The resampling protocols (scikit-learn's ``model_selection`` is the model): repeated
 stratified k-fold on one file, or train/test, with the same splits for every strategy.
 
-1. **Parameter-free strategies**: standardised pooled vectors -> ``LogisticRegression``, C
-   chosen by an inner stratified CV on the training part only, refit, scored on the held-out part.
-2. **Learned strategies** (``attention``, ``se_mean``): :class:`PooledClassifier` on the frozen
-   token states of the training part, with a seed derived from ``(seed, repeat, fold)``.
+1. **Parameter-free strategies**: standardised pooled vectors -> a logistic regression (scikit-learn's
+   ``LogisticRegression`` objective; a strategy's fits, every fold, inner fold and C, solved at once
+   by the batched L-BFGS of :mod:`.logistic`), C chosen by an inner stratified CV on the training
+   part only, refit, scored on the held-out part.
+2. **Learned strategies** (every strategy the registry marks ``learned``): :class:`PooledClassifier`
+   on the frozen token states of the training part, with a seed derived from ``(seed, repeat, fold)``.
 3. **Statistics** from :mod:`seqpool.stats`: Nadeau-Bengio corrected CIs and paired t-tests for
    CV, McNemar / paired bootstrap for a fixed test split, Holm across comparisons. The best
    strategy is picked on the same scores it is then compared with; the simulation in
    ``tests/test_stats.py`` checks that this keeps the family-wise error near 5 %.
+
+Like ``cross_validate(..., cv=)``, each protocol takes its :class:`EvaluationSettings` as an
+argument; the :class:`~seqpool.evaluation.workers.FitWorkers` only run the fits.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 import seqpool.stats as stats
-from seqpool.evaluation.classifiers import (Task, accuracy_and_f1, fit_predict_learned, fit_predict_logistic_many,
-                                            inner_folds_used)
+from seqpool.evaluation.classifiers import Task, inner_folds_used
+from seqpool.evaluation.fitting import Corpus, Runs, is_learned
 from seqpool.evaluation.result import Comparison, StrategyResult, clip_interval
 from seqpool.evaluation.settings import ALPHA, EvaluationSettings, derive_seed
 from seqpool.evaluation.workers import FitWorkers
-from seqpool.layer_plan import LayerPlan
-from seqpool.registry import LEARNED, get_strategy
-from seqpool.states import TokenStates
 
 Log = Callable[[str], None]
 Splits = list[list[tuple[np.ndarray, np.ndarray]]]
-
-
-def is_learned(strategy: str) -> bool:
-    """Whether ``strategy`` trains parameters (a :class:`PooledClassifier`) rather than being pooled
-    once: read from the registry's ``kind``, so new operators, expressions and plugins are
-    classified the same way as the built-ins."""
-    return get_strategy(strategy).kind == LEARNED
-
-
-@dataclass
-class Corpus:
-    """One side of an experiment: token states, pooled vectors and class indices."""
-
-    states: TokenStates
-    pooled: dict[str, np.ndarray]
-    labels: np.ndarray
-
-    def rows(self) -> np.ndarray:
-        return np.arange(len(self.labels))
-
-
-@dataclass
-class Runs:
-    """Raw outcomes of one strategy: accuracy/macro-F1 per run and, on a fixed test set,
-    per-example correctness (runs, examples)."""
-
-    accuracy: list[float] = field(default_factory=list)
-    macro_f1: list[float] = field(default_factory=list)
-    correct: list[np.ndarray] = field(default_factory=list)
-    chosen_c: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    rows: list[np.ndarray] = field(default_factory=list)
-
-    def add(self, y_true: np.ndarray, y_pred: np.ndarray, chosen_c: float | None, seconds: float,
-            rows: np.ndarray | None = None) -> None:
-        correct, f1 = accuracy_and_f1(y_true, y_pred)
-        self.accuracy.append(float(correct.mean()))
-        self.macro_f1.append(f1)
-        self.correct.append(correct)
-        self.rows.append(np.arange(len(correct)) if rows is None else np.asarray(rows))
-        if chosen_c is not None:
-            self.chosen_c.append(chosen_c)
-        self.seconds += seconds
-
-    def extend(self, other: "Runs") -> None:
-        """Append ``other``'s runs after these (jobs of one strategy fitted apart, merged in order)."""
-        self.accuracy += other.accuracy
-        self.macro_f1 += other.macro_f1
-        self.correct += other.correct
-        self.chosen_c += other.chosen_c
-        self.rows += other.rows
-        self.seconds += other.seconds
-
-    def correct_matrix(self) -> np.ndarray:
-        return np.vstack(self.correct).astype(np.float64)
-
-
-@dataclass(frozen=True)
-class Fitter:
-    """Fits one strategy on some training rows and scores it on some test rows."""
-
-    settings: EvaluationSettings
-    num_labels: int
-    #: which channels of the cached states each learned strategy trains on (None: all of them)
-    plan: LayerPlan | None = None
-
-    def fitted(self, strategy: str, train: Corpus, test: Corpus, tasks: Sequence[Task]) -> Runs:
-        """The :class:`Runs` of every (train rows, test rows, seed) task of one strategy, in order:
-        one job of :class:`FitWorkers`. Parameter-free strategies solve all tasks' logistic
-        regressions (every inner fold and C) together."""
-        runs = Runs()
-        if is_learned(strategy):
-            for train_rows, test_rows, seed in tasks:
-                start = time.perf_counter()
-                name, train_states, test_states, pooler_kwargs = self.learned_input(strategy, train, train_rows,
-                                                                                    test)
-                predicted = fit_predict_learned(name, train_states, train.labels[train_rows], test_states, test_rows,
-                                                self.num_labels, seed, self.settings.learned_options, pooler_kwargs)
-                runs.add(test.labels[test_rows], predicted, None, time.perf_counter() - start, test_rows)
-            return runs
-        s = self.settings
-        start = time.perf_counter()
-        x_test = None if test is train else test.pooled[strategy]
-        outcomes = fit_predict_logistic_many(train.pooled[strategy], train.labels, tasks, c_grid=s.c_grid,
-                                             tune=s.tune, inner_folds=s.inner_folds, num_classes=self.num_labels,
-                                             x_test=x_test)
-        share = (time.perf_counter() - start) / max(len(tasks), 1)
-        for (predicted, chosen_c), (_, test_rows, _) in zip(outcomes, tasks):
-            runs.add(test.labels[test_rows], predicted, chosen_c, share, test_rows)
-        return runs
-
-    def learned_input(self, strategy: str, train: Corpus, train_rows: np.ndarray,
-                      test: Corpus) -> tuple[str, TokenStates, TokenStates, dict[str, Any]]:
-        """(Pooler strategy, training states, test states, Pooler kwargs) of a learned strategy:
-        ``attention@-2`` trains ``attention`` on layer -2's channels, ``scalar_mix`` on every layer's."""
-        train_states = train.states.subset(train_rows)
-        if self.plan is None:
-            return strategy, train_states, test.states, {}
-        name, _, pooler_kwargs = self.plan.learned(strategy)
-        return (name, self.plan.learned_states(strategy, train_states), self.plan.learned_states(strategy, test.states),
-                pooler_kwargs)
 
 
 def cv_splits(labels: np.ndarray, folds: int, repeats: int, seed: int) -> Splits:
@@ -177,9 +77,11 @@ def fit_all(workers: FitWorkers, jobs: Jobs, log: Log | None = None) -> tuple[di
     return runs, walls
 
 
-def cross_validate(names: Sequence[str], workers: FitWorkers, corpus: Corpus, log: Log) -> Outcome:
-    """Repeated stratified k-fold on one file, the same splits for every strategy."""
-    s = workers.fitter.settings
+def cross_validate(names: Sequence[str], workers: FitWorkers, corpus: Corpus, settings: EvaluationSettings,
+                   log: Log) -> Outcome:
+    """Repeated stratified k-fold on one file, the same splits for every strategy (``settings``:
+    folds, repeats, seed, seed variance, pairs)."""
+    s = settings
     splits = cv_splits(corpus.labels, s.folds, s.repeats, s.seed)
     n_train = float(np.mean([len(train) for partition in splits for train, _ in partition]))
     n_test = float(np.mean([len(test) for partition in splits for _, test in partition]))
@@ -226,10 +128,11 @@ def _seed_table(done: Runs, extra: Runs, folds: int, repeats: int) -> np.ndarray
     return table
 
 
-def train_test(names: Sequence[str], workers: FitWorkers, train: Corpus, test: Corpus, log: Log) -> Outcome:
-    """Fit on the whole training file, score on the test file; learned strategies once per seed;
-    bootstrap (over examples, and seeds) for the uncertainty."""
-    s = workers.fitter.settings
+def train_test(names: Sequence[str], workers: FitWorkers, train: Corpus, test: Corpus,
+               settings: EvaluationSettings, log: Log) -> Outcome:
+    """Fit on the whole training file, score on the test file; learned strategies once per seed
+    (``settings.repeats``); bootstrap (over examples, and seeds) for the uncertainty."""
+    s = settings
     jobs: Jobs = {name: (name, train, test, [(train.rows(), test.rows(), derive_seed(s.seed, "fit", repeat, 0))
                                              for repeat in range(s.repeats if is_learned(name) else 1)])
                   for name in names}

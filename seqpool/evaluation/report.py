@@ -1,4 +1,9 @@
-"""Presenting an :class:`EvaluationResult`: the table ``seqpool evaluate`` prints and the plot.
+"""Presenting what evaluate measured: the table ``seqpool evaluate`` prints and the plot, and
+the check, made before the run, that the JSON and plot paths can be written.
+
+The functions take an :class:`~seqpool.evaluation.records.EvaluationRecord` (every
+:class:`~seqpool.evaluation.result.EvaluationResult` is one), so this module never imports the
+result that calls it.
 
 Nothing here computes a statistic; it only formats what the protocol measured. Accuracies
 and their CIs are printed inside [0, 100] % (the result already holds clipped CIs; the
@@ -10,17 +15,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from seqpool.errors import SeqpoolError
+from seqpool.evaluation.records import EvaluationRecord
 from seqpool.evaluation.settings import ALPHA, parameter_error
 from seqpool.io import atomic_path, resolve_output
 from seqpool.stats import MIN_SEED_DF, MIN_SPLIT_DF, clip_interval
-
-if TYPE_CHECKING:  # the result's table() and plot() call this module: no arrow back at run time
-    from seqpool.evaluation.result import EvaluationResult
 
 
 def _percent(value: float | None, digits: int = 2) -> str:
@@ -54,7 +57,7 @@ class _Delta:
         return "<1e-4" if self.p_adjusted < 1e-4 else f"{self.p_adjusted:.4f}"
 
 
-def _against_best(result: EvaluationResult) -> dict[str, _Delta]:
+def _against_best(result: EvaluationRecord) -> dict[str, _Delta]:
     deltas = {}
     for c in result.comparisons:
         if result.best not in (c.a, c.b):
@@ -67,7 +70,7 @@ def _against_best(result: EvaluationResult) -> dict[str, _Delta]:
     return deltas
 
 
-def format_table(result: EvaluationResult) -> str:
+def format_table(result: EvaluationRecord) -> str:
     """Strategy, accuracy, CI, difference to the best with its CI, Holm-adjusted p, rank."""
     cv = result.protocol.get("mode") == "cross-validation"
     deltas = _against_best(result)
@@ -100,7 +103,7 @@ def format_table(result: EvaluationResult) -> str:
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
-def _describe_protocol(result: EvaluationResult) -> str:
+def _describe_protocol(result: EvaluationRecord) -> str:
     p = result.protocol
     data = p["data"]["train"]
     if p["mode"] == "cross-validation":
@@ -114,7 +117,7 @@ def _describe_protocol(result: EvaluationResult) -> str:
     return f"seqpool evaluate: {source}; {design}; model {p['model']} layer {layer}; seed {p['seed']}"
 
 
-def _verdict(result: EvaluationResult, against_best: dict[str, _Delta]) -> str:
+def _verdict(result: EvaluationRecord, against_best: dict[str, _Delta]) -> str:
     better = [f"{name} (p{'' if c.p_text()[0] in '<≤' else '='}{c.p_text()})"
               for name, c in against_best.items() if c.significant]
     not_better = [name for name, c in against_best.items() if not c.significant]
@@ -126,7 +129,7 @@ def _verdict(result: EvaluationResult, against_best: dict[str, _Delta]) -> str:
     return text
 
 
-def _method_note(result: EvaluationResult) -> str:
+def _method_note(result: EvaluationRecord) -> str:
     tests = sorted({c.test for c in result.comparisons})
     if result.protocol["mode"] == "cross-validation":
         ci = "Nadeau-Bengio corrected t interval over the CV scores"
@@ -137,7 +140,7 @@ def _method_note(result: EvaluationResult) -> str:
             f"comparison{'s' if len(result.comparisons) != 1 else ''}. '*' = significant at {ALPHA}.")
 
 
-def _variance_note(result: EvaluationResult) -> str | None:
+def _variance_note(result: EvaluationRecord) -> str | None:
     parts = []
     for name, res in result.strategies.items():
         if res.learned and res.variance and "split" in res.variance:
@@ -162,7 +165,7 @@ def _seed_split(name: str, v: dict[str, Any]) -> str:
             f"{_percent(np.sqrt(v['split']))}, seed {_percent(np.sqrt(v['seed']))} points)")
 
 
-def _timing_note(result: EvaluationResult) -> str:
+def _timing_note(result: EvaluationRecord) -> str:
     t = result.timings
     encode = [f"encode {t['encode_seconds']:.1f} s" if t["encode_seconds"] else "",
               f"cache load {t['cache_load_seconds']:.1f} s" if t["cache_load_seconds"] else ""]
@@ -239,7 +242,7 @@ def check_output_paths(json_path: str | os.PathLike | None = None, plot_path: st
                                   f".{', .'.join(sorted(formats))}", "plot_path")
 
 
-def plot_result(result: EvaluationResult, path: str | os.PathLike) -> Path:
+def plot_result(result: EvaluationRecord, path: str | os.PathLike) -> Path:
     """Strip plot of each strategy's scores with its mean and 95% CI (plus the learning
     curve when there is one), written atomically; the format follows the file extension."""
     import matplotlib
@@ -269,7 +272,7 @@ def plot_result(result: EvaluationResult, path: str | os.PathLike) -> Path:
     return path
 
 
-def _plot_scores(axis: Any, result: EvaluationResult, order: list[str]) -> None:
+def _plot_scores(axis: Any, result: EvaluationRecord, order: list[str]) -> None:
     rng = np.random.default_rng(0)  # jitter only: the plot is deterministic too
     for x, name in enumerate(order):
         res = result.strategies[name]

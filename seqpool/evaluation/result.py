@@ -1,7 +1,9 @@
-"""What :func:`~seqpool.evaluation.evaluate` measured, as plain dataclasses and strict JSON.
+"""The result :func:`~seqpool.evaluation.evaluate` returns: the measured record (:mod:`.records`)
+with its strict JSON, its table and its plot (formatted by :mod:`.report`), and the versions
+that can change the numbers.
 
-Accuracy CIs are clipped to [0, 1] here (and again where the report prints them): a t
-interval over scores near 1 can reach past 100 %, which no accuracy can.
+Accuracy CIs are clipped to [0, 1] before a result holds them (and again where the report prints
+them): a t interval over scores near 1 can reach past 100 %, which no accuracy can.
 """
 
 from __future__ import annotations
@@ -9,71 +11,23 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from seqpool._version import __version__
+# re-exported: seqpool.evaluation names StrategyResult and Comparison from here
+from seqpool.evaluation.records import Comparison, EvaluationRecord, StrategyResult  # noqa: F401
 from seqpool.io.atomic import atomic_write_text
 from seqpool.stats import clip_interval  # noqa: F401  (re-exported: protocol and curve use it)
 
 
 @dataclass
-class StrategyResult:
-    """Scores of one strategy: per split (CV) or per seed (train/test), with their summary."""
-
-    name: str
-    learned: bool
-    scores: list[float]
-    macro_f1: list[float]
-    mean: float
-    std: float
-    standard_error: float
-    ci95: tuple[float, float]
-    ci_method: str
-    macro_f1_mean: float
-    macro_f1_ci95: tuple[float, float]
-    rank: int = 0
-    chosen_c: list[float] = field(default_factory=list)
-    variance: dict[str, float] | None = None
-
-
-@dataclass
-class Comparison:
-    """``a - b`` in accuracy, with its CI and raw and Holm-adjusted p-values."""
-
-    a: str
-    b: str
-    diff: float
-    ci95: tuple[float, float] | None
-    p_value: float
-    p_adjusted: float
-    test: str
-    significant: bool
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class EvaluationResult:
-    """Everything :func:`evaluate` measured; ``to_json`` / ``table`` / ``plot`` present it.
-
-    ``warnings`` holds what the run told the user on stderr (e.g. a cache it could not write).
-    ``by_length`` holds the accuracy per token-length bin (``by_length=K``); ``saved`` describes
-    the classifier folder written by ``save_best``.
-    """
-
-    strategies: dict[str, StrategyResult]
-    comparisons: list[Comparison]
-    best: str
-    protocol: dict[str, Any]
-    timings: dict[str, Any]
-    versions: dict[str, str]
-    learning_curve: dict[str, Any] | None = None
-    warnings: list[str] = field(default_factory=list)
-    by_length: dict[str, Any] | None = None
-    saved: dict[str, Any] | None = None
+class EvaluationResult(EvaluationRecord):
+    """Everything :func:`evaluate` measured (the fields of :class:`EvaluationRecord`);
+    ``to_json`` / ``table`` / ``plot`` present it."""
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({

@@ -4,8 +4,9 @@ The orchestration, in the order that makes mistakes cheap: settings and output p
 checked first, then the data is read and checked (labels, classes, folds, learning-curve
 sizes), and only then is a model loaded and anything encoded.
 
-1. **Encode once** (:mod:`.cache`): token states are computed once per (model, layer,
-   max_length, texts) and cached on disk; every strategy pools from the same states.
+1. **Encode once** (:mod:`.cache`): token states are computed once per encoder (its
+   fingerprint: model, weights, tokenizer, layers, max length, dtype) and texts, and cached on disk;
+   every strategy pools from the same states.
 2. **Resample** (:mod:`.protocol`): repeated stratified k-fold on one file, or train/test,
    the same splits for every strategy (paired); optionally a learning curve (:mod:`.curve`).
 3. **Record** (:mod:`.result`): every number, the settings and the versions, as one result;
@@ -69,7 +70,7 @@ def evaluate(
     dataset name, a :class:`LabelledTexts` or a ``(texts, labels)`` tuple. How to evaluate is
     an :class:`EvaluationSettings` (``settings=``), or its fields as keyword arguments
     (``folds=5, seed=1``), which override ``settings``. ``encoder`` (an
-    :class:`~seqpool.encoder.Encoder`) overrides ``model``/``layer``/``max_length``.
+    :class:`~seqpool.encoder.Encoder`) overrides ``model``/``layer``/``max_length``/``device``/``dtype``.
     ``json_path`` / ``plot_path`` are checked before anything is read (never an input, nor the
     same file as one) and written at the end. ``save_best`` names a folder for the winner
     fitted on all training data (a :class:`~seqpool.classifier.PooledClassifier`, see
@@ -150,7 +151,8 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
     # the stages below need torch, scipy and sklearn: imported once the cheap checks have passed
     from seqpool.evaluation.cache import cached_states
     from seqpool.evaluation.curve import plan_curve, run_learning_curve
-    from seqpool.evaluation.protocol import Corpus, Fitter, cross_validate, is_learned, pairs, train_test
+    from seqpool.evaluation.fitting import Corpus, Fitter, is_learned
+    from seqpool.evaluation.protocol import cross_validate, pairs, train_test
     from seqpool.evaluation.result import EvaluationResult, versions
     from seqpool.evaluation.workers import FitWorkers
 
@@ -165,7 +167,7 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
     directory, writable = _cache_folder(settings, warn_and_record)
     sides = [data for data in (train_data, test_data) if data is not None]
     log(f"encoding {' + '.join(str(len(d)) for d in sides)} texts with {encoder.name_or_path}")
-    plan = encoder.layer_plan(names)  # every hidden layer a strategy names (mean@-2, scalar_mix), one pass
+    plan = encoder.layer_plan(names)  # every hidden layer a strategy needs (mean@-2, a layer mix), one pass
     if save_dir is not None:  # any strategy may win: each must be savable, known before encoding
         from seqpool.evaluation.save_best import winner_input
 
@@ -183,9 +185,10 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
     with FitWorkers(fitter, corpora, settings.threads) as workers:
         fit_start = time.perf_counter()
         if test_data is None:
-            runs, results, comparisons, protocol = cross_validate(names, workers, corpora[0], log)
+            runs, results, comparisons, protocol = cross_validate(names, workers, corpora[0], settings, log)
         else:
-            runs, results, comparisons, protocol = train_test(names, workers, corpora[0], corpora[1], log)
+            runs, results, comparisons, protocol = train_test(names, workers, corpora[0], corpora[1], settings,
+                                                              log)
         fit_seconds = time.perf_counter() - fit_start
         walls = protocol.pop("fit_walls")
 
@@ -193,7 +196,7 @@ def _evaluate(train: TrainInput, test: TrainInput | None, names: tuple[str, ...]
         curve = None
         if curve_rows is not None:
             pool_rows, test_rows, description = curve_rows
-            curve = run_learning_curve(names, workers, corpora[0], pool_rows, corpora[-1], test_rows, log)
+            curve = run_learning_curve(names, workers, corpora[0], pool_rows, corpora[-1], test_rows, settings, log)
             curve["test"] = description
         curve_seconds = time.perf_counter() - curve_start if curve is not None else 0.0
 
@@ -238,7 +241,7 @@ def _save_best(best: str, corpus: Any, data: LabelledTexts, settings: Evaluation
     that layer choice, and say what was saved."""
     import numpy as np
 
-    from seqpool.evaluation.protocol import is_learned
+    from seqpool.evaluation.fitting import is_learned
     from seqpool.evaluation.save_best import fit_best, save_atomically, winner_input
     from seqpool.io.ownership import new_run_id
 

@@ -17,14 +17,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from seqpool.errors import SeqpoolError
-from seqpool.registry import get_strategy
+from seqpool.registry import default_comparison, get_strategy
 
 #: The curated comparison ``evaluate`` runs when no strategies are named: the classic
-#: parameter-free strategies plus the two classic learned ones. Spelled out, not derived from
-#: the registry, so a new operator (``power_mean``, ``mean_std``, ...) or a plugin never
-#: silently joins the default run (and its cost); name them to compare them.
-DEFAULT_STRATEGIES: tuple[str, ...] = ("mean", "max", "cls", "last", "mean_sqrt_len", "weighted_mean",
-                                       "attention", "se_mean")
+#: parameter-free strategies plus the two classic learned ones, read from the records that
+#: declare ``in_default_comparison``. The field is opt-in, so a new operator (``power_mean``,
+#: ``mean_std``, ...) or a plugin never silently joins the default run (and its cost); name
+#: them to compare them.
+DEFAULT_STRATEGIES: tuple[str, ...] = default_comparison()
 #: SentEval's grid of inverse L2 strengths for the logistic regression.
 DEFAULT_C_GRID: tuple[float, ...] = tuple(2.0 ** k for k in range(-2, 4))
 #: Comparisons with a Holm-adjusted p-value below this are reported as significant.
@@ -36,9 +36,7 @@ _SEED_STREAMS = {"split": 1, "fit": 2, "inner": 3, "bootstrap": 4, "curve": 5, "
 def parameter_error(message: str, *parameters: str) -> SeqpoolError:
     """A :class:`SeqpoolError` that remembers which Python parameters its message names,
     so a front end (the CLI) can say ``--inner-folds`` where the library says ``inner_folds``."""
-    error = SeqpoolError(message)
-    error.parameters = parameters  # type: ignore[attr-defined]
-    return error
+    return SeqpoolError(message, parameters=parameters)
 
 
 def derive_seed(seed: int, stream: str, *keys: int) -> int:

@@ -9,8 +9,8 @@ forked from this one, which share the cached token states and pooled vectors cop
 
 Every fit is single-threaded wherever it runs, so the numbers a seed gives do not depend
 on how many workers ran them. Where ``fork`` is unsafe or missing (macOS, Windows, a process
-that has started CUDA), or with one worker, the fits run here, one after another, still on
-one thread.
+that has started CUDA), with one worker, or for a single job, the fits run here, one after
+another, still on one thread.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from seqpool.errors import SeqpoolError
 from seqpool.threads import available_cpus, limited_threads
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the workers run the jobs of whatever fitter they are given
     from seqpool.evaluation.classifiers import Task
-    from seqpool.evaluation.protocol import Corpus, Fitter, Runs
+    from seqpool.evaluation.fitting import Corpus, Fitter, Runs
 
 #: (strategy, training corpus, test corpus, tasks): one call of :meth:`Fitter.fitted`.
 Job = tuple[str, "Corpus", "Corpus", Sequence["Task"]]
