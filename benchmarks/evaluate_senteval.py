@@ -12,7 +12,9 @@ on a shared machine falls on both alike.
     .venv/bin/python benchmarks/evaluate_senteval.py --only trec --threads 1 --json-dir /tmp/results
     .venv/bin/python benchmarks/evaluate_senteval.py --cost-only --threads 1   # the cost bound alone
 
-Data: ``shared/data/senteval`` beside the repository (or ``--data``).
+Data: MR and TREC through ``seqpool.evaluation.load_benchmark``: the SentEval files in ``--data``
+(else ``$SEQPOOL_DATA``, else ``shared/data/senteval`` beside the repository), otherwise the
+Hugging Face Hub by name; each table's header and the printed source say which was used.
 """
 
 from __future__ import annotations
@@ -25,12 +27,10 @@ import time
 from pathlib import Path
 
 from seqpool.encoder import Encoder
-from seqpool.evaluation import cached_states, evaluate, limited_threads, load_labelled
+from seqpool.errors import SeqpoolError
+from seqpool.evaluation import LabelledTexts, cached_states, evaluate, limited_threads, load_benchmark
 from seqpool.evaluation.settings import check_strategies
 from seqpool.pooling import STRATEGIES
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval"
-
 
 def timed(function, *args, **kwargs) -> float:
     start = time.perf_counter()
@@ -53,8 +53,10 @@ def interleaved_encode_costs(encoder: Encoder, sides: list[list[str]], rounds: i
     return plain, cached, directory
 
 
-def run(name: str, train: Path, test: Path | None, encoder: Encoder, args: argparse.Namespace) -> None:
-    sides = [load_labelled(train).texts] + ([load_labelled(test).texts] if test else [])
+def run(name: str, train: LabelledTexts, test: LabelledTexts | None, encoder: Encoder,
+        args: argparse.Namespace) -> None:
+    print(f"{name}: {' and '.join(side.source for side in (train, test) if side is not None)}", file=sys.stderr)
+    sides = [train.texts] + ([test.texts] if test else [])
     encoder.encode(sides[0][:256])  # warm-up, so neither side pays first-call costs
     strategies = ",".join(STRATEGIES) if args.cost_only else args.strategies
     with tempfile.TemporaryDirectory(prefix="seqpool-bench-cache-") as cache:
@@ -94,7 +96,9 @@ def run(name: str, train: Path, test: Path | None, encoder: Encoder, args: argpa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, help="folder of the SentEval files (mr.jsonl, trec.train.jsonl, "
+                        "trec.test.jsonl) [default: $SEQPOOL_DATA, shared/data/senteval beside the repository, "
+                        "else the Hugging Face Hub]")
     parser.add_argument("--only", choices=("mr", "trec"))
     parser.add_argument("--model", help="default: the packaged all-MiniLM-L6-v2")
     parser.add_argument("--strategies", help="default: every parameter-free strategy plus attention and se_mean")
@@ -107,14 +111,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="cap torch/BLAS threads for both sides of the comparison")
     parser.add_argument("--json-dir", type=Path)
     args = parser.parse_args()
-    if not (args.data / "mr.jsonl").is_file():
-        sys.exit(f"SentEval data not found in {args.data}; pass --data")
+    try:
+        mr = load_benchmark("mr", data_dir=args.data) if args.only in (None, "mr") else None
+        trec = [load_benchmark("trec", split, data_dir=args.data) for split in ("train", "test")
+                if args.only in (None, "trec")]
+    except SeqpoolError as error:
+        sys.exit(f"error: {error}")
     with limited_threads(args.threads):
         encoder = Encoder(args.model)
-        if args.only in (None, "mr"):
-            run("MR", args.data / "mr.jsonl", None, encoder, args)
-        if args.only in (None, "trec"):
-            run("TREC", args.data / "trec.train.jsonl", args.data / "trec.test.jsonl", encoder, args)
+        if mr is not None:
+            run("MR", mr, None, encoder, args)
+        if trec:
+            run("TREC", trec[0], trec[1], encoder, args)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ def test_notebook_runs(name, senteval_dir, monkeypatch):
               if output.get("output_type") == "error"]
     assert errors == []
     assert all(cell.get("execution_count") for cell in notebook.cells if cell.cell_type == "code")
+    printed = "".join(output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])
+                      if output.get("output_type") == "stream")
+    assert str(senteval_dir) in printed  # it says where its data came from
 
 
 @pytest.mark.integration
@@ -50,6 +53,18 @@ def test_make_figures_writes_the_readme_pictures(senteval_dir, tmp_path):
         data = (tmp_path / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and 1000 < len(data) < make_figures.MAX_BYTES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluate_mr.png", "token_map.png"]
+
+
+def test_notebooks_load_their_data_by_benchmark_name():
+    """No notebook names a data file: each loads MR or TREC with load_benchmark (local SentEval
+    files when there are some, else the Hugging Face Hub) and prints the source it used."""
+    nbformat = pytest.importorskip("nbformat")
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        code = "\n".join(cell.source for cell in cells if cell.cell_type == "code")
+        for stale in ("mr.jsonl", "trec.train.jsonl", "trec.test.jsonl", "load_labelled("):
+            assert stale not in code, f"{path.name} reads {stale}; use load_benchmark"
+        assert "load_benchmark(" in code and ".source}" in code, path.name
 
 
 def test_every_notebook_is_executed_here():

@@ -10,6 +10,10 @@ them, and nothing else:
 * ``minilm-onnx``, the folder the README's ``seqpool export -o minilm-onnx`` makes (the
   onnxruntime example): made here by the same command.
 
+``examples/reviews.jsonl`` is no stand-in: the clone's own file is copied in, since the README's
+commands run from the clone's root. ``test_readme_evaluate_command_runs_offline`` runs the README's
+first ``seqpool evaluate`` command, as written, from the repository root with the Hub off.
+
 A block whose first line is ``# readme-test: skip (<reason>)`` is not run (today: the Ray
 cluster and Spark recipes, which tests/test_distributed.py runs locally instead).
 """
@@ -18,11 +22,14 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
 from pathlib import Path
 
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+REPO = README.parent
 SKIP = re.compile(r"#\s*readme-test:\s*skip\s*\((?P<reason>[^)]+)\)")
 
 
@@ -72,6 +79,8 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SEQPOOL_CACHE", str(tmp_path / "cache"))
     labelled_corpus(tmp_path / "mr.jsonl")
+    (tmp_path / "examples").mkdir()
+    shutil.copy(REPO / "examples" / "reviews.jsonl", tmp_path / "examples" / "reviews.jsonl")
     (tmp_path / "sentence-transformers").mkdir()
     (tmp_path / "sentence-transformers" / "all-MiniLM-L6-v2").symlink_to(default_model_path(), target_is_directory=True)
     from click.testing import CliRunner
@@ -94,3 +103,43 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     # keep skips rare, and each one must name the test that runs its code instead
     assert len(skipped) <= 2, f"keep skips rare: {skipped}"
     assert all("tests/test_" in reason for _, reason in skipped), f"a skip must name its test: {skipped}"
+
+
+def marked_command(markdown: str, marker: str) -> str:
+    """The first line of the code block after ``<!-- marker -->`` (as .ci/run reads the README's
+    two commands), with a backslash-continued line joined."""
+    lines = markdown.splitlines()
+    start = lines.index(f"<!-- {marker} -->")
+    assert lines[start + 1].startswith("```"), f"README.md: no code block right after <!-- {marker} -->"
+    command = ""
+    for line in lines[start + 2:]:
+        command += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            return command.strip()
+    raise AssertionError(f"README.md: the block after <!-- {marker} --> is never closed")
+
+
+def test_marked_command_reads_the_line_after_the_marker():
+    markdown = "x\n<!-- c -->\n```bash\nseqpool evaluate --train a \\\n    --folds 5\nnext\n```\n"
+    assert marked_command(markdown, "c") == "seqpool evaluate --train a --folds 5"
+
+
+@pytest.mark.integration
+def test_readme_evaluate_command_runs_offline(tmp_path, monkeypatch):
+    """The README's first ``seqpool evaluate`` command works on a fresh clone without a network:
+    its data ship in examples/, its model in the package (the Hub is switched off here)."""
+    from click.testing import CliRunner
+
+    from seqpool.cli import main
+
+    command = marked_command(README.read_text(encoding="utf-8"), "evaluate-command")
+    words = shlex.split(command)
+    assert words[:2] == ["seqpool", "evaluate"] and "examples/reviews.jsonl" in words, command
+    monkeypatch.chdir(REPO)
+    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(variable, "1")
+    monkeypatch.setenv("SEQPOOL_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(main, words[1:])
+    assert result.exit_code == 0, result.output
+    assert "examples/reviews.jsonl (100 texts, 2 classes); 5-fold stratified CV" in result.output
+    assert "Best: " in result.output

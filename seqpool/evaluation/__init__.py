@@ -5,10 +5,13 @@
 
 - :mod:`.settings`    :class:`EvaluationSettings` (every knob, validated once), strategy names, seeds
 - :mod:`.data`        reading labelled texts (the reader ``seqpool embed`` uses) and checking labels
+- :mod:`.benchmarks`  MR and TREC for the examples: local SentEval files, else the Hub by name
 - :mod:`.cache`       token states encoded once, cached on disk by encoder fingerprint and texts
 - :mod:`.classifiers` the logistic regression (C by inner CV) and the learned :class:`PooledClassifier`
+- :mod:`.fitting`     one strategy fitted and scored on one split (:class:`Corpus`, :class:`Runs`, the fitter)
 - :mod:`.protocol`    repeated stratified k-fold CV or train/test, paired statistics, Holm
 - :mod:`.curve`       learning curves on balanced subsamples
+- :mod:`.records`     what evaluate measured, as plain dataclasses
 - :mod:`.result`      :class:`EvaluationResult` and strict JSON
 - :mod:`.report`      the table and the plot (presentation only), output-path checks
 - :mod:`.run`         :func:`evaluate`, which checks everything cheap before anything expensive
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING
 from seqpool._lazy import lazy_exports
 
 _MODULES: dict[str, tuple[str, ...]] = {
+    "benchmarks": ("load_benchmark",),
     "cache": ("EncodedStates", "cache_write_problem", "cached_states", "default_cache_dir", "encode_states",
               "encoder_fingerprint", "states_cache_path"),
     "classifiers": ("choose_c", "fit_predict_learned", "fit_predict_logistic"),
@@ -45,6 +49,7 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), tuple(_MODULES))
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from seqpool.evaluation.benchmarks import load_benchmark
     from seqpool.evaluation.cache import (EncodedStates, cache_write_problem, cached_states, default_cache_dir,
                                           encode_states, encoder_fingerprint, states_cache_path)
     from seqpool.evaluation.classifiers import choose_c, fit_predict_learned, fit_predict_logistic
