@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "LEARNED_STRATEGIES": "seqpool.pooling.pooler",
     "POOLER_STRATEGIES": "seqpool.pooling.pooler",
     "Pooler": "seqpool.pooling.pooler",
+    "PoolerBase": "seqpool.pooling.base",
     "AttentionPooling": "seqpool.pooling.attention",
     "SqueezeExcitation": "seqpool.pooling.squeeze_excitation",
     # issue-11 operators: moments, learned poolers, layer mixing, expressions
@@ -54,7 +55,7 @@ _EXPORTS: dict[str, str] = {
     "Encoder": "seqpool.encoder",
     "load_embeddings": "seqpool.io",
     "Compaction": "seqpool.quantize",
-    "Embedder": "seqpool.distributed",
+    "Embedder": "seqpool.engine",
     "TokenStates": "seqpool.states",
     "PooledClassifier": "seqpool.classifier",
     # pooling along the token axis
@@ -121,6 +122,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         pool_many,
     )
     from seqpool.pooling.attention import AttentionPooling
+    from seqpool.pooling.base import PoolerBase
     from seqpool.pooling.attentive_stats import AttentiveStatisticsPooling
     from seqpool.pooling.gem import GeMPooling
     from seqpool.pooling.latent_attention import LatentAttentionPooling
