@@ -18,7 +18,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from seqpool.registry import get_strategy
 from seqpool.serialization import (CONFIG_NAME, REQUIRED, build_checked, config_fields, load_state, read_config,
                                    save_module)
 from seqpool.states import TokenStates
+
+if TYPE_CHECKING:
+    from seqpool.encoder import Encoder
 
 
 @dataclass(frozen=True)
@@ -83,12 +86,89 @@ class TrainingSettings:
 TRAINING_FIELDS = tuple(field.name for field in fields(TrainingSettings))
 
 
+@dataclass(frozen=True)
+class EncoderSettings:
+    """The encoder a classifier's training states came from, as its ``encoder`` config records it.
+
+    ``evaluate --save-best`` saves a ``mean@-2`` winner as ``mean`` over an encoder of layer -2, so
+    the layer is part of the model: fed another layer's states, the head predicts silently wrong.
+    Everything that encodes texts for a saved classifier (``explain``, the pipeline) takes its
+    encoder settings from here and refuses an encoder that contradicts them. ``None``: not recorded
+    (a classifier built by hand without ``encoder=``); the caller's encoder decides.
+    """
+
+    model: str | None = None
+    layer: int | tuple[int, ...] | None = None
+    max_length: int | None = None
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any] | None) -> "EncoderSettings":
+        """The settings in a classifier's ``encoder`` dict, or a SeqpoolError naming the malformed one."""
+        info = info or {}
+        model, layer, max_length = info.get("model"), info.get("layer"), info.get("max_length")
+        if model is not None and not isinstance(model, (str, os.PathLike)):
+            raise SeqpoolError(f"the classifier's recorded encoder model must be a model name or folder, got "
+                               f"{model!r}; save it again with encoder={{'model': ...}}")
+        if isinstance(layer, (list, tuple)):
+            layer = tuple(layer)
+        if layer is not None and not (_is_index(layer) or (isinstance(layer, tuple) and layer
+                                                           and all(_is_index(i) for i in layer))):
+            raise SeqpoolError(f"the classifier's recorded encoder layer must be a hidden-layer index or a "
+                               f"non-empty list of them, got {info.get('layer')!r}; save it again with "
+                               f"encoder={{'layer': ...}}")
+        if max_length is not None and (not _is_index(max_length) or max_length < 1):
+            raise SeqpoolError(f"the classifier's recorded encoder max_length must be a whole number >= 1, got "
+                               f"{max_length!r}; save it again with encoder={{'max_length': ...}}")
+        return cls(None if model is None else os.fspath(model), layer, max_length)
+
+    @property
+    def layer_argument(self) -> str:
+        """The recorded layer as a ``layer=`` argument is written (``1``, ``[0, 1]``)."""
+        return repr(list(self.layer) if isinstance(self.layer, tuple) else self.layer)
+
+    def choose(self, layer: int | Sequence[int] | None = None,
+               max_length: int | None = None) -> tuple[int | Sequence[int], int | None]:
+        """``(layer, max_length)`` for an encoder of this classifier: the caller's where given, else the
+        recorded ones (layer -1, the model's last, when none is recorded).
+
+        A given layer may still contradict the recorded one: check the built encoder with
+        :meth:`layer_mismatch`. A given ``max_length`` is the caller's choice of where to cut long texts.
+        """
+        chosen_layer = layer if layer is not None else self.layer if self.layer is not None else -1
+        return chosen_layer, max_length if max_length is not None else self.max_length
+
+    def layer_mismatch(self, encoder: "Encoder") -> str | None:
+        """Why ``encoder``'s states are not the ones the classifier was trained on (other hidden
+        layers than the recorded ones; ``1`` and ``-2`` of a 2-layer model are the same), or None."""
+        if self.layer is None:
+            return None
+        count = int(getattr(encoder.model.config, "num_hidden_layers", 0)) + 1
+        recorded = (self.layer,) if isinstance(self.layer, int) else self.layer
+        if all(-count <= i < count for i in recorded) and \
+                sorted(i % count for i in recorded) == sorted(i % count for i in encoder.layers):
+            return None
+        return (f"the classifier was trained on states of hidden {_layer_words(self.layer)}, but the encoder "
+                f"gives {_layer_words(encoder.layers)}")
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _layer_words(layer: int | Sequence[int]) -> str:
+    """``layer 1`` or ``layers [0, 1] averaged``."""
+    if isinstance(layer, int):
+        return f"layer {layer}"
+    return f"layer {layer[0]}" if len(layer) == 1 else f"layers {list(layer)} averaged"
+
+
 class PooledClassifier(nn.Module):
     """``logits = head(pooler(standardise(hidden_states), mask))`` for any pooling strategy.
 
     ``labels`` names the classes in index order (ints or strings); ``encoder`` optionally
-    records which encoder produced the training states (``{"model": ..., "layer": ...}``)
-    so an explanation can rebuild it. ``seed`` ... ``validation_fraction`` are the
+    records which encoder produced the training states (``{"model": ..., "layer": ...,
+    "max_length": ...}``, read back as :attr:`encoder_settings`) so explain and the pipeline
+    encode the states it was trained on. ``seed`` ... ``validation_fraction`` are the
     :class:`TrainingSettings`; other keywords go to the :class:`~seqpool.pooling.pooler.Pooler`
     (``heads``, ``dropout``, ``rd_ratio``, ...). The initial weights come from ``seed`` too:
     building or fitting a classifier never reads or advances the global RNG.
@@ -122,6 +202,11 @@ class PooledClassifier(nn.Module):
     @property
     def strategy(self) -> str:
         return self.pooler.strategy
+
+    @property
+    def encoder_settings(self) -> EncoderSettings:
+        """The recorded encoder (model, layer, max length) the training states came from."""
+        return EncoderSettings.from_info(self.encoder_info)
 
     def get_params(self, deep: bool = False) -> dict[str, Any]:
         """The constructor's arguments: ``PooledClassifier(**clf.get_params())`` is an untrained twin."""

@@ -144,9 +144,9 @@ def encoder_for(classifier: "PooledClassifier", model: str | os.PathLike | None 
     packaged default model) with the layer and max length the classifier was trained with."""
     from seqpool.encoder import Encoder
 
-    info = classifier.encoder_info or {}
-    return Encoder(model if model is not None else info.get("model"), layer=info.get("layer", -1),
-                   max_length=info.get("max_length"))
+    settings = classifier.encoder_settings
+    layer, max_length = settings.choose()
+    return Encoder(model if model is not None else settings.model, layer=layer, max_length=max_length)
 
 
 def load_classifier(classifier: "PooledClassifier | str | os.PathLike") -> "PooledClassifier":
@@ -199,7 +199,8 @@ def explain(texts: Sequence[str], classifier: "PooledClassifier | str | os.PathL
     """Explain the classifier's logits for each text, token by token and word by word.
 
     ``encoder`` must be the one that produced the classifier's training states; by default
-    it is rebuilt from the classifier's config (or the packaged default model). Merging
+    it is rebuilt from the classifier's config (or the packaged default model), and one of another
+    width or hidden layer than the config records is refused. Merging
     subwords into words needs a fast tokenizer (the default of ``AutoTokenizer``).
     """
     from seqpool.batching import check_texts
@@ -210,6 +211,10 @@ def explain(texts: Sequence[str], classifier: "PooledClassifier | str | os.PathL
     if encoder.hidden_size != classifier.dim:
         raise SeqpoolError(f"the classifier was trained on {classifier.dim}-dim states but the encoder gives "
                            f"{encoder.hidden_size}; pass the encoder it was trained with")
+    mismatch = classifier.encoder_settings.layer_mismatch(encoder)
+    if mismatch is not None:
+        raise SeqpoolError(f"{mismatch}; pass encoder=None (built from the classifier's config) or an encoder "
+                           f"with layer={classifier.encoder_settings.layer_argument}", parameters=("encoder",))
     if batch_size < 1:
         raise SeqpoolError(f"batch_size must be at least 1, got {batch_size}")
     bias = classifier.head.bias.detach().float().numpy()

@@ -13,11 +13,17 @@ Tokenization, layer choice, prompts and the model's head are those of the :class
 built from the pipeline's model and tokenizer (``Encoder(model, tokenizer=..., spec=...)``), so the
 vectors are those of ``Encoder.encode`` for the same model and strategy. Batches are always
 right-padded (decoders without a pad token pad with EOS); pooling reads the attention mask.
+
+A saved :class:`~seqpool.classifier.PooledClassifier` given as ``pooling=`` pools the hidden layer
+its config records (``evaluate --save-best`` of a ``mean@-2`` winner records layer -2), exactly as
+``seqpool explain`` does (:class:`~seqpool.classifier.EncoderSettings`): given when the pipeline is
+built, it sets the encoder's layer (and max length); a pipeline encoding another layer refuses it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,6 +32,7 @@ import torch
 from torch import Tensor
 from transformers import AutoModel, Pipeline
 
+from seqpool.classifier import EncoderSettings, PooledClassifier
 from seqpool.encoder import Encoder
 from seqpool.model_reader import ModelSpec, read_model
 from seqpool.batching import check_flag
@@ -50,17 +57,42 @@ def saved_pooling(directory: str | os.PathLike) -> PoolFn:
     A classifier's pooler was trained on standardised token states, so its function
     standardises first (the vector its linear head reads).
     """
+    return _saved_pooling(directory)[0]
+
+
+def _saved_pooling(directory: str | os.PathLike) -> tuple[PoolFn, EncoderSettings | None]:
+    """:func:`saved_pooling` and, for a classifier, the encoder settings its config records."""
     kind = read_config(directory).get("seqpool_type")
     if kind == "Pooler":
-        return _pooler_fn(Pooler.from_pretrained(directory))
+        return _pooler_fn(Pooler.from_pretrained(directory)), None
     if kind == "PooledClassifier":
-        from seqpool.classifier import PooledClassifier
-
         classifier = PooledClassifier.from_pretrained(directory).eval()
+        try:
+            settings = classifier.encoder_settings
+        except SeqpoolError as error:
+            raise SeqpoolError(f"{directory}: {error}") from None
         return _checked(lambda hidden, mask: classifier.pooler(classifier.standardize(hidden, mask), mask),
-                        classifier.dim, f"the classifier in {directory}")
+                        classifier.dim, f"the classifier in {directory}"), settings
     raise SeqpoolError(f"{directory} holds a {kind or 'non-seqpool'!r} config; pass a folder saved by "
                        f"Pooler.save_pretrained or PooledClassifier.save_pretrained")
+
+
+@dataclass(frozen=True)
+class ResolvedPooling:
+    """A ``pooling=`` argument made ready: the pool function of each name, whether several were
+    asked for (results are then dicts), and what each saved classifier among them records of its
+    encoder (the hidden layer its states came from, which the pipeline must encode)."""
+
+    functions: dict[str, PoolFn]
+    several: bool
+    recorded: dict[str, EncoderSettings]
+
+    def encoder_defaults(self) -> EncoderSettings:
+        """The layer and max length to build the encoder with when the caller names none: the
+        first ones the classifiers record (the others must agree on the layer, or are refused)."""
+        layers = [s.layer for s in self.recorded.values() if s.layer is not None]
+        lengths = [s.max_length for s in self.recorded.values() if s.max_length is not None]
+        return EncoderSettings(layer=layers[0] if layers else None, max_length=lengths[0] if lengths else None)
 
 
 def resolve_pooling(pooling: str | os.PathLike | Pooler | Sequence[Any]) -> tuple[dict[str, PoolFn], bool]:
@@ -68,23 +100,31 @@ def resolve_pooling(pooling: str | os.PathLike | Pooler | Sequence[Any]) -> tupl
 
     The flag says whether the caller asked for several (then results are dicts).
     """
+    resolved = _resolve_pooling(pooling)
+    return resolved.functions, resolved.several
+
+
+def _resolve_pooling(pooling: str | os.PathLike | Pooler | Sequence[Any]) -> ResolvedPooling:
     several = isinstance(pooling, (list, tuple))
     items = list(pooling) if several else [pooling]
     if not items:
         raise SeqpoolError("pooling= got an empty list; name at least one strategy")
-    resolved: dict[str, PoolFn] = {}
+    functions: dict[str, PoolFn] = {}
+    recorded: dict[str, EncoderSettings] = {}
     for item in items:
         if isinstance(item, Pooler):
-            resolved[item.strategy] = _pooler_fn(item)
+            functions[item.strategy] = _pooler_fn(item)
         elif isinstance(item, str) and _is_parameter_free(item):
-            resolved[item] = _strategy_fn(item)
+            functions[item] = _strategy_fn(item)
         elif isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
-            resolved[str(item)] = saved_pooling(item)
+            functions[str(item)], settings = _saved_pooling(item)
+            if settings is not None:
+                recorded[str(item)] = settings
         else:
             names = ", ".join(strategy_names(PARAMETER_FREE, plugins=False))
             raise SeqpoolError(f"pooling={item!r} is neither a strategy ({names}) nor a "
                                f"folder saved by Pooler/PooledClassifier.save_pretrained")
-    return resolved, several
+    return ResolvedPooling(functions, several, recorded)
 
 
 def _is_parameter_free(name: str) -> bool:
@@ -121,7 +161,9 @@ class PoolingPipeline(Pipeline):
     normalise (default: the model's Normalize module). ``prompt`` / ``prompt_name`` /
     ``include_prompt`` -- instruction prompts, as in :meth:`seqpool.Encoder.encode` (default: the
     model's ``default_prompt_name`` and Pooling ``include_prompt``). Construction only: ``layer``
-    (index or list of indices to average) and ``max_length``, as in :class:`seqpool.Encoder`.
+    (index or list of indices to average) and ``max_length``, as in :class:`seqpool.Encoder`; by
+    default those a saved classifier given as ``pooling=`` records (else the last layer and the
+    model's limit). A classifier trained on another layer than the pipeline encodes is refused.
     """
 
     _load_processor = False
@@ -129,16 +171,44 @@ class PoolingPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = True
 
-    def __init__(self, *args: Any, layer: int | Sequence[int] = -1, max_length: int | None = None,
+    def __init__(self, *args: Any, layer: int | Sequence[int] | None = None, max_length: int | None = None,
                  **kwargs: Any):
+        pooling = kwargs.pop("pooling", None)  # resolved here: a saved classifier in it decides the layer
+        # prompt arguments need the encoder (its prompt names), which exists only after the base class
+        prompting = {name: kwargs.pop(name) for name in ("prompt", "prompt_name", "include_prompt") if name in kwargs}
         super().__init__(*args, **kwargs)
         if self.tokenizer is None:
             raise SeqpoolError("the seqpool pipeline needs a tokenizer; pass tokenizer= or a model folder with one")
+        resolved = None if pooling is None else _resolve_pooling(pooling)
+        defaults = EncoderSettings() if resolved is None else resolved.encoder_defaults()
+        chosen_layer, chosen_max_length = defaults.choose(layer, max_length)  # explain's choice
         model = self.model.get_encoder() if getattr(self.model.config, "is_encoder_decoder", False) else self.model
         model_dtype = model.dtype if model.dtype in (torch.float32, torch.bfloat16) else None
-        self.encoder = Encoder(model, tokenizer=self.tokenizer, layer=layer, max_length=max_length,
+        self.encoder = Encoder(model, tokenizer=self.tokenizer, layer=chosen_layer, max_length=chosen_max_length,
                                dtype=model_dtype, device=self.device, spec=_model_spec(self.model))
         self.tokenizer = padding_ready_tokenizer(self.tokenizer, self.encoder.pad_token_id)
+        if resolved is not None:
+            if layer is not None:
+                self._check_recorded_layers(resolved, "build the pipeline with layer={} or without layer= (it then "
+                                                      "encodes the classifier's layer)")
+            else:
+                self._check_recorded_layers(resolved, "the classifiers in pooling= were trained on different "
+                                                      "layers and a pipeline encodes one; build one pipeline per "
+                                                      "layer (layer={} for this one)")
+            self._postprocess_params["pooling"] = resolved
+        if prompting:
+            preprocess, _, postprocess = self._sanitize_parameters(**prompting)
+            self._preprocess_params.update(preprocess)
+            self._postprocess_params.update(postprocess)
+
+    def _check_recorded_layers(self, pooling: ResolvedPooling, fix: str) -> None:
+        """Refuse a saved classifier trained on other hidden layers than this pipeline encodes: its head
+        would read states it never saw and predict silently wrong. ``fix`` gets the layer to name."""
+        for name, settings in pooling.recorded.items():
+            mismatch = settings.layer_mismatch(self.encoder)
+            if mismatch is not None:
+                raise SeqpoolError(f"pooling={name!r}: {mismatch}; {fix.format(settings.layer_argument)}",
+                                   parameters=("layer", "pooling"))
 
     def _sanitize_parameters(self, pooling: Any = None, normalize: bool | None = None, prompt: str | None = None,
                              prompt_name: str | None = None, include_prompt: bool | None = None,
@@ -153,8 +223,10 @@ class PoolingPipeline(Pipeline):
         postprocess: dict[str, Any] = {}
         if include_prompt is not None:
             postprocess["include_prompt"] = check_flag(include_prompt, "include_prompt")
-        if pooling is not None:
-            postprocess["pooling"] = resolve_pooling(pooling)
+        if pooling is not None:  # at construction, __init__ resolves pooling= itself
+            postprocess["pooling"] = _resolve_pooling(pooling)
+            self._check_recorded_layers(postprocess["pooling"], "build the pipeline with layer={}, or pass this "
+                                                                "pooling= when building it")
         if normalize is not None:
             postprocess["normalize"] = check_flag(normalize, "normalize")
         return preprocess, {}, postprocess
@@ -183,9 +255,10 @@ class PoolingPipeline(Pipeline):
         hidden, mask = self.encoder.forward_batch(model_inputs)
         return {"hidden_states": hidden, "attention_mask": mask, "prompt_length": model_inputs["prompt_length"]}
 
-    def postprocess(self, model_outputs: dict[str, Tensor], pooling: tuple[dict[str, PoolFn], bool] | None = None,
+    def postprocess(self, model_outputs: dict[str, Tensor], pooling: ResolvedPooling | None = None,
                     normalize: bool | None = None, include_prompt: bool | None = None) -> np.ndarray | dict[str, np.ndarray]:
-        functions, several = pooling or resolve_pooling(self.encoder.default_strategy)
+        functions, several = resolve_pooling(self.encoder.default_strategy) if pooling is None else \
+            (pooling.functions, pooling.several)
         normalize = self.encoder.default_normalize if normalize is None else normalize
         hidden, mask = model_outputs["hidden_states"], model_outputs["attention_mask"]
         include = self.encoder.include_prompt if include_prompt is None else include_prompt

@@ -156,3 +156,16 @@ def test_packaged_minilm_matches_encoder_and_sentence_transformers(minilm_path):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     reference = sentence_transformers.SentenceTransformer(str(minilm_path), device="cpu").encode(texts)
     np.testing.assert_allclose(vectors, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_arguments_given_at_construction_apply_to_every_call(tiny_bert_dir):
+    """``pipeline(..., prompt=)`` at construction works as the docstring says (the base class checks
+    arguments before the encoder, whose prompt names they need, exists)."""
+    from transformers import pipeline
+
+    built = pipeline("seqpool", model=str(tiny_bert_dir), prompt="query: ", include_prompt=False)
+    per_call = pipeline("seqpool", model=str(tiny_bert_dir))
+    plain = per_call("a fine film")
+    expected = per_call("a fine film", prompt="query: ", include_prompt=False)
+    assert np.allclose(built("a fine film"), expected, atol=1e-6)
+    assert not np.allclose(expected, plain, atol=1e-4)
