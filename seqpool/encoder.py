@@ -33,18 +33,11 @@ from seqpool.local import SEGMENT_REDUCTIONS, segment_pool, word_segment_ids
 from seqpool.pooling import check_strategy
 from seqpool.progress import progress_bar
 from seqpool.prompts import prompt_length
-from seqpool.registry import st_pooling_flags, st_pooling_modes
-from seqpool.st_config import sentence_transformers_defaults, strategy_from_st_pooling_config  # noqa: F401
 from seqpool.model_loading import load_parts, max_length_limit, special_token_ids, wrap_parts
 from seqpool.model_reader import ModelSpec, default_model_path  # noqa: F401 (default_model_path public here)
 from seqpool.states import Batch, TokenStates
 from seqpool.threads import available_cpus, limited_threads, ordered_map  # noqa: F401 (ordered_map public here)
 from seqpool.vector_options import LongTextOptions
-
-# sentence-transformers Pooling config -> seqpool strategy (first match wins, in ST's order):
-# views of the registry's records, kept under their old names.
-ST_POOLING_FLAGS = st_pooling_flags()
-ST_POOLING_MODES = st_pooling_modes()
 
 
 #: Weights larger than this many values are fingerprinted by an evenly strided sample.

@@ -14,8 +14,9 @@ from typing import Any
 
 from seqpool.errors import SeqpoolError
 from seqpool.expressions import parse_strategy
+from seqpool.io.safetensors_header import safetensors_header
 from seqpool.model_loading import max_length_limit, quiet_transformers, special_token_ids, stored_dtype
-from seqpool.model_reader import ModelSpec, read_model, safetensors_header
+from seqpool.model_reader import ModelSpec, read_model
 from seqpool.registry import get_strategy
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

@@ -30,7 +30,8 @@ import torch
 from seqpool.devices import resolve_dtype
 from seqpool.errors import SeqpoolError
 from seqpool.model_head import ModelHead
-from seqpool.model_reader import ModelSpec, read_model, safetensors_header
+from seqpool.io.safetensors_header import safetensors_header
+from seqpool.model_reader import ModelSpec, read_model
 
 #: Stored dtypes that run as they are; anything else runs as float32.
 _RUNNABLE = (torch.float32, torch.bfloat16)

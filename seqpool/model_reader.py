@@ -8,7 +8,9 @@ folder the sentence-transformers module stack (``modules.json``) is read in orde
 one line naming its type and path -- never skipped, because a skipped module means vectors the
 model was not trained to produce, and nothing would crash to say so.
 
-Pure reading: JSON and safetensors headers only, no torch, no model weights.
+Pure reading: JSON and safetensors headers only, no torch, no model weights. The one reader of
+model folders: the sentence-transformers layout reader (:mod:`seqpool.st_export`) is a view of
+:func:`read_folder`, and pooling modes are named by the registry's records (the one table of them).
 """
 
 from __future__ import annotations
@@ -20,17 +22,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from seqpool.errors import SeqpoolError
+from seqpool.io.safetensors_header import safetensors_header
+from seqpool.registry import st_flag_modes, st_pooling_modes
 
 #: Where a model was read from.
 SOURCES = ("package", "folder", "cache", "hub")
-
-#: sentence-transformers' pooling modes, in the order its Pooling module concatenates them
-#: (the legacy boolean flags are read in this order too), -> seqpool strategy.
-ST_MODES = {"cls": "cls", "max": "max", "mean": "mean", "mean_sqrt_len_tokens": "mean_sqrt_len",
-            "weightedmean": "weighted_mean", "lasttoken": "last"}
-_LEGACY_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-                 "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-                 "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 
 #: Files a model needs, fetched from the Hub (weights in safetensors; pickled weights only as a fallback).
 _HUB_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.safetensors"]
@@ -194,6 +190,9 @@ def _detail(error: BaseException) -> str:
 
 
 def _read_json(path: Path, what: str, strict: bool) -> Any:
+    """The JSON at ``path``. A missing file is an error when ``strict`` (modules.json lists it), else
+    None (an optional file); a file that is there but unreadable is always an error: ignoring it
+    would silently give vectors other than the model's own."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -201,9 +200,7 @@ def _read_json(path: Path, what: str, strict: bool) -> Any:
             raise SeqpoolError(f"{path} is missing: the model's modules.json lists {what} there") from None
         return None
     except (OSError, ValueError) as error:
-        if strict:
-            raise SeqpoolError(f"cannot read {path} ({what}): {_detail(error)}") from None
-        return None
+        raise SeqpoolError(f"cannot read {path} ({what}): {_detail(error)}") from None
 
 
 def _module_kind(module_type: str) -> str:
@@ -290,16 +287,18 @@ def pooling_strategy(config: Any, where: Path | str) -> tuple[str, int | None]:
     concatenated in that order) or the legacy boolean flags (in sentence-transformers' order)."""
     if not isinstance(config, dict):
         raise SeqpoolError(f"{where} is not a JSON object")
+    known = st_pooling_modes()
     modes = config.get("pooling_mode")
     if modes is None:
-        modes = [mode for flag, mode in _LEGACY_FLAGS.items() if config.get(flag)] or ["mean"]
+        modes = [mode for flag, mode in st_flag_modes().items() if config.get(flag)] or ["mean"]
     elif isinstance(modes, str):
         modes = [modes]
-    if not isinstance(modes, list) or not modes or any(mode not in ST_MODES for mode in modes):
+    if not isinstance(modes, list) or not modes or any(not isinstance(mode, str) or mode not in known
+                                                       for mode in modes):
         raise SeqpoolError(f"{where}: pooling_mode {config.get('pooling_mode')!r} is not a sentence-transformers "
-                           f"pooling mode ({', '.join(ST_MODES)})")
+                           f"pooling mode ({', '.join(known)})")
     dim = config.get("embedding_dimension", config.get("word_embedding_dimension"))
-    return "+".join(ST_MODES[mode] for mode in modes), dim if isinstance(dim, int) and dim > 0 else None
+    return "+".join(known[mode] for mode in modes), dim if isinstance(dim, int) and dim > 0 else None
 
 
 def _positive_int(value: Any, where: Path, key: str) -> int:
@@ -363,36 +362,6 @@ def weights_file(folder: Path) -> Path | None:
         if (folder / file_name).is_file():
             return folder / file_name
     return None
-
-
-#: Largest safetensors header read (the safetensors library's own limit).
-MAX_SAFETENSORS_HEADER = 100_000_000
-
-
-def read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """``(tensors, metadata, data_start)`` of a safetensors file, from its header alone: the header's
-    length is checked against the file's size before it is read, so a crafted one costs nothing."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            fits = size >= 8 and length <= min(size - 8, MAX_SAFETENSORS_HEADER)
-            header = json.loads(handle.read(length)) if fits else None
-    except (OSError, ValueError, RecursionError) as error:
-        raise SeqpoolError(f"{path} is not a readable safetensors file ({error})") from None
-    if not fits:
-        raise SeqpoolError(f"{path} is not a readable safetensors file: its header claims {length} bytes "
-                           f"of the {size} in the file")
-    metadata = (header.pop("__metadata__", None) or {}) if isinstance(header, dict) else None
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise SeqpoolError(f"{path} is not a readable safetensors file: its header is not a JSON object "
-                           f"of tensors with string metadata")
-    return header, metadata, 8 + length
-
-
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """The tensors of a safetensors file's header (names -> dtype, shape, offsets), without the data."""
-    return read_safetensors_header(path)[0]
 
 
 def _check_weights(folder: Path, where: str, shapes: Mapping[str, tuple[int, ...]]) -> None:

@@ -49,7 +49,8 @@ _WINDOW_MERGES = (MERGED_SEQUENCE, EVERY_WINDOW_STATE)
 #: folders (``../``), hide a file, look like an option, or separate strategies (``,``, ``+``, ``@``).
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
-#: sentence-transformers' own order of its boolean pooling flags (its first match wins).
+#: The order of the boolean pooling flags in a sentence-transformers Pooling config (see
+#: :func:`st_pooling_flags`; the order modes are read and concatenated in is ``_ST_MODE_ORDER``).
 _ST_FLAG_ORDER = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
                   "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
 
@@ -495,17 +496,36 @@ def _validated(function: Callable[..., Any], spec: StrategySpec) -> Callable[...
 
 
 # -- sentence-transformers -----------------------------------------------------------------------
+# The one table of sentence-transformers' pooling modes: the model reader, the export and the
+# layout reader all read it here. Which mode a name stands for is a fact about sentence-transformers,
+# so the tables come from the built-in records: a strategy registered over a built-in name changes
+# what that name pools with (and it is no longer exportable, see st_names), not how a folder is read.
+
+#: sentence-transformers' pooling modes in the order its Pooling module concatenates them
+#: (``Pooling.POOLING_MODES``); a legacy config's boolean flags are read into modes in this order.
+_ST_MODE_ORDER = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+
+
+def _st_records() -> list[StrategySpec]:
+    return [spec for spec in _BUILTINS.values() if spec.st_mode and spec.st_flag]
 
 
 def st_pooling_flags() -> dict[str, str]:
-    """sentence-transformers boolean flag -> strategy, in sentence-transformers' order."""
-    specs = [s for s in _known().values() if s.st_flag]
-    return {s.st_flag: s.name for s in sorted(specs, key=lambda s: _ST_FLAG_ORDER.index(s.st_flag))}
+    """sentence-transformers boolean flag -> strategy, in the order its Pooling configs list the flags
+    (the order seqpool writes them in)."""
+    return {s.st_flag: s.name for s in sorted(_st_records(), key=lambda s: _ST_FLAG_ORDER.index(s.st_flag))}
 
 
 def st_pooling_modes() -> dict[str, str]:
-    """sentence-transformers ``pooling_mode`` string -> strategy."""
-    return {s.st_mode: s.name for s in _known().values() if s.st_mode}
+    """sentence-transformers ``pooling_mode`` string -> strategy, in the order sentence-transformers
+    concatenates several modes."""
+    return {s.st_mode: s.name for s in sorted(_st_records(), key=lambda s: _ST_MODE_ORDER.index(s.st_mode))}
+
+
+def st_flag_modes() -> dict[str, str]:
+    """sentence-transformers boolean flag -> its ``pooling_mode`` string, in the order
+    sentence-transformers reads a legacy config's flags (and so concatenates what they switch on)."""
+    return {s.st_flag: s.st_mode for s in sorted(_st_records(), key=lambda s: _ST_MODE_ORDER.index(s.st_mode))}
 
 
 def strategy_for_st_mode(mode: str) -> str | None:

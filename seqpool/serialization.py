@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save
 from seqpool.errors import SeqpoolError
 from seqpool.io.atomic import atomic_path, atomic_write_text  # noqa: F401  (atomic_write_text: old import path)
 from seqpool.io.ownership import input_paths  # noqa: F401  (its old import path)
-from seqpool.model_reader import safetensors_header
+from seqpool.io.safetensors_header import safetensors_header
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -6,8 +6,8 @@ optionally, a ``Normalize`` module. Writing that layout lets anyone load what se
 with ``SentenceTransformer(path)``; reading it lets seqpool start from any such model.
 
 The pooling config is written in the boolean-flag format (``pooling_mode_mean_tokens`` ...)
-that every sentence-transformers release reads; the reader accepts the newer
-``pooling_mode`` string too.
+that every sentence-transformers release reads; reading goes through the model reader
+(:func:`seqpool.model_reader.read_folder`), which accepts the newer ``pooling_mode`` string too.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from seqpool.batching import check_flag
 from seqpool.errors import SeqpoolError
-from seqpool.registry import st_names, st_pooling_flags, st_pooling_modes
+from seqpool.model_reader import read_folder
+from seqpool.registry import st_names, st_pooling_flags
 from seqpool.io.atomic import atomic_write_text, staging_folder
 
 if TYPE_CHECKING:
     from seqpool.encoder import Encoder
 
-#: seqpool strategy -> the sentence-transformers boolean flag that selects it (from the registry).
-ST_POOLING_FLAG: dict[str, str] = {strategy: flag for flag, strategy in st_pooling_flags().items()}
 POOLING_DIR = "1_Pooling"
 NORMALIZE_DIR = "2_Normalize"
 _ST_MODULE = "sentence_transformers.models."
@@ -164,52 +163,24 @@ def export_sentence_transformers(encoder: "Encoder", directory: str | os.PathLik
     return target
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SeqpoolError(f"{path.parent} is not a sentence-transformers folder: {path.name} is missing") from None
-    except json.JSONDecodeError as error:
-        raise SeqpoolError(f"{path} is not valid JSON: {error}") from None
-
-
-def _pooling_strategies(config: dict[str, Any]) -> list[str]:
-    """Every seqpool strategy a pooling config switches on, in either config format."""
-    mode = config.get("pooling_mode")
-    if mode is not None:
-        modes = [mode] if isinstance(mode, str) else list(mode)
-        known = st_pooling_modes()
-        unknown = [m for m in modes if m not in known]
-        if unknown:
-            raise SeqpoolError(f"unknown sentence-transformers pooling mode(s) {unknown}; "
-                               f"seqpool reads {sorted(known)}")
-        return [known[m] for m in modes]
-    return [strategy for flag, strategy in st_pooling_flags().items() if config.get(flag)]
-
-
 def read_sentence_transformers_layout(directory: str | os.PathLike) -> SentenceTransformersLayout:
     """The strategy, normalisation and max length a sentence-transformers folder specifies.
 
-    Strict where :func:`seqpool.encoder.sentence_transformers_defaults` is lenient: a missing
-    ``modules.json``, no Pooling module, or a concatenation of several pooling modes (which
-    seqpool represents as several strategies, not one vector) is an error.
+    A view of :func:`seqpool.model_reader.read_folder`, the one reader of model folders, so every
+    module is read, or refused, as :class:`~seqpool.encoder.Encoder` reads it. Strict: a missing
+    ``modules.json`` (a plain Hugging Face folder, which the Encoder mean-pools), no Pooling module,
+    or a concatenation of several pooling modes (which seqpool represents as several strategies,
+    not one vector) is an error.
     """
     root = Path(directory)
-    modules = _read_json(root / "modules.json")
-    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
-        raise SeqpoolError(f"{root / 'modules.json'} must be a list of modules")
-    types = [str(m.get("type", "")) for m in modules]
-    pooling = [m for m, kind in zip(modules, types) if kind.endswith("Pooling")]
-    if len(pooling) != 1:
-        raise SeqpoolError(f"{root} has {len(pooling)} Pooling modules; seqpool reads exactly one")
-    config = _read_json(root / str(pooling[0].get("path", "")) / "config.json")
-    strategies = _pooling_strategies(config if isinstance(config, dict) else {})
+    if not (root / "modules.json").is_file():
+        raise SeqpoolError(f"{root} is not a sentence-transformers folder: modules.json is missing")
+    spec = read_folder(root)  # an unreadable modules.json is its one-line error
+    if spec.pooling is None:
+        raise SeqpoolError(f"{root / 'modules.json'} lists no Pooling module")
+    strategies = spec.pooling.split("+")
     if len(strategies) != 1:
         raise SeqpoolError(
-            f"{root} pools with {strategies or 'no mode'}; seqpool reads a single mode (for several, "
+            f"{root} pools with {strategies}; seqpool reads a single mode (for several, "
             f"pass them as separate strategies to Encoder.encode)")
-    normalize = bool(types) and types[-1].endswith("Normalize")
-    st_config_path = root / "sentence_bert_config.json"
-    st_config = _read_json(st_config_path) if st_config_path.is_file() else {}
-    max_length = st_config.get("max_seq_length") if isinstance(st_config, dict) else None
-    return SentenceTransformersLayout(strategies[0], normalize, max_length if isinstance(max_length, int) else None)
+    return SentenceTransformersLayout(spec.pooling, spec.normalize, spec.max_length)

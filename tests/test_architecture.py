@@ -11,19 +11,21 @@ The layering, bottom to top (a module may import its own layer or any lower one;
 also have no cycles, inside a layer included):
 
 0. ``foundation``: errors, _version, _lazy (lazy re-exports): import nothing of seqpool.
-1. ``services``: io (readers, writers, atomic, digest), devices, threads, progress, serialization,
-   stats, quantize, model_reader (a model folder's JSON and safetensors headers, no weights): each
+1. ``services``: io (readers, writers, atomic, digest, safetensors headers), devices, threads, progress,
+   serialization, stats, quantize: each
    reads/writes files, checks settings or computes numbers; none knows about strategies, tokenizers or models (io "only reads and writes", so it sits *below* the encoder,
    and serialization's atomic write is io's one ``atomic_path``).
 2. ``registry``: torch-free records; built-in records name their functions
-   as ``"module:attribute"`` strings, resolved on use, so the registry sits under the math.
+   as ``"module:attribute"`` strings, resolved on use, so the registry sits under the math. Beside
+   it model_reader (a model folder's JSON and safetensors headers, no weights), which names a
+   folder's sentence-transformers pooling modes through the records (their one table).
 3. ``math``: the strategy grammar (expressions); the pure half of the pooling package (its
    ``__init__``, pooling.functional, pooling.moments), local, prompts, long_texts: pure functions
    over tensors; the options of prompts/long texts/compact vectors (vector_options); texts into
    batches (batching, shared by encoder and encode_plan so neither imports the other for it).
 4. ``modules``: the learned half of the pooling package (pooling.base, the one pooler base class,
    and one module per learned pooler, pooling.pooler by name), layer plans, TokenStates, the
-   sentence-transformers config tables (st_config), the model's head after pooling (model_head).
+   model's head after pooling (model_head).
 5. ``encoder``: encoder, encode_plan, model_loading (builds the tokenizer and model the Encoder owns).
 6. ``applications``: classifier, explain, pipeline, st_export, model_info (``seqpool inspect``).
 7. ``orchestration``: embed, evaluation, distributed.
@@ -44,14 +46,13 @@ MAX_LINES = 600
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("errors", "_version", "_lazy")),
-    ("services", ("io", "devices", "threads", "progress", "serialization", "stats", "quantize", "model_reader",
-                  "checks")),
-    ("registry", ("registry",)),
+    ("services", ("io", "devices", "threads", "progress", "serialization", "stats", "quantize", "checks")),
+    ("registry", ("registry", "model_reader")),
     ("math", ("expressions", "pooling", "pooling.functional", "pooling.moments", "local", "prompts", "long_texts",
               "vector_options", "batching")),
     ("modules", ("pooling.base", "pooling.attention", "pooling.squeeze_excitation", "pooling.gem",
                  "pooling.attentive_stats", "pooling.latent_attention", "pooling.scalar_mix", "pooling.pooler",
-                 "layer_plan", "states", "st_config", "model_head")),
+                 "layer_plan", "states", "model_head")),
     ("encoder", ("encoder", "encode_plan", "model_loading", "int8")),
     ("applications", ("classifier", "explain", "pipeline", "st_export", "model_info", "export")),
     ("orchestration", ("embed", "evaluation", "distributed", "engine")),

@@ -78,6 +78,23 @@ def test_pooling_modes_read_as_sentence_transformers_concatenates_them(config, e
     assert pooling_strategy(config, "config.json")[0] == expected
 
 
+def test_modes_and_flags_are_read_as_sentence_transformers_reads_them():
+    """The registry's one table, checked against sentence-transformers itself: its modes in its
+    concatenation order, and a legacy config's flags turned into the modes it turns them into."""
+    modules = pytest.importorskip("sentence_transformers.sentence_transformer.modules")
+    from seqpool import registry
+
+    modes = registry.st_pooling_modes()
+    assert tuple(modes) == modules.Pooling.POOLING_MODES
+    for flags in ({}, dict.fromkeys(registry.st_flag_modes(), True), {"pooling_mode_cls_token": False},
+                  {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy flags are deprecated there
+            theirs = modules.Pooling(HIDDEN, **flags).pooling_mode
+        theirs = (theirs,) if isinstance(theirs, str) else tuple(theirs)
+        assert pooling_strategy(flags, "config.json")[0] == "+".join(modes[mode] for mode in theirs), flags
+
+
 def test_an_unknown_pooling_mode_is_refused():
     with pytest.raises(SeqpoolError, match="'attention' is not a sentence-transformers pooling mode"):
         pooling_strategy({"pooling_mode": "attention"}, "1_Pooling/config.json")
@@ -314,3 +331,16 @@ def test_embed_says_when_a_model_has_no_sentence_transformers_modules(tiny_bert_
     chosen = _run_cli("embed", str(tmp_path / "t.txt"), "--model", str(tiny_bert_dir), "--strategy", "max",
                       "-o", str(tmp_path / "m.npy"))
     assert "modules.json" not in chosen.stderr
+
+
+@pytest.mark.parametrize("file_name", ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"])
+def test_an_optional_file_that_is_there_but_unreadable_is_refused_not_skipped(tmp_path, file_name):
+    """Missing, these files mean "no such setting"; present but corrupt, skipping them would pool,
+    cut or prompt differently from the model's own pipeline without a word."""
+    from seqpool.model_reader import read_folder
+
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}', encoding="utf-8")
+    (tmp_path / file_name).write_text("{not json", encoding="utf-8")
+    with pytest.raises(SeqpoolError, match=rf"cannot read .*{file_name}") as raised:
+        read_folder(tmp_path)
+    assert "\n" not in str(raised.value)

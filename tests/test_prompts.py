@@ -36,21 +36,23 @@ def test_resolve_prompt():
 
 
 def test_prompt_settings_are_read_from_the_model_folder(tmp_path):
-    from seqpool.st_config import sentence_transformers_defaults
+    from seqpool.model_reader import read_folder
 
-    neutral = sentence_transformers_defaults(tmp_path)
-    assert (neutral["prompts"], neutral["default_prompt_name"], neutral["include_prompt"]) == ({}, None, True)
+    neutral = read_folder(tmp_path)
+    assert (neutral.prompts, neutral.default_prompt_name, neutral.include_prompt) == ({}, None, True)
     (tmp_path / "config_sentence_transformers.json").write_text(
         json.dumps({"prompts": PROMPTS, "default_prompt_name": "query"}), encoding="utf-8")
-    (tmp_path / "modules.json").write_text(json.dumps(
-        [{"idx": 1, "name": "1", "path": "pool", "type": "sentence_transformers.models.Pooling"}]), encoding="utf-8")
+    (tmp_path / "modules.json").write_text(json.dumps(  # the reader's minimal stack: a Transformer, then Pooling
+        [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+         {"idx": 1, "name": "1", "path": "pool", "type": "sentence_transformers.models.Pooling"}]), encoding="utf-8")
     (tmp_path / "pool").mkdir()
     (tmp_path / "pool" / "config.json").write_text(json.dumps({"include_prompt": False}), encoding="utf-8")
-    settings = sentence_transformers_defaults(tmp_path)
-    assert (settings["prompts"], settings["default_prompt_name"], settings["include_prompt"]) == (
+    settings = read_folder(tmp_path)
+    assert (settings.prompts, settings.default_prompt_name, settings.include_prompt) == (
         PROMPTS, "query", False)
     (tmp_path / "config_sentence_transformers.json").write_text("{broken", encoding="utf-8")
-    assert sentence_transformers_defaults(tmp_path)["prompts"] == {}
+    with pytest.raises(SeqpoolError, match="cannot read .*config_sentence_transformers.json"):
+        read_folder(tmp_path)  # refused, never skipped: the model's prompts would be silently lost
 
 
 def test_prompt_length_drops_a_trailing_special_token():

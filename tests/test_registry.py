@@ -221,14 +221,14 @@ def test_sentence_transformers_table_uses_sentence_transformers_names():
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_st_mode_round_trip(strategy):
-    from seqpool.encoder import strategy_from_st_pooling_config
+    from seqpool.model_reader import pooling_strategy
     from seqpool.st_export import pooling_config
 
     config = pooling_config(strategy, 10)
     assert sum(value is True for value in config.values()) == 1
-    assert strategy_from_st_pooling_config(config) == strategy
+    assert pooling_strategy(config, "config.json")[0] == strategy
     spec = get_strategy(strategy)
-    assert strategy_from_st_pooling_config({"pooling_mode": spec.st_mode}) == strategy
+    assert pooling_strategy({"pooling_mode": spec.st_mode}, "config.json")[0] == strategy
     assert registry.strategy_for_st_mode(spec.st_mode) == strategy
 
 

@@ -103,6 +103,24 @@ def test_malformed_layouts_raise_seqpool_errors(make_st_model_dir, broken):
         read_sentence_transformers_layout(directory)
 
 
+def test_the_layout_is_the_model_reader_s_view_of_the_folder(make_st_model_dir):
+    """One reader: a module seqpool cannot reproduce is refused here as the Encoder refuses it (never
+    skipped), a legacy config with no flag set pools with mean as sentence-transformers does, and an
+    unreadable modules.json is named."""
+    directory = make_st_model_dir("cls", legacy=True)
+    modules = json.loads((directory / "modules.json").read_text())
+    custom = {"idx": 2, "name": "2", "path": "2_Whitening", "type": "mypackage.Whitening"}
+    (directory / "modules.json").write_text(json.dumps([*modules, custom]))
+    with pytest.raises(SeqpoolError, match="mypackage.Whitening at 2_Whitening is not one seqpool can reproduce"):
+        read_sentence_transformers_layout(directory)
+    (directory / "modules.json").write_text(json.dumps(modules))
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": False}))
+    assert read_sentence_transformers_layout(directory).strategy == "mean"
+    (directory / "modules.json").write_text("[not json")
+    with pytest.raises(SeqpoolError, match=r"cannot read .*modules\.json \(the module list\)"):
+        read_sentence_transformers_layout(directory)
+
+
 def test_export_refuses_learned_strategies_other_layers_and_full_folders(tiny_bert_dir, tiny_bert_encoder,
                                                                          tmp_path):
     with pytest.raises(SeqpoolError, match="unknown pooling strategy"):

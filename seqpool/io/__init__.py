@@ -6,6 +6,7 @@
 * :mod:`seqpool.io.formats`: output formats by extension, npy names, sidecars (both sides' rules).
 * :mod:`seqpool.io.atomic`: :func:`atomic_path`, the one atomic write every writer uses.
 * :mod:`seqpool.io.digest`: :class:`TextDigest` / :func:`text_digest`, the one text digest.
+* :mod:`seqpool.io.safetensors_header`: a safetensors file's header, checked, without its data.
 
 Importing this package loads numpy but never torch.
 """

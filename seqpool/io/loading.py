@@ -28,7 +28,7 @@ import numpy as np
 from seqpool.errors import SeqpoolError
 from seqpool.io.formats import CHUNK_COLUMNS, detect_output_format, npy_strategy, sidecar_path
 from seqpool.io.ownership import JSON_MARKER_KEY
-from seqpool.model_reader import read_safetensors_header
+from seqpool.io.safetensors_header import read_safetensors_header
 from seqpool.quantize import BINARY_PRECISIONS, Compaction, output_dtype, output_width
 
 #: safetensors dtypes seqpool writes, as numpy reads them (little-endian, as the format says).
