@@ -181,6 +181,10 @@ def ray_cluster():
     for module in list(sys.modules.values()):
         if getattr(module, "__file__", None) and Path(module.__file__).resolve().parent == here:
             ray.cloudpickle.register_pickle_by_value(module)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    # Workers at normal priority, as on the instance seqpool starts for a run (``_started_ray``):
+    # Ray's default, nice 15, lets every other process of the test run (a second pytest-xdist
+    # worker, say) take the cores from the actors, and the Ray tests wait for them.
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+             _system_config={"worker_niceness": 0})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

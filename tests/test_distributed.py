@@ -499,9 +499,11 @@ def test_cli_engine_ray_counts_truncated_texts_per_shard_and_after_resume(ray_cl
     per_shard = [int(pq.read_schema(path).metadata[b"seqpool.truncated"]) for path in shards]
     assert sum(per_shard) == cut and per_shard[-1] == 0 < per_shard[2]  # rows 9-10 short, rows 6-8 long
     shards[2].unlink()
-    again = cli(corpus, "--engine", "ray", "--model", tiny_bert_dir, "--chunk-size", 3, "-o", out, "--resume")
+    # one actor each below too: a second would start (importing torch, loading the model) only to sit idle
+    again = cli(corpus, "--engine", "ray", "--model", tiny_bert_dir, "--chunk-size", 3, "--workers", 1, "-o", out,
+                "--resume")
     assert again.exit_code == 0 and "3 of them already done" in again.stderr and note in again.stderr, again.output
-    chunked = cli(corpus, "--engine", "ray", "--model", tiny_bert_dir, "--long-texts", "chunk", "-o",
+    chunked = cli(corpus, "--engine", "ray", "--model", tiny_bert_dir, "--long-texts", "chunk", "--workers", 1, "-o",
                   tmp_path / "chunked")
     assert chunked.exit_code == 0 and "truncated" not in chunked.stderr, chunked.output
 
@@ -623,7 +625,7 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path, tiny_bert_dir,
                 return super().embed(texts)
 
         embed_files([{str(corpus)!r}], {str(out)!r}, embedder=Slow(model={str(tiny_bert_dir)!r}), shard_rows=10,
-                    rows_per_call=10, workers=2, ray_address={ray_cluster!r}, progress=False)
+                    rows_per_call=10, workers=1, ray_address={ray_cluster!r}, progress=False)
     """))
     driver = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
@@ -638,7 +640,7 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path, tiny_bert_dir,
     with pytest.raises(SeqpoolError, match="unfinished run.*--resume"):
         load_folder(out)
     mtimes = {path: path.stat().st_mtime_ns for path in written}
-    result = embed_files([corpus], out, model=str(tiny_bert_dir), shard_rows=10, rows_per_call=10,
+    result = embed_files([corpus], out, model=str(tiny_bert_dir), shard_rows=10, rows_per_call=10, workers=1,
                          resume=True, progress=False)
     assert result.resumed_shards == len(written) and result.shards == 12
     assert {path: path.stat().st_mtime_ns for path in written} == mtimes  # done shards were not redone
@@ -727,7 +729,7 @@ def test_packaged_minilm_equals_local_seqpool_embed(ray_cluster, tmp_path, minil
         result = CliRunner().invoke(main, ["embed", str(path), "-o", str(path.with_suffix(".npy")), "-q"])
         assert result.exit_code == 0, result.output
         local.append(np.load(path.with_suffix(".npy")))
-    embed_files([first, second], tmp_path / "out", shard_rows=64, progress=False)
+    embed_files([first, second], tmp_path / "out", shard_rows=64, workers=1, progress=False)  # one MiniLM to load
     difference = np.abs(load_folder(tmp_path / "out") - np.concatenate(local)).max()
     assert difference <= 1e-6, difference
 

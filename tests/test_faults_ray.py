@@ -270,7 +270,7 @@ def silent_server() -> int:
 
 @pytest.mark.parametrize("where", ["nothing_listens", "nothing_answers"])
 def test_joining_an_address_where_no_ray_answers_ends_within_the_timeout(tmp_path, tiny_bert_dir, where):
-    """Ray's own join retries for about 13 minutes; ``--ray-timeout 5`` ends it in one line naming
+    """Ray's own join retries for about 13 minutes; ``--ray-timeout 2`` ends it in one line naming
     the address, leaving no output folder. A subprocess: the session's Ray is never involved."""
     pytest.importorskip("ray", reason="needs the ray extra")
     port = free_port() if where == "nothing_listens" else silent_server()
@@ -279,7 +279,7 @@ def test_joining_an_address_where_no_ray_answers_ends_within_the_timeout(tmp_pat
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "seqpool.cli", "embed", str(corpus), "--engine", "ray",
                              "--workers", "1", "--model", str(tiny_bert_dir), "--ray-address", f"127.0.0.1:{port}",
-                             "--ray-timeout", "5", "-o", str(out)],
+                             "--ray-timeout", "2", "-o", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=170)
     elapsed = time.monotonic() - started
     print(f"{where}: failed after {elapsed:.1f} s")
@@ -287,7 +287,7 @@ def test_joining_an_address_where_no_ray_answers_ends_within_the_timeout(tmp_pat
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot join the Ray cluster at '127.0.0.1:{port}'" in lines[0], result.stderr
     if where == "nothing_answers":
-        assert "nothing answered within 5 s" in lines[0] and "--ray-timeout 5" in lines[0]
+        assert "nothing answered within 2 s" in lines[0] and "--ray-timeout 2" in lines[0]
     assert elapsed < 60 and not out.exists()
 
 
