@@ -71,8 +71,27 @@ def native_bf16_cpu() -> bool | None:
     Without it, PyTorch emulates bf16 matrix products and bf16 runs several times
     slower than fp32, so callers can warn before a long run.
     """
+    flags = _cpu_flags()
+    return None if flags is None else bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def native_int8_cpu() -> bool | None:
+    """Whether this x86 CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX);
+    ``None`` if unknown (not Linux, not x86).
+
+    Without them oneDNN, under OpenVINO, multiplies int8 through 16-bit pair sums that it keeps
+    from overflowing by halving the weights: measured on an AVX2 CPU, ``dtype int8`` ran at 0.55x
+    fp32 and kept cosine 0.995 to the fp32 vectors, where a VNNI CPU gives more than 2x and 0.997.
+    """
+    flags = _cpu_flags()
+    if flags is None or "sse2" not in flags:
+        return None
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU feature flags Linux lists in /proc/cpuinfo; ``None`` elsewhere."""
     try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+        return set(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split())
     except OSError:
         return None
-    return "avx512_bf16" in flags or "amx_bf16" in flags

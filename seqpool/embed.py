@@ -382,6 +382,7 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
     _check_calibration(options, target, settings.resume)
     if settings.torch_dtype == "int8":
         _check_int8_outputs(target, fmt, names, source, options)
+    from seqpool.devices import native_int8_cpu
     from seqpool.encoder import Encoder, native_bf16_cpu
 
     run_id = new_run_id()
@@ -394,6 +395,9 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
                 and note:
             note("this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs slower than fp32 here; "
                  "use dtype=fp32 for speed")
+        if settings.torch_dtype == "int8" and native_int8_cpu() is False and note:
+            note("this CPU has no int8 dot products (AVX512-VNNI, AVX-VNNI or AMX), so int8 runs slower than fp32 "
+                 "here and keeps less of its vectors; use dtype=fp32 for speed")
         defaulted = not settings.strategies and encoder.spec is not None and encoder.spec.pooling is None
         strategies = settings.strategies or _registered((encoder.default_strategy,))
         options.check_model(encoder, strategies)

@@ -271,8 +271,11 @@ def test_files_equal_local_embedding_in_input_order(finished, tiny_bert_encoder)
     assert row_numbers == [r for n in rows for r in range(n)]
     vectors = np.asarray(table.column("mean").combine_chunks().flatten()).reshape(-1, 32)
     first = vectors[:len(LINES)]
-    np.testing.assert_array_equal(first[0], first[3])  # duplicates stay in place
-    np.testing.assert_array_equal(first[1], first[9])  # both empty lines kept, in place
+    # duplicates stay in place, and both empty lines; within float rounding, as rows in other batches
+    # may differ by it where the BLAS picks its kernel by matrix shape (AVX2 CPUs); other rows differ by > 0.01
+    np.testing.assert_allclose(first[0], first[3], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(first[1], first[9], atol=1e-6, rtol=0)
+    assert np.abs(first[0] - first[1]).max() > 0.01
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["complete"] and len(manifest["shards"]) == result.shards == sum(-(-n // 5) for n in rows)
     assert [item["path"] for item in manifest["inputs"]] == [str(p) for p in corpus]
