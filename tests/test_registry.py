@@ -23,14 +23,8 @@ HIDDEN = torch.randn(3, 6, 10, generator=torch.Generator().manual_seed(0))
 MASK = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0]])
 
 
-@pytest.fixture(autouse=True)
-def _clean_registry():
-    """Every test starts and ends with only the built-in strategies."""
-    saved = dict(registry._USER)
-    registry._USER.clear()
-    yield
-    registry._USER.clear()
-    registry._USER.update(saved)
+#: Every test starts and ends with only the built-in strategies.
+pytestmark = pytest.mark.usefixtures("clean_registry")
 
 
 def rms(hidden_states, attention_mask):

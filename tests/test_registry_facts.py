@@ -34,13 +34,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "seqpool"
 BUILTINS = {name: spec for name, spec in registry._BUILTINS.items()}
 
 
-@pytest.fixture(autouse=True)
-def _clean_registry():
-    saved = dict(registry._USER)
-    registry._USER.clear()
-    yield
-    registry._USER.clear()
-    registry._USER.update(saved)
+#: Every test starts and ends with only the built-in strategies.
+pytestmark = pytest.mark.usefixtures("clean_registry")
 
 
 def _swap(name: str, **fields) -> None:
