@@ -396,8 +396,8 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
             note("this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs slower than fp32 here; "
                  "use dtype=fp32 for speed")
         if settings.torch_dtype == "int8" and native_int8_cpu() is False and note:
-            note("this CPU has no int8 dot products (AVX512-VNNI, AVX-VNNI or AMX), so int8 runs slower than fp32 "
-                 "here and keeps less of its vectors; use dtype=fp32 for speed")
+            note("this CPU has no int8 dot products (AVX512-VNNI, AVX-VNNI or AMX), so int8 runs no faster than fp32 "
+                 "here (slower on long texts) and keeps less of its vectors; dtype=fp32 gives the exact ones")
         defaulted = not settings.strategies and encoder.spec is not None and encoder.spec.pooling is None
         strategies = settings.strategies or _registered((encoder.default_strategy,))
         options.check_model(encoder, strategies)
