@@ -31,7 +31,7 @@ Fixtures (all session-scoped; treat them as read-only, copy a directory before c
     One local Ray (2 CPUs, no dashboard) for every Ray test of the session, in whichever
     module; yields its address so subprocesses can join it. Skipped without the ray extra.
     The tests using it share one xdist worker (``pytest_collection_modifyitems``).
-``clean_registry``
+``clean_registry`` (per test)
     Only the built-in strategies during a test (``usefixtures``); the registered ones are put back.
 """
 
