@@ -382,8 +382,8 @@ def embed_file(input_path: str | os.PathLike, output: str | os.PathLike | None =
     _check_calibration(options, target, settings.resume)
     if settings.torch_dtype == "int8":
         _check_int8_outputs(target, fmt, names, source, options)
-    from seqpool.devices import native_int8_cpu
-    from seqpool.encoder import Encoder, native_bf16_cpu
+    from seqpool.devices import native_bf16_cpu, native_int8_cpu
+    from seqpool.encoder import Encoder
 
     run_id = new_run_id()
     with output_lock(target, run_id), limited_threads(settings.threads):

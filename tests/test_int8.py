@@ -118,8 +118,6 @@ def test_int8_is_cpu_only(tiny_bert_dir):
                                             ({"sse2", "amx_int8"}, True), ({"sse2", "avx2", "avx512f"}, False),
                                             ({"asimd", "asimddp"}, None), (None, None)])
 def test_native_int8_cpu_reads_the_vnni_flags(monkeypatch, flags, native):
-    from seqpool.devices import native_int8_cpu
-
     monkeypatch.setattr("seqpool.devices._cpu_flags", lambda: flags)
     assert native_int8_cpu() is native
 

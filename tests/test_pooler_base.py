@@ -140,14 +140,10 @@ def test_the_pooler_acts_on_the_modules_declarations():
         pooler.from_mean(masked_mean(HIDDEN, MASK))
 
 
+@pytest.mark.usefixtures("clean_registry")
 def test_a_learned_factory_must_build_a_pooler_base():
-    saved = dict(registry._USER)
     registry._USER["plain"] = replace(registry.get_strategy("gem"), name="plain",
                                       factory=lambda dim: nn.Linear(dim, dim), origin="user")
-    try:
-        with pytest.raises(SeqpoolError, match="not a seqpool PoolerBase"):
-            Pooler("plain", dim=4)
-    finally:
-        registry._USER.clear()
-        registry._USER.update(saved)
+    with pytest.raises(SeqpoolError, match="not a seqpool PoolerBase"):
+        Pooler("plain", dim=4)
     assert issubclass(GeMPooling, PoolerBase) and issubclass(Pooler, PoolerBase)
