@@ -152,49 +152,68 @@ def fit_logistic_problems(x: np.ndarray, y: np.ndarray, row_sets: Sequence[np.nd
 
     features_t = features.t().contiguous()  # X^T for the gradient's product, laid out for it
     problems = sets * cs
+    everyone = torch.arange(problems)
+    set_of, c_of = everyone // cs, everyone % cs  # problem p = (row set p // Cs, C index p % Cs)
     weight_per_problem = row_weight_t[:, :, None].expand(-1, sets, cs).reshape(len(used), problems)
     weighted_targets = weight_per_problem * target_values if outputs == 1 else None
+    lambda_per_problem = lambdas_t.reshape(-1)
 
-    def evaluate(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every problem's objective (P,) and its gradient (P, size), P = sets * Cs, by hand
-        (chain rule through the standardisation and the preconditioner; no autograd graph)."""
-        u = theta[:, :dim * outputs].reshape(sets, cs, dim, outputs)
-        b = theta[:, dim * outputs:].reshape(sets, cs, outputs)
-        w = weights_of(u)  # standardised-space weights (sets, Cs, dim, outputs)
-        raw = (w * inverse_scale[:, None, :, None]).permute(2, 0, 1, 3).reshape(dim, problems * outputs)
-        bias = b - torch.einsum("sd,scdo->sco", shift, w)
-        logits = torch.addmm(bias.reshape(1, -1), features, raw).view(-1, problems, outputs)
-        # (n, P) passes dominate once the products are batched: in-place where a value is not reused
+    def evaluate(theta: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objectives (k,) and gradients (k, size) of the problems ``chosen`` (k indices), at
+        their parameters ``theta`` (k, size), by hand (chain rule through the standardisation and
+        the preconditioner; no autograd graph). Only those problems are computed: most of them stop
+        long before the slowest, and a backtracking step concerns only the few still searching."""
+        k, whole = len(chosen), len(chosen) == problems
+        sets_k = set_of[chosen]
+        u = theta[:, :dim * outputs].reshape(k, dim, outputs)
+        b = theta[:, dim * outputs:]  # (k, outputs)
+        w = weights_of(u, chosen)  # standardised-space weights (k, dim, outputs)
+        scale_k, shift_k, lambda_k = inverse_scale[sets_k], shift[sets_k], lambda_per_problem[chosen]
+        raw = (w * scale_k[:, :, None]).permute(1, 0, 2).reshape(dim, k * outputs)
+        bias = b - torch.einsum("kd,kdo->ko", shift_k, w)
+        logits = torch.addmm(bias.reshape(1, -1), features, raw).view(-1, k, outputs)
+        row_weights = weight_per_problem if whole else weight_per_problem[:, chosen]
+        # (n, k) passes dominate once the products are batched: in-place where a value is not reused
         if outputs == 1:
             z = logits[..., 0]
+            targets_k = weighted_targets if whole else weighted_targets[:, chosen]
             # weighted sum of softplus(z) - y z per problem; dloss/dlogit = sigmoid(z) - y
-            values = torch.nn.functional.softplus(z).mul_(weight_per_problem).sum(dim=0) \
-                - (z * weighted_targets).sum(dim=0)
-            residual = torch.sigmoid(z).sub_(target_values).mul_(weight_per_problem)[..., None]  # (n, P, 1)
+            values = torch.nn.functional.softplus(z).mul_(row_weights).sum(dim=0) - (z * targets_k).sum(dim=0)
+            residual = torch.sigmoid(z).sub_(target_values).mul_(row_weights)[..., None]  # (n, k, 1)
         else:
             log_norm = torch.logsumexp(logits, dim=-1)
-            values = ((log_norm - (logits * one_hot).sum(-1)) * weight_per_problem).sum(dim=0)
-            residual = (torch.exp(logits - log_norm[..., None]) - one_hot) * weight_per_problem[..., None]
-        penalty = 0.5 * lambdas_t * w.square().sum(dim=(2, 3))  # (sets, Cs)
-        values = values + penalty.reshape(-1)
-        grad_bias = residual.sum(dim=0).view(sets, cs, outputs)
-        grad_raw = (features_t @ residual.reshape(len(used), -1)).view(dim, sets, cs, outputs).permute(1, 2, 0, 3)
-        grad_w = grad_raw * inverse_scale[:, None, :, None] - shift[:, None, :, None] * grad_bias[:, :, None, :]
-        grad_w = grad_w + lambdas_t[:, :, None, None] * w
-        grad_u = weights_of(grad_w)  # the preconditioner is symmetric
-        gradient = torch.cat([grad_u.reshape(problems, -1), grad_bias.reshape(problems, -1)], dim=1)
-        return values, gradient
+            values = ((log_norm - (logits * one_hot).sum(-1)) * row_weights).sum(dim=0)
+            residual = (torch.exp(logits - log_norm[..., None]) - one_hot) * row_weights[..., None]
+        values = values + 0.5 * lambda_k * w.square().sum(dim=(1, 2))
+        grad_bias = residual.sum(dim=0)  # (k, outputs)
+        grad_raw = (features_t @ residual.reshape(len(used), -1)).view(dim, k, outputs).permute(1, 0, 2)
+        grad_w = grad_raw * scale_k[:, :, None] - shift_k[:, :, None] * grad_bias[:, None, :]
+        grad_w = grad_w + lambda_k[:, None, None] * w
+        grad_u = weights_of(grad_w, chosen)  # the preconditioner is symmetric
+        return values, torch.cat([grad_u.reshape(k, -1), grad_bias], dim=1)
 
-    def weights_of(u_value: torch.Tensor) -> torch.Tensor:
-        """``precondition[c] @ u[s, c]`` for every problem, as one batched product per C (an
-        einsum here broadcast the (dim, dim) blocks over the row sets: 100x slower)."""
-        stacked = u_value.permute(1, 2, 0, 3).reshape(cs, dim, sets * outputs)
-        return torch.bmm(precondition, stacked).view(cs, dim, sets, outputs).permute(2, 0, 1, 3)
+    def weights_of(u_value: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """``precondition[c] @ u[p]`` for each chosen problem p (with its C index c): one batched
+        product per C over every problem at once (an einsum broadcasting the (dim, dim) blocks over
+        the row sets was 100x slower), else one product per C over the chosen problems with that C."""
+        k = len(u_value)
+        if k == problems:  # problems are ordered row set first, C second
+            stacked = u_value.view(sets, cs, dim, outputs).permute(1, 2, 0, 3).reshape(cs, dim, sets * outputs)
+            product = torch.bmm(precondition, stacked).view(cs, dim, sets, outputs)
+            return product.permute(2, 0, 1, 3).reshape(k, dim, outputs)
+        out = torch.empty_like(u_value)
+        chosen_c = c_of[chosen]
+        for c in torch.unique(chosen_c).tolist():
+            rows = torch.nonzero(chosen_c == c).squeeze(1)
+            block = u_value[rows].permute(1, 0, 2).reshape(dim, -1)  # (dim, m * outputs)
+            out[rows] = (precondition[c] @ block).view(dim, len(rows), outputs).permute(1, 0, 2)
+        return out
 
     theta, iterations = batched_lbfgs(evaluate, torch.zeros(sets * cs, size, dtype=torch.float64),
                                       max_iter=max_iter, tolerance=tolerance)
     with torch.no_grad():
-        weights = weights_of(theta[:, :dim * outputs].reshape(sets, cs, dim, outputs)).numpy().copy()
+        weights = weights_of(theta[:, :dim * outputs].reshape(problems, dim, outputs), everyone)
+        weights = weights.reshape(sets, cs, dim, outputs).numpy().copy()
         bias_values = theta[:, dim * outputs:].reshape(sets, cs, outputs).numpy().copy()
     return LinearModels(weights, bias_values, mean, scale, tuple(float(c) for c in c_values), iterations)
 
@@ -202,11 +221,14 @@ def fit_logistic_problems(x: np.ndarray, y: np.ndarray, row_sets: Sequence[np.nd
 def batched_lbfgs(evaluate: Any, theta: torch.Tensor, *, max_iter: int, tolerance: float,
                   history: int = 10) -> tuple[torch.Tensor, int]:
     """Minimise P independent smooth convex objectives at once: L-BFGS with a history, a
-    step length and a stopping test per problem (row of ``theta``), one batched evaluation per
-    trial step. ``evaluate(theta) -> (values (P,), gradients (P, size))``. A problem stops
-    moving once its largest gradient entry is below ``tolerance``; returns the iterate and the
-    number of iterations."""
-    values, gradient = evaluate(theta)
+    step length and a stopping test per problem (row of ``theta``).
+    ``evaluate(theta_k, chosen) -> (values (k,), gradients (k, size))`` for the problems ``chosen``
+    (k indices into the rows) at ``theta_k`` (k, size): each trial step evaluates only the problems
+    still moving and, while backtracking, only those whose step is not yet accepted. A problem
+    stops moving once its largest gradient entry is below ``tolerance``; returns the iterate and
+    the number of iterations."""
+    everyone = torch.arange(len(theta))
+    values, gradient = evaluate(theta, everyone)
     s_history: list[torch.Tensor] = []
     y_history: list[torch.Tensor] = []
     rho_history: list[torch.Tensor] = []
@@ -221,17 +243,20 @@ def batched_lbfgs(evaluate: Any, theta: torch.Tensor, *, max_iter: int, toleranc
         direction[uphill] = -gradient[uphill]
         slope = torch.where(uphill, -(gradient * gradient).sum(dim=1), slope)
         direction[~active] = 0.0
-        step = torch.ones_like(values)
+        trial, new_values, new_gradient = theta.clone(), values.clone(), gradient.clone()  # the stopped stay
+        searching = everyone[active]
+        step = torch.ones(len(searching), dtype=theta.dtype)
         for _ in range(30):  # backtracking (Armijo), each problem on its own step length
-            trial = theta + step[:, None] * direction
-            new_values, new_gradient = evaluate(trial)
-            fine = (new_values <= values + 1e-4 * step * slope) | ~active
-            if bool(fine.all()):
+            candidate = theta[searching] + step[:, None] * direction[searching]
+            candidate_values, candidate_gradient = evaluate(candidate, searching)
+            fine = candidate_values <= values[searching] + 1e-4 * step * slope[searching]
+            accepted = searching[fine]
+            trial[accepted], new_values[accepted], new_gradient[accepted] = \
+                candidate[fine], candidate_values[fine], candidate_gradient[fine]
+            searching, step = searching[~fine], 0.5 * step[~fine]
+            if not len(searching):
                 break
-            step = torch.where(fine, step, 0.5 * step)
-        else:
-            keep = ~fine  # no decrease found: those problems stay where they were
-            new_values[keep], new_gradient[keep], trial[keep] = values[keep], gradient[keep], theta[keep]
+        # problems still searching after 30 halvings found no decrease: they stay where they were
         s_step, y_step = trial - theta, new_gradient - gradient
         curvature = (s_step * y_step).sum(dim=1)
         rho = torch.where(curvature > 1e-12, 1.0 / curvature.clamp(min=1e-12), torch.zeros_like(curvature))
