@@ -67,14 +67,19 @@ _GPT2_TRAINING_TEXT = [
 SHARED_FIXTURE_GROUPS = {"ray_cluster": "ray", "exported": "exports", "tiny_int8": "int8"}
 
 
+def shared_fixture_group(item: pytest.Item) -> str | None:
+    """The xdist group of ``item``: that of the first shared fixture it uses, else None."""
+    names = getattr(item, "fixturenames", ())
+    return next((group for name, group in SHARED_FIXTURE_GROUPS.items() if name in names), None)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that uses a shared fixture (directly or through another) runs on that fixture's
     one xdist worker; the rest of its module (option checks, refusals before Ray starts,
     subprocess runs) goes to whichever worker is free."""
     for item in items:
-        names = getattr(item, "fixturenames", ())
-        group = next((group for name, group in SHARED_FIXTURE_GROUPS.items() if name in names), None)
+        group = shared_fixture_group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
 

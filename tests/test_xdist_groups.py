@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SHARED_FIXTURE_GROUPS
-
-
-def _group(item: pytest.Item) -> str | None:
-    """The group conftest.py gives ``item``: that of the first shared fixture it uses."""
-    names = getattr(item, "fixturenames", ())
-    return next((group for name, group in SHARED_FIXTURE_GROUPS.items() if name in names), None)
+from conftest import shared_fixture_group
 
 
 def test_every_test_using_a_shared_fixture_is_marked_with_its_group(request):
     items = request.session.items
     for item in items:
         marks = [mark.args[0] for mark in item.iter_markers("xdist_group")]
-        expected = _group(item)
+        expected = shared_fixture_group(item)
         assert marks == ([expected] if expected else []), item.nodeid
 
 
@@ -31,8 +25,8 @@ def test_pytest_xdist_applies_the_groups_when_told_to(request):
     pytest-xdist's scheduler reads; pytest 9.2 with xdist 3.8 loses it (pytest-dev/pytest-xdist#1386)."""
     if not getattr(request.config.option, "loadgroup", False):
         pytest.skip("runs under pytest -n N --dist loadgroup (the README's test command)")
-    grouped = [item for item in request.session.items if _group(item)]
+    grouped = [item for item in request.session.items if shared_fixture_group(item)]
     if not grouped:
         pytest.skip("none of the collected tests uses a shared fixture")
-    lost = [item.nodeid for item in grouped if not item.nodeid.endswith(f"@{_group(item)}")]
+    lost = [item.nodeid for item in grouped if not item.nodeid.endswith(f"@{shared_fixture_group(item)}")]
     assert not lost, f"{len(lost)} of {len(grouped)} grouped tests lost their group, e.g. {lost[:1]}"
